@@ -1,0 +1,327 @@
+"""``Grid``: the data scientist's handle on a grid of regions."""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import getpass
+import logging
+import socket
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from distributed import Client
+
+from grid import config
+from grid.errors import GridConnectionError, UnknownRegion, check_reply
+from grid.job import Job
+from grid.placement import PlacedData, drop_on, place
+from grid.spec import GridSpec, load_spec
+from jobs.data import DataError, partition
+
+logger = logging.getLogger("grid.client")
+
+_current: contextvars.ContextVar[list["Grid"]] = contextvars.ContextVar("grid_current", default=[])
+
+
+def default_owner() -> str:
+    try:
+        user = getpass.getuser()
+    except Exception:  # noqa: BLE001 - no user database in some containers
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"
+
+
+class Grid:
+    """A grid of regions, each an ordinary Dask scheduler with the grid plugin.
+
+    Create one with :meth:`Grid.local` (an embedded grid, one ``LocalCluster``
+    per region) or :meth:`Grid.connect` (real regional schedulers). Used as a
+    context manager it is the default grid of ``est.fit`` inside the block
+    and is closed at the end, like a dask ``Client``.
+    """
+
+    def __init__(self, spec: GridSpec, clients: dict[str, Client], *, owner: str | None = None, _local: Any = None) -> None:
+        self.spec = spec
+        self._clients = clients
+        self.owner = owner or default_owner()
+        self._local = _local
+        self._closed = False
+
+    # --- construction ------------------------------------------------------------------
+    @classmethod
+    def local(cls, regions: Mapping[str, int] | None = None, **kwargs: Any) -> "Grid":
+        """Start an embedded grid: one ``LocalCluster`` of worker processes per region.
+
+        Parameters
+        ----------
+        regions : dict of str to int, default ``{"eu": 1, "us": 1}``
+            Nodes per region.
+        threads_per_node : int, optional
+            Default ``grid.local.threads-per-node``.
+        memory_limit : str, optional
+            Default ``grid.local.memory-limit``.
+        dashboard : bool, optional
+            Serve each region's Dask dashboard (default ``grid.local.dashboard``).
+        """
+        from grid.local import LocalGrid
+
+        local = LocalGrid(regions or {"eu": 1, "us": 1}, **kwargs)
+        try:
+            clients = {name: Client(cluster, set_as_default=False) for name, cluster in local.clusters.items()}
+        except BaseException:
+            local.close()
+            raise
+        return cls(local.spec, clients, _local=local)
+
+    @classmethod
+    def connect(cls, spec: str | Mapping | GridSpec, *, timeout: float | str | None = None, owner: str | None = None) -> "Grid":
+        """Connect to the regional schedulers named by a grid spec (file path or dict).
+
+        Raises
+        ------
+        GridConnectionError
+            Naming the region, the address and the timeout when a scheduler
+            cannot be reached.
+        grid.spec.SpecError
+            When the spec is invalid.
+        """
+        spec = load_spec(spec)
+        security = spec.tls.security() if spec.tls else None
+        clients: dict[str, Client] = {}
+        try:
+            for name, region in spec.regions.items():
+                t = region.connect_timeout or (timeout if timeout is not None else config.get("connect-timeout"))
+                from dask.utils import parse_timedelta
+
+                t = float(parse_timedelta(t))
+                try:
+                    clients[name] = Client(region.address, timeout=t, security=security, set_as_default=False)
+                except (OSError, TimeoutError) as exc:
+                    raise GridConnectionError(
+                        f"region {name!r}: could not reach its scheduler at {region.address} "
+                        f"within {t:g}s ({type(exc).__name__}: {exc}). Check that `grid scheduler "
+                        f"--region {name}` runs there, or raise the timeout (grid.connect-timeout)."
+                    ) from None
+                info = clients[name].sync(clients[name].scheduler.grid_info)
+                if not isinstance(info, dict) or info.get("region") != name:
+                    raise GridConnectionError(
+                        f"region {name!r}: the scheduler at {region.address} serves region "
+                        f"{info.get('region') if isinstance(info, dict) else '?'!r}; fix the grid spec"
+                    )
+        except BaseException:
+            for c in clients.values():
+                c.close()
+            raise
+        return cls(spec, clients, owner=owner)
+
+    # --- regions -------------------------------------------------------------------------
+    @property
+    def regions(self) -> list[str]:
+        return list(self.spec.regions)
+
+    def _check_region(self, region: str) -> None:
+        if region not in self._clients:
+            raise UnknownRegion(f"unknown region {region!r}; this grid has regions {self.regions}")
+
+    def client(self, region: str | None = None) -> Client:
+        """A plain ``distributed.Client`` of one region (default: the first)."""
+        region = region or self.regions[0]
+        self._check_region(region)
+        return self._clients[region]
+
+    def _info(self, region: str) -> dict:
+        client = self.client(region)
+        return check_reply(client.sync(client.scheduler.grid_info), f"region {region!r}")
+
+    def status(self) -> dict[str, dict]:
+        """Per region: address, dashboard, nodes (with their state), threads and job counts."""
+        return {r: self._info(r) for r in self.regions}
+
+    # --- data ------------------------------------------------------------------------------
+    def _regions_arg(self, regions: str | list[str] | None) -> list[str]:
+        if regions is None:
+            return self.regions
+        if isinstance(regions, str):
+            regions = [regions]
+        regions = list(regions)
+        if not regions:
+            raise ValueError("regions=[] names no region; leave it out to use them all")
+        for r in regions:
+            self._check_region(r)
+        return regions
+
+    def scatter(
+        self,
+        X: Any,
+        y: Any = None,
+        *,
+        regions: str | list[str] | None = None,
+        partition_rows: int | str = "auto",
+    ) -> PlacedData:
+        """Place partitions of ``X``/``y`` on the nodes once, for many jobs.
+
+        Each partition is held by two nodes of its region where the region has
+        two or more. Returns a handle that :meth:`submit` and ``est.fit``
+        accept in place of ``X, y``. Free it with :meth:`drop`.
+        """
+        regions = self._regions_arg(regions)
+        parts = partition(X, y, partition_rows=partition_rows)
+        return place(self, parts, regions, job_owned=False, owner=self.owner, replicas=int(config.get("jobs.replicas")))
+
+    def drop(self, data: PlacedData) -> None:
+        """Release a placed dataset on every region (refused while a job uses it)."""
+        for region in data.regions:
+            client = self.client(region)
+            check_reply(client.sync(client.scheduler.grid_drop_dataset, name=data.name), f"dropping {data.name}")
+        data._dropped = True
+
+    # --- jobs ------------------------------------------------------------------------------
+    def submit(
+        self,
+        estimator: Any,
+        X: Any = None,
+        y: Any = None,
+        *,
+        regions: str | list[str] | None = None,
+        home: str | None = None,
+    ) -> Job:
+        """Submit a training job and return at once.
+
+        Every check (parameters, data, regions) runs before any data moves.
+
+        Parameters
+        ----------
+        estimator : job estimator (``jobs.PartialFit``, ...)
+        X, y : training data, or ``X`` a :class:`PlacedData` from :meth:`scatter`
+        regions : str or list of str, optional
+            Regions to train on (default: all; ignored for placed data).
+        home : str, optional
+            Region whose scheduler runs the job (default: the first region used).
+        """
+        if not hasattr(estimator, "_job_request"):
+            raise TypeError(
+                f"{type(estimator).__name__} is not a grid job estimator; wrap it: "
+                f"jobs.PartialFit({type(estimator).__name__}(...))"
+            )
+        request = estimator._job_request()  # validates every parameter
+        classification = estimator._is_classifier()
+        if isinstance(X, PlacedData):
+            if y is not None:
+                raise ValueError("pass y to Grid.scatter with X, not again to submit()")
+            if X._dropped:
+                raise ValueError(f"dataset {X.name} was dropped; place it again with Grid.scatter")
+            for r in X.regions:
+                self._check_region(r)
+            data = X
+        else:
+            regions_list = self._regions_arg(regions)
+            parts = partition(X, y, partition_rows=request.get("partition_rows", "auto"), classification=classification)
+            data = None
+        home = home or (list(data.regions)[0] if data else regions_list[0])
+        self._check_region(home)
+        if data is not None and classification and data.classes is None:
+            raise DataError("this classifier needs class labels, but the placed data has a continuous target")
+        if data is None:
+            data = place(self, parts, regions_list, job_owned=True, owner=self.owner, replicas=int(config.get("jobs.replicas")))
+        if classification:
+            request["classes"] = data.classes
+        request["n_features"] = data.n_features
+        placement = {
+            r: {"address": where["address"], "dataset": data.name, "job_owned": data.job_owned}
+            for r, where in data.regions.items()
+        }
+        client = self.client(home)
+        try:
+            reply = check_reply(
+                client.sync(client.scheduler.grid_submit, request=request, placement=placement, owner=self.owner),
+                "submit",
+            )
+        except BaseException:
+            if data.job_owned:
+                for r in data.regions:
+                    drop_on(self, r, data.name)
+            raise
+        return Job(self, reply["id"], estimator)
+
+    def job(self, job_id: str) -> Job:
+        """Reattach to a job by id (from any process connected to its home region)."""
+        job = Job(self, job_id)
+        self._check_region(job.home)
+        job.info()  # raises KeyError for an unknown id
+        return job
+
+    def jobs(self) -> list[dict]:
+        """Summaries of every job known to the grid's schedulers, oldest first."""
+        out = []
+        for r in self.regions:
+            client = self.client(r)
+            out.extend(check_reply(client.sync(client.scheduler.grid_jobs), f"region {r!r}")["jobs"])
+        return sorted(out, key=lambda j: j["submitted"])
+
+    # --- joblib ----------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def joblib(self, region: str | None = None, **kwargs: Any) -> Iterator[None]:
+        """Run joblib (and scikit-learn's ``n_jobs``) on one region's nodes.
+
+        Large arguments are scattered to the nodes once (joblib's dask backend
+        does this for arrays); ``kwargs`` go to ``joblib.parallel_config``.
+        """
+        from grid.parallel import parallel_config
+
+        with parallel_config(self.client(region), **kwargs):
+            yield
+
+    # --- lifecycle -------------------------------------------------------------------------
+    def close(self) -> None:
+        """Close the clients (and, for a local grid, its schedulers and nodes)."""
+        if self._closed:
+            return
+        self._closed = True
+        for c in self._clients.values():
+            try:
+                c.close()
+            except Exception:  # noqa: BLE001 - closing must go on for the others
+                logger.debug("error closing client", exc_info=True)
+        if self._local is not None:
+            self._local.close()
+
+    def __enter__(self) -> "Grid":
+        _current.set([*_current.get(), self])
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        stack = _current.get()
+        if stack and stack[-1] is self:
+            _current.set(stack[:-1])
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Grid regions={self.regions}>"
+
+    def dashboard_links(self) -> dict[str, str | None]:
+        return {r: self._info(r).get("dashboard") for r in self.regions}
+
+
+def current_grid() -> Grid | None:
+    """The grid of the innermost enclosing ``with grid:`` block, if any."""
+    stack = _current.get()
+    return stack[-1] if stack else None
+
+
+@contextlib.contextmanager
+def default_grid(grid: Grid | None = None) -> Iterator[Grid]:
+    """The given grid, else the current one, else an embedded local grid for the block."""
+    if grid is not None:
+        yield grid
+        return
+    current = current_grid()
+    if current is not None:
+        yield current
+        return
+    logger.info("no grid given: starting an embedded local grid for this fit")
+    g = Grid.local()
+    try:
+        yield g
+    finally:
+        g.close()

@@ -1,0 +1,45 @@
+"""The ``grid`` namespace of ``dask.config``: shipped defaults and typed accessors.
+
+Loading this module registers ``grid/grid.yaml`` as defaults, exactly as
+distributed does with ``distributed.yaml``; users override values in their
+Dask config files or with ``DASK_GRID__...`` environment variables.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import dask.config
+import yaml
+from dask.utils import parse_bytes, parse_timedelta
+
+_HERE = os.path.dirname(__file__)
+DEFAULTS_FILE = os.path.join(_HERE, "grid.yaml")
+SCHEMA_FILE = os.path.join(_HERE, "grid-schema.yaml")
+
+with open(DEFAULTS_FILE) as f:
+    _defaults = yaml.safe_load(f)
+
+dask.config.update_defaults(_defaults)
+
+
+def get(key: str, default: Any = None) -> Any:
+    """``dask.config.get("grid." + key)``."""
+    return dask.config.get(f"grid.{key}", default=default)
+
+
+def seconds(key: str) -> float:
+    """A duration setting in seconds."""
+    return float(parse_timedelta(get(key)))
+
+
+def nbytes(key: str) -> int:
+    """A size setting in bytes."""
+    value = get(key)
+    return int(parse_bytes(value) if isinstance(value, str) else value)
+
+
+def schema() -> dict:
+    with open(SCHEMA_FILE) as f:
+        return yaml.safe_load(f)

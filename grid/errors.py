@@ -1,0 +1,41 @@
+"""Exceptions a grid user may catch."""
+
+
+class GridError(RuntimeError):
+    """Base class of grid errors."""
+
+
+class GridConnectionError(GridError, OSError):
+    """A regional scheduler could not be reached."""
+
+
+class UnknownRegion(GridError, KeyError):
+    """A region name the grid does not have."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class JobFailed(GridError):
+    """The job ended with an error; the message is the job's recorded reason."""
+
+
+class JobCancelled(GridError):
+    """The job was cancelled before it finished."""
+
+
+class RemoteError(GridError):
+    """A scheduler refused a request; the message is the scheduler's reason."""
+
+
+def check_reply(reply: dict, what: str) -> dict:
+    """Raise a clear error if a grid handler replied with an error."""
+    if not isinstance(reply, dict) or reply.get("status") != "OK":
+        message = reply.get("message") if isinstance(reply, dict) else repr(reply)
+        kind = reply.get("type", "") if isinstance(reply, dict) else ""
+        if kind in ("UnknownJob", "KeyError"):
+            raise KeyError(message)
+        if kind in ("ValueError", "SpecError", "DataError", "TypeError", "NoMergeRule"):
+            raise ValueError(f"{what}: {message}")
+        raise RemoteError(f"{what}: {message}")
+    return reply

@@ -1,0 +1,111 @@
+"""``Job``: the client's handle on a grid job, valid from any process."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from grid import wire
+from grid.errors import JobCancelled, JobFailed, check_reply
+from grid.scheduler.registry import FINISHED
+from jobs.base import job_estimator_from_request
+
+if TYPE_CHECKING:
+    from grid.client import Grid
+
+#: longest single wait on the scheduler; waits loop so Ctrl-C stays responsive
+_WAIT_SLICE = 5.0
+
+
+class Job:
+    """A training job running on the grid.
+
+    Obtained from :meth:`grid.Grid.submit` or, in any process, from
+    :meth:`grid.Grid.job` with the job's id. The job runs in its home
+    scheduler; this object only asks about it.
+    """
+
+    def __init__(self, grid: "Grid", job_id: str, estimator: Any = None) -> None:
+        self.grid = grid
+        self.id = job_id
+        self.home = job_id.rsplit("-", 1)[0]
+        self._estimator = estimator
+        self._fitted: Any = None
+
+    def __repr__(self) -> str:
+        return f"<Job {self.id}: {self.status}>"
+
+    def _call(self, op: str, **kwargs: Any) -> dict:
+        client = self.grid.client(self.home)
+        reply = client.sync(getattr(client.scheduler, op), job_id=self.id, **kwargs)
+        return check_reply(reply, f"job {self.id}")
+
+    def info(self) -> dict:
+        """Everything the home scheduler records about the job, with its history."""
+        return self._call("grid_job")["job"]
+
+    @property
+    def status(self) -> str:
+        """``"queued"``, ``"running"``, ``"done"``, ``"failed"`` or ``"cancelled"``."""
+        return self._call("grid_job", history=False)["job"]["status"]
+
+    @property
+    def history(self) -> list[dict]:
+        """One dict per finished round: loss, score, samples, seconds, bytes across regions."""
+        return self.info()["history"]
+
+    def done(self) -> bool:
+        return self.status in FINISHED
+
+    def wait(self, timeout: float | None = None) -> str:
+        """Block until the job finishes or ``timeout`` seconds pass; return its status."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = _WAIT_SLICE if deadline is None else min(_WAIT_SLICE, deadline - time.monotonic())
+            status = self._call("grid_wait", timeout=max(0.0, left))["job_status"]
+            if status in FINISHED or (deadline is not None and time.monotonic() >= deadline):
+                return status
+
+    def result(self, timeout: float | None = None) -> Any:
+        """Wait for the job and return the fitted estimator.
+
+        Returns
+        -------
+        estimator
+            A fitted copy of the submitted job estimator (for ``PartialFit``,
+            its ``estimator_`` is the plain scikit-learn model). It is
+            picklable and works without the grid.
+
+        Raises
+        ------
+        TimeoutError, JobFailed, JobCancelled
+        """
+        if self._fitted is not None:
+            return self._fitted
+        status = self.wait(timeout)
+        if status not in FINISHED:
+            raise TimeoutError(f"job {self.id} is still {status} after {timeout}s")
+        reply = self._call("grid_result")
+        if status == "failed":
+            raise JobFailed(f"job {self.id} failed: {reply['error']}")
+        if status == "cancelled":
+            raise JobCancelled(f"job {self.id} was cancelled")
+        request = reply["request"]
+        estimator = self._estimator if self._estimator is not None else job_estimator_from_request(request)
+        from sklearn.base import clone
+
+        fitted = clone(estimator)
+        state, _ = wire.decode(reply["state"])
+        fitted._load_result(state, reply["history"], request)
+        self._fitted = fitted
+        return fitted
+
+    def cancel(self) -> str:
+        """Stop the job (within one round) and free its tasks and data; return its status."""
+        return self._call("grid_cancel")["job_status"]
+
+    def progress(self, **kwargs: Any) -> None:
+        """Show a progress bar until the job finishes (see :func:`grid.progress.progress`)."""
+        from grid.progress import progress
+
+        progress(self, **kwargs)

@@ -1,0 +1,80 @@
+"""The functions nodes run for grid jobs.
+
+Each takes plain data (the job request, a state blob, the partition's rows)
+and returns one ``bytes`` blob in the wire format of :mod:`grid.wire`, so the
+scheduler reads numbers, never code. They call the pure training math of
+``jobs``; they never import the scheduler side of the grid.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from grid import wire
+from jobs.local import derive_seed, partial_fit_step
+
+
+def _classes(request: dict) -> np.ndarray | None:
+    classes = request.get("classes")
+    return None if classes is None else np.asarray(classes)
+
+
+def _state(blob: bytes | None) -> dict | None:
+    if blob is None:
+        return None
+    arrays, _ = wire.decode(blob)
+    return arrays
+
+
+def partition_update(
+    request: dict, state_blob: bytes | None, partition: tuple[Any, Any], round_no: int, index: int
+) -> bytes:
+    """One local update of one partition from the global state (average mode)."""
+    start = time.perf_counter()
+    X, y = partition
+    state, metrics = partial_fit_step(
+        request["estimator"],
+        _state(state_blob),
+        X,
+        y,
+        classes=_classes(request),
+        seed=derive_seed(request["seed"], round_no, index),
+        epochs=request.get("local_epochs", 1),
+    )
+    metrics["seconds"] = time.perf_counter() - start
+    metrics["partition"] = index
+    return wire.encode(state, metrics)
+
+
+def sequential_step(
+    request: dict, previous: bytes | None, partition: tuple[Any, Any], round_no: int, index: int
+) -> bytes:
+    """Continue the model of the previous partition on this one (sequential mode).
+
+    Metrics accumulate along the chain: sample-weighted sums of loss and score.
+    """
+    start = time.perf_counter()
+    X, y = partition
+    state, acc = (None, {}) if previous is None else wire.decode(previous)
+    if "samples" not in acc:  # first step of this region's chain
+        acc = {"samples": 0.0, "loss_sum": 0.0, "score_sum": 0.0, "seconds": 0.0}
+    new_state, metrics = partial_fit_step(
+        request["estimator"],
+        state,
+        X,
+        y,
+        classes=_classes(request),
+        seed=derive_seed(request["seed"], round_no, index),
+        epochs=1,
+    )
+    n = metrics["samples"]
+    acc = {
+        "samples": acc["samples"] + n,
+        "loss_sum": acc["loss_sum"] + n * metrics.get("loss", 0.0),
+        "score_sum": acc["score_sum"] + n * metrics.get("score", 0.0),
+        "seconds": acc["seconds"] + time.perf_counter() - start,
+    }
+    return wire.encode(new_state, acc)

@@ -1,0 +1,150 @@
+"""Client-side placement of partitions on the nodes of each region.
+
+Partitions are split across regions in proportion to their threads, in
+contiguous ranges (so global partition order is region order, then partition
+order). Inside a region, partition ``j`` goes to ``replicas`` consecutive
+workers in name order, so losing one node loses no data where the region has
+two or more. The region's scheduler then holds the keys for the dataset.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from grid.errors import check_reply
+from jobs.data import Partitions, split_counts
+
+
+@dataclass
+class PlacedData:
+    """A dataset placed on grid nodes by :meth:`grid.Grid.scatter`.
+
+    Pass it to ``Grid.submit(est, data)`` or ``est.fit(data, grid=g)`` to train
+    without moving the data again. It stays placed until :meth:`grid.Grid.drop`.
+
+    Attributes
+    ----------
+    name : str
+    regions : dict
+        region -> {"address", "dataset", "partitions", "rows"}
+    n_samples, n_features, n_partitions : int
+    classes : list or None
+        Sorted labels when ``y`` looked like class labels.
+    """
+
+    name: str
+    regions: dict[str, dict]
+    n_samples: int
+    n_features: int
+    n_partitions: int
+    classes: list | None = None
+    job_owned: bool = False
+    supervised: bool = True
+    _dropped: bool = field(default=False, repr=False)
+
+    def __repr__(self) -> str:
+        where = ", ".join(f"{r}: {v['partitions']}" for r, v in self.regions.items())
+        return (
+            f"<PlacedData {self.name}: {self.n_samples} x {self.n_features}, "
+            f"{self.n_partitions} partitions ({where})>"
+        )
+
+
+def _label_classes(parts: Partitions) -> list | None:
+    if parts.classes is not None:
+        return parts.classes.tolist()
+    if parts.parts[0][1] is None:
+        return None
+    y = np.concatenate([p[1] for p in parts.parts])
+    uniq = np.unique(y)
+    if y.dtype.kind == "f" and (len(uniq) > 1000 or not np.all(np.mod(uniq, 1) == 0)):
+        return None  # continuous target: regression
+    return uniq.tolist()
+
+
+def place(
+    grid: Any,
+    parts: Partitions,
+    regions: list[str],
+    *,
+    job_owned: bool,
+    owner: str,
+    replicas: int = 2,
+) -> PlacedData:
+    """Scatter partitions onto the regions' nodes and register them as one dataset."""
+    infos = {r: grid._info(r) for r in regions}
+    threads = [max(1, infos[r]["nthreads"]) if infos[r]["workers"] else 0 for r in regions]
+    for r, t in zip(regions, threads):
+        if t == 0:
+            raise RuntimeError(
+                f"region {r!r} has no nodes; start one with `grid node --region {r} --scheduler ...` "
+                "or leave the region out with regions=[...]"
+            )
+    counts = split_counts(len(parts), threads)
+    name = f"{'job' if job_owned else 'data'}-{uuid.uuid4().hex[:12]}"
+    classes = _label_classes(parts)
+    placed_regions: dict[str, dict] = {}
+    start = 0
+    registered: list[str] = []
+    try:
+        for region, count in zip(regions, counts):
+            if count == 0:
+                continue
+            indices = list(range(start, start + count))
+            start += count
+            client = grid.client(region)
+            workers = [w["address"] for w in infos[region]["workers"]]
+            r = max(1, min(replicas, len(workers)))
+            groups: dict[tuple[str, ...], dict[str, Any]] = {}
+            keys = []
+            for j, index in enumerate(indices):
+                holders = tuple(workers[(j + k) % len(workers)] for k in range(r))
+                key = f"grid-part-{name}-{index}"
+                groups.setdefault(holders, {})[key] = parts.parts[index]
+                keys.append(key)
+            futures = []
+            for holders, data in groups.items():
+                futures.extend(client.scatter(data, workers=list(holders), broadcast=True, hash=False).values())
+            reply = client.sync(
+                client.scheduler.grid_register_dataset,
+                name=name,
+                keys=keys,
+                rows=[parts.sizes[i] for i in indices],
+                indices=indices,
+                n_features=parts.n_features,
+                classes=classes,
+                owner=owner,
+                job_owned=job_owned,
+            )
+            check_reply(reply, f"placing data on region {region!r}")
+            registered.append(region)
+            del futures  # the scheduler holds the keys now
+            placed_regions[region] = {
+                "address": grid.spec.regions[region].address,
+                "dataset": name,
+                "partitions": count,
+                "rows": int(sum(parts.sizes[i] for i in indices)),
+            }
+    except BaseException:
+        for region in registered:
+            drop_on(grid, region, name)
+        raise
+    return PlacedData(
+        name=name,
+        regions=placed_regions,
+        n_samples=parts.n_samples,
+        n_features=parts.n_features,
+        n_partitions=len(parts),
+        classes=classes,
+        job_owned=job_owned,
+        supervised=parts.parts[0][1] is not None,
+    )
+
+
+def drop_on(grid: Any, region: str, name: str) -> None:
+    client = grid.client(region)
+    client.sync(client.scheduler.grid_drop_dataset, name=name)

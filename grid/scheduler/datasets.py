@@ -1,0 +1,91 @@
+"""Placed datasets held by a region's scheduler.
+
+``Grid.scatter`` puts each partition on nodes of a region (two replicas where
+the region has two nodes) and registers the partition keys here. The
+scheduler then *desires* those keys on behalf of the dataset, the way
+distributed's publish extension does, so the data outlives the client that
+placed it and many jobs can reuse it. Dropping the dataset releases the keys.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Dataset:
+    """One dataset's partitions on this region, in global partition order."""
+
+    name: str
+    keys: list[str]
+    rows: list[int]
+    indices: list[int]
+    n_features: int
+    classes: list | None = None
+    owner: str = ""
+    job_owned: bool = False
+    users: set[str] = field(default_factory=set)
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "partitions": len(self.keys),
+            "rows": int(sum(self.rows)),
+            "n_features": self.n_features,
+            "owner": self.owner,
+            "job_owned": self.job_owned,
+            "jobs": sorted(self.users),
+        }
+
+
+class DatasetStore:
+    """The datasets of one region, keeping their keys alive on the scheduler."""
+
+    def __init__(self, scheduler: Any) -> None:
+        self.scheduler = scheduler
+        self.datasets: dict[str, Dataset] = {}
+
+    def _holder(self, name: str) -> str:
+        return f"grid-dataset-{name}"
+
+    def register(self, dataset: Dataset) -> None:
+        missing = [k for k in dataset.keys if k not in self.scheduler.tasks]
+        if missing:
+            raise ValueError(
+                f"dataset {dataset.name!r}: {len(missing)} partition keys are not on this "
+                f"scheduler (e.g. {missing[0]!r}); place the data with Grid.scatter first"
+            )
+        if dataset.name in self.datasets:
+            raise ValueError(f"a dataset named {dataset.name!r} exists already on this region")
+        self.scheduler.client_desires_keys(keys=list(dataset.keys), client=self._holder(dataset.name))
+        self.datasets[dataset.name] = dataset
+
+    def get(self, name: str) -> Dataset:
+        try:
+            return self.datasets[name]
+        except KeyError:
+            raise KeyError(
+                f"no dataset {name!r} on this region; it was dropped or never placed "
+                "(Grid.scatter places data)"
+            ) from None
+
+    def drop(self, name: str) -> bool:
+        dataset = self.datasets.pop(name, None)
+        if dataset is None:
+            return False
+        holder = self._holder(name)
+        if holder in self.scheduler.clients:
+            self.scheduler.client_releases_keys(keys=list(dataset.keys), client=holder)
+            self.scheduler.clients.pop(holder, None)
+        return True
+
+    def lost(self, name: str) -> list[str]:
+        """Keys of the dataset that no node holds any more."""
+        dataset = self.get(name)
+        out = []
+        for key in dataset.keys:
+            ts = self.scheduler.tasks.get(key)
+            if ts is None or not ts.who_has:
+                out.append(key)
+        return out

@@ -1,0 +1,264 @@
+"""The round engine: runs a job's rounds on this region and, at home, across regions.
+
+:class:`RegionRun` is the share of one job on one region: per round it sends
+one graph of partition tasks to this region's nodes (data stays where it is,
+parameters move), gathers the updates as code-free wire blobs, checks them
+against the model's layout and reduces them in partition order on this
+scheduler. :class:`JobDriver` runs at the job's home scheduler: it asks every
+region for its regional aggregate (its own directly, others through their
+``grid_region_round`` handler), combines them weighted by samples, records
+the round and starts the next.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from distributed import Future
+
+from grid import wire
+from grid.node.tasks import partition_update, sequential_step
+from jobs.aggregate import get_aggregator, weighted_mean
+from jobs.merge import MergeRule, state_rule
+from jobs.spec import resolve_class
+
+if TYPE_CHECKING:
+    from grid.scheduler.datasets import Dataset
+    from grid.scheduler.plugin import GridSchedulerPlugin
+    from grid.scheduler.registry import JobRecord
+
+logger = logging.getLogger("grid.driver")
+
+#: states larger than this are merged in a thread, off the scheduler's event loop
+OFFLOAD_BYTES = 1 << 20
+
+
+def _nbytes(states: list[dict]) -> int:
+    return sum(getattr(v, "nbytes", 8) for s in states for v in s.values())
+
+
+async def _maybe_offload(fn: Any, states: list[dict]) -> Any:
+    if _nbytes(states) > OFFLOAD_BYTES:
+        return await asyncio.get_running_loop().run_in_executor(None, fn)
+    return fn()
+
+
+def merge_rule(request: dict, allowed: Any) -> MergeRule:
+    return state_rule(resolve_class(request["estimator"]["class"], allowed))
+
+
+class RegionRun:
+    """One job's partitions on this region and the rounds run over them."""
+
+    def __init__(self, plugin: "GridSchedulerPlugin", job_id: str, request: dict, dataset: "Dataset") -> None:
+        self.plugin = plugin
+        self.job_id = job_id
+        self.request = request
+        self.dataset = dataset
+        self.rule = merge_rule(request, plugin.allowed_modules)
+        self.aggregate = get_aggregator(request.get("aggregate", "mean"))
+        self._futures: list[Future] = []
+        self.layout: dict | None = None
+
+    @property
+    def n_partitions(self) -> int:
+        return len(self.dataset.keys)
+
+    async def run_round(self, round_no: int, state_blob: bytes | None) -> dict:
+        """Run one round on this region; return the regional aggregate and metrics."""
+        client = await self.plugin.get_client()
+        parts = [Future(key, client) for key in self.dataset.keys]
+        lost = self.plugin.datasets.lost(self.dataset.name)
+        if lost:
+            raise RuntimeError(
+                f"region {self.plugin.region!r} lost {len(lost)} partition(s) of job {self.job_id} "
+                f"(every node holding them left); resubmit the job"
+            )
+        prefix = f"grid-{self.job_id}-r{round_no}"
+        try:
+            if self.request["mode"] == "sequential":
+                future = None
+                for part, index in zip(parts, self.dataset.indices):
+                    future = client.submit(
+                        sequential_step,
+                        self.request,
+                        state_blob if future is None else future,
+                        part,
+                        round_no,
+                        index,
+                        key=f"{prefix}-seq-p{index}",
+                    )
+                    self._futures.append(future)
+                blobs = [await future]
+            else:
+                futures = client.map(
+                    partition_update,
+                    [self.request] * len(parts),
+                    [state_blob] * len(parts),
+                    parts,
+                    [round_no] * len(parts),
+                    self.dataset.indices,
+                    key=[f"{prefix}-p{i}" for i in self.dataset.indices],
+                )
+                self._futures.extend(futures)
+                blobs = await client.gather(futures)
+        finally:
+            self.release()
+        return await self._reduce(blobs)
+
+    async def _reduce(self, blobs: list[bytes]) -> dict:
+        limit = self.plugin.max_update_bytes
+        decoded = []
+        for blob in blobs:
+            arrays, meta = wire.decode(blob, expected=self.layout, max_bytes=limit)
+            if self.layout is None:
+                self.layout = wire.layout(arrays)
+            decoded.append((arrays, meta))
+        states = [d[0] for d in decoded]
+        metas = [d[1] for d in decoded]
+        if self.request["mode"] == "sequential":
+            meta = metas[0]
+            n = meta["samples"] or 1.0
+            merged = states[0]
+            metrics = {
+                "samples": meta["samples"],
+                "loss": meta["loss_sum"] / n,
+                "score": meta["score_sum"] / n,
+                "compute_seconds": meta["seconds"],
+            }
+        else:
+            weights = [m["samples"] for m in metas]
+            merged = await _maybe_offload(lambda: self.rule.merge(states, weights, self.aggregate), states)
+            total = float(sum(weights))
+            metrics = {
+                "samples": total,
+                "loss": sum(m.get("loss", 0.0) * m["samples"] for m in metas) / total,
+                "score": sum(m.get("score", 0.0) * m["samples"] for m in metas) / total,
+                "compute_seconds": max(m["seconds"] for m in metas),
+            }
+        metrics["updates"] = len(blobs)
+        return {"state": merged, "weight": metrics["samples"], "metrics": metrics}
+
+    def release(self) -> None:
+        """Forget this round's task futures so the scheduler frees their results."""
+        futures, self._futures = self._futures, []
+        for f in futures:
+            f.release()
+
+
+class JobDriver:
+    """Runs one job's rounds from its home scheduler."""
+
+    def __init__(self, plugin: "GridSchedulerPlugin", record: "JobRecord") -> None:
+        self.plugin = plugin
+        self.record = record
+        self.request = record.request
+        self.rule = merge_rule(self.request, plugin.allowed_modules)
+        self.layout: dict | None = None
+
+    async def run(self) -> None:
+        record = self.record
+        record.status = "running"
+        record.started = time.time()
+        state_blob: bytes | None = None
+        try:
+            await self._attach_remote()
+            for round_no in range(record.rounds_done, record.rounds):
+                started = time.perf_counter()
+                if self.request["mode"] == "sequential":
+                    results, crossed = await self._sequential_round(round_no, state_blob)
+                else:
+                    results, crossed = await self._parallel_round(round_no, state_blob)
+                states = [r["state"] for r in results]
+                weights = [r["weight"] for r in results]
+                if self.request["mode"] == "sequential":
+                    state = states[-1]
+                else:
+                    state = await _maybe_offload(
+                        lambda: self.rule.merge(states, weights, weighted_mean), states
+                    )
+                state_blob = wire.encode(state)
+                total = float(sum(weights))
+                record.history.append(
+                    {
+                        "round": round_no + 1,
+                        "samples": total,
+                        "loss": sum(r["metrics"]["loss"] * r["weight"] for r in results) / total,
+                        "score": sum(r["metrics"]["score"] * r["weight"] for r in results) / total,
+                        "seconds": time.perf_counter() - started,
+                        "compute_seconds": max(r["metrics"]["compute_seconds"] for r in results),
+                        "updates": sum(r["metrics"]["updates"] for r in results),
+                        "regions": len(results),
+                        "bytes_cross_region": crossed,
+                        "time": time.time(),
+                    }
+                )
+                record.rounds_done = round_no + 1
+                record.result = state_blob
+            record.status = "done"
+        except asyncio.CancelledError:
+            record.status = "cancelled"
+            raise
+        except Exception as exc:  # noqa: BLE001 - any failure ends the job with its reason
+            logger.exception("job %s failed", record.id)
+            record.status = "failed"
+            record.error = f"{type(exc).__name__}: {exc}"
+        finally:
+            record.finished = time.time()
+            await self.plugin.finish_job(record)
+
+    # --- one round -------------------------------------------------------------------
+    def _regions(self) -> list[tuple[str, dict]]:
+        return list(self.record.placement.items())
+
+    async def _region_round(self, region: str, where: dict, round_no: int, blob: bytes | None) -> tuple[dict, int]:
+        if region == self.plugin.region:
+            return await self.plugin.runs[self.record.id].run_round(round_no, blob), 0
+        reply = await self.plugin.scheduler.rpc(where["address"]).grid_region_round(
+            job_id=self.record.id, round_no=round_no, state=blob
+        )
+        if reply.get("status") != "OK":
+            raise RuntimeError(f"region {region!r}: {reply.get('message')}")
+        arrays, _ = wire.decode(reply["state"], max_bytes=self.plugin.max_update_bytes)
+        crossed = len(reply["state"]) + (len(blob) if blob else 0)
+        return {"state": arrays, "weight": reply["weight"], "metrics": reply["metrics"]}, crossed
+
+    async def _parallel_round(self, round_no: int, blob: bytes | None) -> tuple[list[dict], int]:
+        replies = await asyncio.gather(
+            *[self._region_round(r, where, round_no, blob) for r, where in self._regions()]
+        )
+        return [r for r, _ in replies], sum(c for _, c in replies)
+
+    async def _sequential_round(self, round_no: int, blob: bytes | None) -> tuple[list[dict], int]:
+        results, crossed = [], 0
+        for region, where in self._regions():
+            result, c = await self._region_round(region, where, round_no, blob)
+            blob = wire.encode(result["state"])
+            results.append(result)
+            crossed += c
+        return results, crossed
+
+    # --- remote regions ------------------------------------------------------------
+    async def _attach_remote(self) -> None:
+        for region, where in self._regions():
+            if region == self.plugin.region:
+                continue
+            reply = await self.plugin.scheduler.rpc(where["address"]).grid_attach(
+                job_id=self.record.id, request=self.request, dataset=where["dataset"], home=self.plugin.region
+            )
+            if reply.get("status") != "OK":
+                raise RuntimeError(f"region {region!r} refused the job: {reply.get('message')}")
+
+    async def detach_remote(self) -> None:
+        for region, where in self._regions():
+            if region == self.plugin.region:
+                continue
+            try:
+                await self.plugin.scheduler.rpc(where["address"]).grid_detach(
+                    job_id=self.record.id, drop_dataset=bool(where.get("job_owned"))
+                )
+            except Exception as exc:  # noqa: BLE001 - a region that is gone has nothing to free
+                logger.warning("job %s: could not detach region %s: %s", self.record.id, region, exc)

@@ -1,0 +1,345 @@
+"""The grid's scheduler plugin: the trusted side of a region.
+
+Installed on every regional scheduler (``grid scheduler`` and ``Grid.local``
+pass it to distributed's ``Scheduler(plugins=...)``). It adds the grid's RPC
+handlers to the scheduler, keeps the job registry and the placed datasets,
+and runs job drivers as asyncio tasks in the scheduler's event loop, talking
+to the region's nodes through an asynchronous ``Client`` of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from distributed import Client
+from distributed.diagnostics.plugin import SchedulerPlugin
+
+from grid import config
+from grid.scheduler.datasets import Dataset, DatasetStore
+from grid.scheduler.driver import JobDriver, RegionRun
+from grid.scheduler.registry import FINISHED, JobRecord, JobRegistry
+from jobs.spec import SpecError, resolve_class
+
+logger = logging.getLogger("grid.scheduler")
+
+#: name under which the plugin is registered on the scheduler
+PLUGIN_NAME = "grid"
+
+
+def _error(exc: BaseException) -> dict:
+    return {"status": "error", "type": type(exc).__name__, "message": str(exc)}
+
+
+class GridSchedulerPlugin(SchedulerPlugin):
+    """Grid runtime inside one regional Dask scheduler.
+
+    Parameters
+    ----------
+    region : str
+        This region's name; job ids start with it.
+    """
+
+    name = PLUGIN_NAME
+
+    def __init__(self, region: str) -> None:
+        self.region = region
+        self.scheduler: Any = None
+        self.registry = JobRegistry(region, keep_finished=int(config.get("scheduler.finished-jobs-kept")))
+        self.runs: dict[str, RegionRun] = {}
+        self.drivers: dict[str, JobDriver] = {}
+        self.tasks: dict[str, asyncio.Task] = {}
+        self.finished_events: dict[str, asyncio.Event] = {}
+        self.allowed_modules = tuple(config.get("jobs.allowed-modules"))
+        self.max_update_bytes = config.nbytes("scheduler.max-update-bytes")
+        self._client: Client | None = None
+        self._client_lock: asyncio.Lock | None = None
+        self.datasets: DatasetStore
+
+    # --- lifecycle ---------------------------------------------------------------------
+    async def start(self, scheduler: Any) -> None:
+        self.scheduler = scheduler
+        self.datasets = DatasetStore(scheduler)
+        self._client_lock = asyncio.Lock()
+        scheduler.handlers.update(
+            {
+                "grid_info": self.info,
+                "grid_register_dataset": self.register_dataset,
+                "grid_drop_dataset": self.drop_dataset,
+                "grid_submit": self.submit,
+                "grid_job": self.job,
+                "grid_jobs": self.jobs,
+                "grid_cancel": self.cancel,
+                "grid_wait": self.wait,
+                "grid_result": self.result,
+                "grid_attach": self.attach,
+                "grid_detach": self.detach,
+                "grid_region_round": self.region_round,
+            }
+        )
+
+    async def close(self) -> None:
+        for task in list(self.tasks.values()):
+            task.cancel()
+        if self.tasks:
+            await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+
+    async def get_client(self) -> Client:
+        """The plugin's own asynchronous client of this scheduler (made on first use)."""
+        assert self._client_lock is not None
+        async with self._client_lock:
+            if self._client is None:
+                self._client = await Client(
+                    self.scheduler.address,
+                    asynchronous=True,
+                    security=self.scheduler.security,
+                    name=f"grid-driver-{self.region}",
+                    set_as_default=False,
+                )
+            return self._client
+
+    # --- handlers: status ------------------------------------------------------------
+    def info(self) -> dict:
+        """Region, nodes and job counts: what `grid status` and the dashboard show."""
+        s = self.scheduler
+        workers = []
+        for ws in s.workers.values():
+            workers.append(
+                {
+                    "address": ws.address,
+                    "name": str(ws.name),
+                    "host": ws.host,
+                    "nthreads": ws.nthreads,
+                    "memory_limit": ws.memory_limit,
+                    "memory": ws.memory.process,
+                    "cpu": ws.metrics.get("cpu", 0.0),
+                    "status": ws.status.name,
+                    "state": "paused" if ws.status.name == "paused" else "active",
+                    "executing": len(ws.processing),
+                    "stored": len(ws.has_what),
+                }
+            )
+        return {
+            "status": "OK",
+            "region": self.region,
+            "address": s.address,
+            "dashboard": _dashboard_link(s),
+            "workers": sorted(workers, key=lambda w: w["name"]),
+            "nthreads": sum(w["nthreads"] for w in workers),
+            "jobs": self.registry.counts(),
+            "datasets": [d.info() for d in self.datasets.datasets.values()],
+            "time": time.time(),
+        }
+
+    # --- handlers: data --------------------------------------------------------------
+    def register_dataset(
+        self,
+        name: str,
+        keys: list[str],
+        rows: list[int],
+        indices: list[int],
+        n_features: int,
+        classes: list | None = None,
+        owner: str = "",
+        job_owned: bool = False,
+    ) -> dict:
+        try:
+            if not (len(keys) == len(rows) == len(indices)):
+                raise ValueError("keys, rows and indices must have the same length")
+            self.datasets.register(
+                Dataset(
+                    name=str(name),
+                    keys=[str(k) for k in keys],
+                    rows=[int(r) for r in rows],
+                    indices=[int(i) for i in indices],
+                    n_features=int(n_features),
+                    classes=classes,
+                    owner=str(owner),
+                    job_owned=bool(job_owned),
+                )
+            )
+        except Exception as exc:  # noqa: BLE001 - report every rejection to the caller
+            return _error(exc)
+        return {"status": "OK"}
+
+    def drop_dataset(self, name: str) -> dict:
+        dataset = self.datasets.datasets.get(name)
+        if dataset is not None and dataset.users:
+            active = [j for j in dataset.users if j in self.runs]
+            if active:
+                return _error(ValueError(f"dataset {name!r} is in use by job(s) {sorted(active)}"))
+        return {"status": "OK", "dropped": self.datasets.drop(name)}
+
+    # --- handlers: jobs ---------------------------------------------------------------
+    def submit(self, request: dict, placement: dict, owner: str = "") -> dict:
+        """Register a job whose home is this region and start its driver."""
+        try:
+            record = self._validate_submission(request, placement, owner)
+        except Exception as exc:  # noqa: BLE001
+            return _error(exc)
+        self.registry.add(record)
+        dataset = self.datasets.get(placement[self.region]["dataset"]) if self.region in placement else None
+        if dataset is not None:
+            self._attach_local(record.id, request, dataset)
+        driver = JobDriver(self, record)
+        self.drivers[record.id] = driver
+        self.finished_events[record.id] = asyncio.Event()
+        self.tasks[record.id] = asyncio.get_running_loop().create_task(self._run(driver))
+        return {"status": "OK", "id": record.id}
+
+    def _validate_submission(self, request: Any, placement: Any, owner: Any) -> JobRecord:
+        if not isinstance(request, dict):
+            raise TypeError(f"a job request must be a dict, got {type(request).__name__}")
+        for key in ("kind", "estimator", "rounds", "mode"):
+            if key not in request:
+                raise ValueError(f"job request lacks {key!r}")
+        if request["kind"] != "partial_fit":
+            raise ValueError(f"unknown job kind {request['kind']!r}")
+        resolve_class(request["estimator"].get("class"), self.allowed_modules)
+        rounds = request["rounds"]
+        if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+            raise ValueError(f"rounds must be an integer >= 1, got {rounds!r}")
+        if request["mode"] not in ("average", "sequential"):
+            raise ValueError(f"mode must be 'average' or 'sequential', got {request['mode']!r}")
+        if not isinstance(placement, dict) or not placement:
+            raise ValueError("a job needs a placement: region -> {address, dataset}")
+        for region, where in placement.items():
+            if not isinstance(where, dict) or "dataset" not in where or "address" not in where:
+                raise ValueError(f"placement of region {region!r} needs 'address' and 'dataset'")
+        if self.region in placement:
+            self.datasets.get(placement[self.region]["dataset"])
+        return JobRecord(
+            id=self.registry.new_id(),
+            owner=str(owner),
+            home=self.region,
+            request=request,
+            placement=placement,
+        )
+
+    async def _run(self, driver: JobDriver) -> None:
+        try:
+            await driver.run()
+        except asyncio.CancelledError:
+            pass
+
+    async def finish_job(self, record: JobRecord) -> None:
+        """Free what a finished job held: its region runs, remote shares and own data."""
+        driver = self.drivers.pop(record.id, None)
+        self._detach_local(record.id, drop_dataset=bool(record.placement.get(self.region, {}).get("job_owned")))
+        if driver is not None:
+            await driver.detach_remote()
+        self.tasks.pop(record.id, None)
+        event = self.finished_events.get(record.id)
+        if event is not None:
+            event.set()
+
+    def job(self, job_id: str, history: bool = True) -> dict:
+        try:
+            record = self.registry.get(job_id)
+        except KeyError as exc:
+            return _error(exc)
+        out = record.summary()
+        if history:
+            out["history"] = list(record.history)
+        return {"status": "OK", "job": out}
+
+    def jobs(self) -> dict:
+        return {"status": "OK", "jobs": [j.summary() for j in self.registry.all()]}
+
+    async def cancel(self, job_id: str, owner: str | None = None) -> dict:
+        try:
+            record = self.registry.get(job_id)
+        except KeyError as exc:
+            return _error(exc)
+        if record.status in FINISHED:
+            return {"status": "OK", "job_status": record.status}
+        task = self.tasks.get(job_id)
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        record.status = "cancelled"
+        return {"status": "OK", "job_status": record.status}
+
+    async def wait(self, job_id: str, timeout: float | None = None) -> dict:
+        try:
+            record = self.registry.get(job_id)
+        except KeyError as exc:
+            return _error(exc)
+        if record.status not in FINISHED:
+            event = self.finished_events.setdefault(job_id, asyncio.Event())
+            try:
+                await asyncio.wait_for(event.wait(), timeout)
+            except asyncio.TimeoutError:
+                pass
+        return {"status": "OK", "job_status": record.status}
+
+    def result(self, job_id: str) -> dict:
+        try:
+            record = self.registry.get(job_id)
+        except KeyError as exc:
+            return _error(exc)
+        return {
+            "status": "OK",
+            "job_status": record.status,
+            "error": record.error,
+            "state": record.result if record.status == "done" else None,
+            "history": list(record.history),
+            "request": record.request,
+        }
+
+    # --- handlers: this region's share of a job (called by the job's home) ---------
+    def _attach_local(self, job_id: str, request: dict, dataset: Dataset) -> None:
+        self.runs[job_id] = RegionRun(self, job_id, request, dataset)
+        dataset.users.add(job_id)
+
+    def _detach_local(self, job_id: str, drop_dataset: bool) -> None:
+        run = self.runs.pop(job_id, None)
+        if run is None:
+            return
+        run.release()
+        run.dataset.users.discard(job_id)
+        if drop_dataset:
+            self.datasets.drop(run.dataset.name)
+
+    def attach(self, job_id: str, request: dict, dataset: str, home: str = "") -> dict:
+        try:
+            resolve_class(request["estimator"]["class"], self.allowed_modules)
+            self._attach_local(job_id, request, self.datasets.get(dataset))
+        except (KeyError, SpecError, ValueError, TypeError) as exc:
+            return _error(exc)
+        return {"status": "OK"}
+
+    def detach(self, job_id: str, drop_dataset: bool = False) -> dict:
+        self._detach_local(job_id, drop_dataset)
+        return {"status": "OK"}
+
+    async def region_round(self, job_id: str, round_no: int, state: bytes | None) -> dict:
+        from grid import wire
+
+        run = self.runs.get(job_id)
+        if run is None:
+            return _error(KeyError(f"job {job_id!r} is not attached to region {self.region!r}"))
+        try:
+            result = await run.run_round(round_no, state)
+        except Exception as exc:  # noqa: BLE001 - the home scheduler decides what a failure means
+            return _error(exc)
+        return {
+            "status": "OK",
+            "state": wire.encode(result["state"]),
+            "weight": result["weight"],
+            "metrics": result["metrics"],
+        }
+
+
+def _dashboard_link(scheduler: Any) -> str | None:
+    try:
+        port = scheduler.http_server.port
+    except AttributeError:
+        return None
+    host = scheduler.address.split("://")[-1].rsplit(":", 1)[0]
+    return f"http://{host}:{port}/status"

@@ -1,0 +1,216 @@
+"""Cutting training data into partitions, decided by the data, never by the nodes.
+
+The client calls :func:`partition` on what the user passed (numpy, pandas,
+scipy.sparse, dask array / dataframe). Row counts per partition come from
+``partition_rows`` (or the chunks of a dask collection); the number of nodes
+that happen to be up plays no part, so a job's result does not depend on it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+#: ``partition_rows="auto"``: aim for this many partitions ...
+AUTO_TARGET_PARTITIONS = 8
+#: ... but never fewer rows than this in one partition.
+AUTO_MIN_ROWS = 256
+
+
+class DataError(ValueError):
+    """Training data that the grid cannot use, with the reason and the fix."""
+
+
+@dataclass
+class Partitions:
+    """Training data cut into row blocks, in a fixed order.
+
+    Attributes
+    ----------
+    parts : list of (X_block, y_block)
+        ``y_block`` is None for unsupervised estimators.
+    n_features : int
+    classes : ndarray or None
+        Sorted labels over all partitions, for classifiers.
+    """
+
+    parts: list[tuple[Any, Any]]
+    n_features: int
+    classes: np.ndarray | None = None
+    sizes: list[int] = field(default_factory=list)
+
+    @property
+    def n_samples(self) -> int:
+        return int(sum(self.sizes))
+
+    def __len__(self) -> int:
+        return len(self.parts)
+
+
+def _to_2d(X: Any, name: str = "X") -> Any:
+    if hasattr(X, "to_numpy") and not sp.issparse(X):  # pandas DataFrame / Series
+        X = X.to_numpy()
+    if sp.issparse(X):
+        X = sp.csr_matrix(X)
+        data = X.data
+    else:
+        X = np.asarray(X)
+        data = X
+    if X.ndim != 2:
+        raise DataError(
+            f"{name} must be 2-dimensional (n_samples, n_features), got shape {X.shape}; "
+            "reshape a single feature with X.reshape(-1, 1)"
+        )
+    if data.dtype.kind not in "biuf":
+        raise DataError(
+            f"{name} has dtype {data.dtype}; the grid trains on numeric features. Encode "
+            "categories first (e.g. sklearn.preprocessing.OrdinalEncoder)"
+        )
+    if data.dtype.kind == "f" and not np.isfinite(data).all():
+        raise DataError(f"{name} contains NaN or infinity; impute or drop those rows first")
+    return X
+
+
+def _to_1d(y: Any, n: int) -> np.ndarray:
+    if hasattr(y, "to_numpy"):
+        y = y.to_numpy()
+    y = np.asarray(y)
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y.ravel()
+    if y.ndim != 1:
+        raise DataError(f"y must be 1-dimensional, got shape {y.shape}")
+    if y.shape[0] != n:
+        raise DataError(
+            f"X has {n} samples but y has {y.shape[0]}; pass one target per row of X"
+        )
+    if y.dtype.kind == "f" and not np.isfinite(y).all():
+        raise DataError("y contains NaN or infinity; drop those rows first")
+    if y.dtype.kind == "O":
+        y = y.astype(str)
+    return y
+
+
+def _is_dask(obj: Any) -> bool:
+    return hasattr(obj, "__dask_graph__") and hasattr(obj, "__dask_keys__")
+
+
+def _dask_blocks(X: Any, y: Any) -> tuple[list[Any], list[Any] | None]:
+    """Compute a dask collection block by block: its chunks become partitions."""
+    import dask
+
+    def blocks(obj: Any) -> list[Any]:
+        if hasattr(obj, "to_delayed"):
+            delayed = obj.to_delayed()
+            delayed = list(np.asarray(delayed, dtype=object).ravel())
+            return list(dask.compute(*delayed))
+        return [obj]
+
+    xb = blocks(X)
+    yb = blocks(y) if y is not None else None
+    if yb is not None and len(yb) != len(xb):
+        raise DataError(
+            f"X has {len(xb)} chunks but y has {len(yb)}; chunk X and y along rows alike"
+        )
+    return xb, yb
+
+
+def rows_per_partition(n_samples: int, partition_rows: int | str | None) -> int:
+    """Rows in each partition for ``n_samples`` rows (the last may be shorter)."""
+    if partition_rows in (None, "auto"):
+        return max(AUTO_MIN_ROWS, math.ceil(n_samples / AUTO_TARGET_PARTITIONS))
+    if isinstance(partition_rows, bool) or not isinstance(partition_rows, (int, np.integer)) or partition_rows < 1:
+        raise DataError(f"partition_rows must be a positive int or 'auto', got {partition_rows!r}")
+    return int(partition_rows)
+
+
+def partition(
+    X: Any,
+    y: Any = None,
+    *,
+    partition_rows: int | str | None = "auto",
+    classification: bool = False,
+) -> Partitions:
+    """Validate ``X``/``y`` and cut them into row partitions.
+
+    Parameters
+    ----------
+    X : array-like, sparse matrix, pandas or dask collection
+    y : array-like, optional
+    partition_rows : int or "auto"
+        Rows per partition; ignored for dask collections, whose chunks are used.
+    classification : bool
+        Whether to collect the sorted class labels.
+
+    Raises
+    ------
+    DataError
+        Naming the problem and its fix.
+    """
+    if X is None:
+        raise DataError("X is None; pass the training data")
+    if _is_dask(X) or _is_dask(y):
+        xb, yb = _dask_blocks(X, y)
+        blocks = [(_to_2d(xp, f"X (chunk {i})"), yp) for i, (xp, yp) in enumerate(zip(xb, yb or [None] * len(xb)))]
+    else:
+        Xa = _to_2d(X)
+        n = Xa.shape[0]
+        step = rows_per_partition(n, partition_rows) if n else 1
+        blocks = [(Xa[i : i + step], None if y is None else slice(i, i + step)) for i in range(0, n, step)]
+        if y is not None:
+            ya = _to_1d(y, n)
+            blocks = [(xp, ya[s]) for xp, s in blocks]
+    parts = []
+    n_features = None
+    for i, (xp, yp) in enumerate(blocks):
+        xp = _to_2d(xp, f"X (partition {i})")
+        if n_features is None:
+            n_features = xp.shape[1]
+        elif xp.shape[1] != n_features:
+            raise DataError(
+                f"partition {i} has {xp.shape[1]} features but partition 0 has {n_features}; "
+                "every partition needs the same columns"
+            )
+        if yp is not None:
+            yp = _to_1d(yp, xp.shape[0])
+        if xp.shape[0]:
+            parts.append((xp, yp))
+    if not parts:
+        raise DataError("X is empty (0 samples); a job needs at least one row of training data")
+    if n_features == 0:
+        raise DataError("X has 0 features; a job needs at least one column")
+    classes = None
+    if classification:
+        if parts[0][1] is None:
+            raise DataError("this estimator is a classifier and needs y")
+        classes = np.unique(np.concatenate([p[1] for p in parts]))
+    return Partitions(parts=parts, n_features=int(n_features), classes=classes, sizes=[p[0].shape[0] for p in parts])
+
+
+def split_counts(n_parts: int, capacities: Sequence[int]) -> list[int]:
+    """Split ``n_parts`` consecutive partitions across holders in proportion to capacity.
+
+    Largest-remainder rounding; every holder with capacity gets at least one
+    partition while there are enough partitions.
+    """
+    caps = [max(0, int(c)) for c in capacities]
+    total = sum(caps)
+    if total == 0:
+        raise ValueError("no capacity to place partitions on")
+    quotas = [n_parts * c / total for c in caps]
+    counts = [int(math.floor(q)) for q in quotas]
+    order = sorted(range(len(caps)), key=lambda i: (-(quotas[i] - counts[i]), i))
+    for i in order[: n_parts - sum(counts)]:
+        counts[i] += 1
+    # give an empty holder one partition from the largest when possible
+    for i, c in enumerate(counts):
+        if c == 0 and caps[i] > 0:
+            j = max(range(len(counts)), key=lambda k: counts[k])
+            if counts[j] > 1:
+                counts[j] -= 1
+                counts[i] += 1
+    return counts
