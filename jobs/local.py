@@ -70,6 +70,30 @@ def partial_fit_step(
     return state_rule(est).get_state(est), metrics
 
 
+#: Local update functions by job kind. Each has the signature of
+#: :func:`partial_fit_step`: ``(spec, state, X, y, *, classes, seed, epochs)``
+#: returning ``(state, metrics)``. Job estimators name their kind in their
+#: request; nodes look the function up here.
+LOCAL_STEPS = {"partial_fit": partial_fit_step}
+
+
+def register_local_step(kind: str):
+    """Decorator: register the local update function of a job kind."""
+
+    def decorator(fn):
+        LOCAL_STEPS[kind] = fn
+        return fn
+
+    return decorator
+
+
+def local_step(kind: str):
+    try:
+        return LOCAL_STEPS[kind]
+    except KeyError:
+        raise ValueError(f"unknown job kind {kind!r}; known kinds are {sorted(LOCAL_STEPS)}") from None
+
+
 def partition_metrics(est: Any, X: Any, y: Any) -> dict[str, float]:
     """Training loss and score of ``est`` on one partition (cheap: one predict pass)."""
     if y is None:

@@ -96,6 +96,15 @@ class MergeRule:
                 merged[name] = first
         return merged
 
+    def server_update(self, previous: State | None, merged: State, request: Mapping[str, Any], round_no: int) -> State:
+        """Turn the merged state of a round into the next global state.
+
+        Called once per round on the home scheduler after the cross-region
+        combine. The default keeps ``merged``; a rule may apply server-side
+        momentum or another optimiser step here (FedAvgM-like).
+        """
+        return merged
+
     def is_averaged(self, name: str, value: Any) -> bool:
         """Whether ``name`` is combined by the aggregator (default: float data)."""
         return np.asarray(value).dtype.kind == "f"

@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 
 from grid import wire
-from jobs.local import derive_seed, partial_fit_step
+import jobs  # noqa: F401  (registers every job kind's local step)
+from jobs.local import derive_seed, local_step
 
 
 def _classes(request: dict) -> np.ndarray | None:
@@ -35,7 +36,7 @@ def partition_update(
     """One local update of one partition from the global state (average mode)."""
     start = time.perf_counter()
     X, y = partition
-    state, metrics = partial_fit_step(
+    state, metrics = local_step(request["kind"])(
         request["estimator"],
         _state(state_blob),
         X,
@@ -61,7 +62,7 @@ def sequential_step(
     state, acc = (None, {}) if previous is None else wire.decode(previous)
     if "samples" not in acc:  # first step of this region's chain
         acc = {"samples": 0.0, "loss_sum": 0.0, "score_sum": 0.0, "seconds": 0.0}
-    new_state, metrics = partial_fit_step(
+    new_state, metrics = local_step(request["kind"])(
         request["estimator"],
         state,
         X,

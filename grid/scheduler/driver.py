@@ -157,13 +157,13 @@ class JobDriver:
         self.record = record
         self.request = record.request
         self.rule = merge_rule(self.request, plugin.allowed_modules)
-        self.layout: dict | None = None
 
     async def run(self) -> None:
         record = self.record
         record.status = "running"
         record.started = time.time()
         state_blob: bytes | None = None
+        previous_state: dict | None = None
         try:
             await self._attach_remote()
             for round_no in range(record.rounds_done, record.rounds):
@@ -180,6 +180,8 @@ class JobDriver:
                     state = await _maybe_offload(
                         lambda: self.rule.merge(states, weights, weighted_mean), states
                     )
+                    state = self.rule.server_update(previous_state, state, self.request, round_no)
+                previous_state = state
                 state_blob = wire.encode(state)
                 total = float(sum(weights))
                 record.history.append(

@@ -21,6 +21,7 @@ from grid import config
 from grid.scheduler.datasets import Dataset, DatasetStore
 from grid.scheduler.driver import JobDriver, RegionRun
 from grid.scheduler.registry import FINISHED, JobRecord, JobRegistry
+from jobs.local import local_step
 from jobs.spec import SpecError, resolve_class
 
 logger = logging.getLogger("grid.scheduler")
@@ -198,8 +199,7 @@ class GridSchedulerPlugin(SchedulerPlugin):
         for key in ("kind", "estimator", "rounds", "mode"):
             if key not in request:
                 raise ValueError(f"job request lacks {key!r}")
-        if request["kind"] != "partial_fit":
-            raise ValueError(f"unknown job kind {request['kind']!r}")
+        local_step(request["kind"])  # raises for an unknown kind
         resolve_class(request["estimator"].get("class"), self.allowed_modules)
         rounds = request["rounds"]
         if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:

@@ -1,0 +1,188 @@
+"""The ``grid`` command line (click, like distributed's ``dask`` command)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from typing import Any
+
+import click
+
+from grid import config  # noqa: F401  (registers defaults)
+
+GRID_FILE_HELP = "Grid spec (YAML) to connect with; `grid up` writes one."
+
+
+def _logging(level: str = "INFO") -> None:
+    logging.basicConfig(level=getattr(logging, level.upper()), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+
+def _parse_regions(value: str) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for item in value.split(","):
+        name, sep, n = item.strip().partition("=")
+        if not sep or not n.strip().isdigit():
+            raise click.BadParameter(f"{item!r} is not NAME=NODES; e.g. --regions eu=2,us=2")
+        out[name.strip()] = int(n)
+    return out
+
+
+def _connect(grid_file: str) -> Any:
+    from grid import Grid
+
+    try:
+        return Grid.connect(grid_file)
+    except (FileNotFoundError, ValueError, OSError) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@click.group()
+@click.version_option(package_name="dask-grid")
+def main() -> None:
+    """dask-grid: a batch compute grid on Dask."""
+
+
+@main.command()
+@click.option("--region", required=True, help="Name of the region this scheduler serves.")
+@click.option("--host", default=None, help="Address to listen on (default: all interfaces).")
+@click.option("--port", default=8786, show_default=True, type=int, help="Scheduler port.")
+@click.option("--dashboard-address", default=":8787", show_default=True, help="Dask dashboard address; 'none' disables it.")
+@click.option("--protocol", default=None, help="tcp or tls (default: from the address or tcp).")
+def scheduler(region: str, host: str | None, port: int, dashboard_address: str, protocol: str | None) -> None:
+    """Run the scheduler of one region (a Dask scheduler with the grid plugin)."""
+    from grid.local import check_regions
+    from grid.scheduler.service import run_scheduler
+
+    try:
+        check_regions({region: 0})
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--region") from None
+    _logging()
+    dash = None if dashboard_address.lower() == "none" else dashboard_address
+    asyncio.run(run_scheduler(region, host=host, port=port, dashboard_address=dash, protocol=protocol))
+
+
+@main.command()
+@click.option("--region", required=True, help="Region to join; must match the scheduler's.")
+@click.option("--scheduler", "scheduler_address", required=True, help="Scheduler address, e.g. tcp://host:8786.")
+@click.option("--nthreads", default=1, show_default=True, type=click.IntRange(min=1), help="Threads of this node.")
+@click.option("--memory-limit", default="auto", show_default=True, help="Memory limit, e.g. 4GiB, or 'auto'.")
+@click.option("--name", default=None, help="Node name (its identity); default HOST-PID.")
+def node(region: str, scheduler_address: str, nthreads: int, memory_limit: str, name: str | None) -> None:
+    """Run a node: a Dask worker of one region. SIGTERM retires it gracefully."""
+    from grid.node.agent import run_node
+
+    _logging()
+    try:
+        asyncio.run(run_node(scheduler_address, region, nthreads=nthreads, memory_limit=memory_limit, name=name))
+    except (RuntimeError, OSError) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@main.command()
+@click.option("--regions", "regions_text", default="eu=1,us=1", show_default=True, help="Regions and nodes: NAME=NODES,...")
+@click.option("--file", "grid_file", default="grid.yaml", show_default=True, help="Where to write the grid spec.")
+@click.option("--threads-per-node", default=None, type=click.IntRange(min=1))
+def up(regions_text: str, grid_file: str, threads_per_node: int | None) -> None:
+    """Run a local grid in the foreground until Ctrl-C or SIGTERM."""
+    from grid.local import LocalGrid
+
+    regions = _parse_regions(regions_text)
+    try:
+        local = LocalGrid(regions, threads_per_node=threads_per_node)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--regions") from None
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *a: stop.set())
+    signal.signal(signal.SIGINT, lambda *a: stop.set())
+    try:
+        local.spec.write(grid_file)
+        click.echo(f"grid spec written to {os.path.abspath(grid_file)}")
+        for name, cluster in local.clusters.items():
+            click.echo(f"region {name}: scheduler {cluster.scheduler_address}  nodes {len(cluster.workers)}  dashboard {cluster.dashboard_link}")
+        click.echo(f"connect with: Grid.connect({grid_file!r})   stop with Ctrl-C")
+        sys.stdout.flush()
+        while not stop.wait(0.5):
+            pass
+    finally:
+        click.echo("stopping the grid ...")
+        local.close()
+        if os.path.exists(grid_file):
+            os.remove(grid_file)
+
+
+@main.command()
+@click.option("--grid", "grid_file", default="grid.yaml", show_default=True, help=GRID_FILE_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def status(grid_file: str, as_json: bool) -> None:
+    """Regions, nodes and their state."""
+    g = _connect(grid_file)
+    try:
+        st = g.status()
+    finally:
+        g.close()
+    if as_json:
+        click.echo(json.dumps(st, indent=2, default=str))
+        return
+    for region, info in st.items():
+        jobs = ", ".join(f"{k} {v}" for k, v in info["jobs"].items() if v)
+        click.echo(f"region {region}  {info['address']}  nodes {len(info['workers'])}  threads {info['nthreads']}  jobs: {jobs or 'none'}")
+        for w in info["workers"]:
+            click.echo(f"  {w['name']:<28} {w['state']:<12} threads {w['nthreads']}  cpu {w['cpu']:5.1f}%  mem {w['memory'] / 2**20:8.1f} MiB  {w['address']}")
+
+
+@main.command()
+@click.option("--grid", "grid_file", default="grid.yaml", show_default=True, help=GRID_FILE_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def jobs(grid_file: str, as_json: bool) -> None:
+    """Jobs on every region of the grid."""
+    g = _connect(grid_file)
+    try:
+        rows = g.jobs()
+    finally:
+        g.close()
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, default=str))
+        return
+    click.echo(f"{'id':<20} {'status':<10} {'estimator':<22} {'round':>9} {'loss':>8} {'elapsed':>8}  owner")
+    for j in rows:
+        loss = "" if j["loss"] is None else f"{j['loss']:.4f}"
+        click.echo(
+            f"{j['id']:<20} {j['status']:<10} {j['estimator']:<22} {j['rounds_done']:>4}/{j['rounds']:<4} {loss:>8} {j['elapsed']:7.1f}s  {j['owner']}"
+        )
+
+
+@main.command()
+@click.argument("job_id")
+@click.option("--grid", "grid_file", default="grid.yaml", show_default=True, help=GRID_FILE_HELP)
+def cancel(job_id: str, grid_file: str) -> None:
+    """Cancel a job by id."""
+    g = _connect(grid_file)
+    try:
+        try:
+            status_after = g.job(job_id).cancel()
+        except (KeyError, Exception) as exc:  # noqa: BLE001 - print the reason, exit 1
+            raise click.ClickException(str(exc)) from None
+    finally:
+        g.close()
+    click.echo(f"{job_id}: {status_after}")
+
+
+@main.command()
+@click.option("--rows", default=1_000_000, show_default=True, type=click.IntRange(min=1000), help="Rows of the generated problem.")
+@click.option("--regions", "regions_text", default="eu=1,us=1", show_default=True, help="Regions and nodes: NAME=NODES,...")
+def demo(rows: int, regions_text: str) -> None:
+    """Train on digits and a generated problem on an embedded 2-region grid."""
+    from grid.demo import run_demo
+
+    run_demo(rows=rows, regions=_parse_regions(regions_text))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,50 @@
+"""``grid scheduler``: a Dask scheduler carrying the grid plugin, until signalled."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from typing import Any
+
+from distributed import Scheduler
+
+from grid.scheduler.plugin import GridSchedulerPlugin
+
+logger = logging.getLogger("grid.scheduler")
+
+
+async def run_scheduler(
+    region: str,
+    *,
+    host: str | None = None,
+    port: int = 8786,
+    dashboard_address: str | None = ":8787",
+    security: Any = None,
+    protocol: str | None = None,
+    ready: Any = None,
+) -> None:
+    """Serve one region until SIGTERM/SIGINT."""
+    scheduler = Scheduler(
+        host=host,
+        port=port,
+        dashboard_address=dashboard_address,
+        dashboard=dashboard_address is not None,
+        security=security,
+        protocol=protocol,
+        plugins=[GridSchedulerPlugin(region=region)],
+    )
+    await scheduler
+    logger.info("grid scheduler for region %s at %s", region, scheduler.address)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    if ready is not None:
+        ready(scheduler)
+    finished = asyncio.ensure_future(scheduler.finished())
+    stopper = asyncio.ensure_future(stop.wait())
+    await asyncio.wait([finished, stopper], return_when=asyncio.FIRST_COMPLETED)
+    await scheduler.close(reason="grid-scheduler-stopped")
+    finished.cancel()
+    stopper.cancel()
