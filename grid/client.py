@@ -63,6 +63,9 @@ class Grid:
             Default ``grid.local.memory-limit``.
         dashboard : bool, optional
             Serve each region's Dask dashboard (default ``grid.local.dashboard``).
+        processes : bool, default True
+            Nodes as worker processes (the real thing); False runs them as
+            threads of this process, which starts faster (tests).
         """
         from grid.local import LocalGrid
 

@@ -41,6 +41,7 @@ class LocalGrid:
         memory_limit: str | None = None,
         dashboard: bool | None = None,
         host: str = "127.0.0.1",
+        processes: bool = True,
     ) -> None:
         regions = check_regions(regions)
         threads = threads_per_node or int(config.get("local.threads-per-node"))
@@ -52,11 +53,13 @@ class LocalGrid:
                 self.clusters[name] = LocalCluster(
                     n_workers=n,
                     threads_per_worker=threads,
-                    processes=True,
+                    processes=processes,
+                    protocol="tcp://",  # real sockets, also for threaded nodes
                     memory_limit=memory,
                     host=host,
-                    dashboard_address=":0" if dashboard else None,
-                    scheduler_kwargs={"plugins": [GridSchedulerPlugin(region=name)]},
+                    # ":0": a free port (the scheduler serves /health and /metrics there too)
+                    dashboard_address=":0",
+                    scheduler_kwargs={"plugins": [GridSchedulerPlugin(region=name)], "dashboard": bool(dashboard)},
                     silence_logs=logging.ERROR,
                 )
         except BaseException:

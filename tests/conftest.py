@@ -1,0 +1,40 @@
+"""Shared fixtures: in-process grids and real grid processes."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+from sklearn.datasets import make_classification
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 30.0, interval: float = 0.05, what: str = "condition") -> object:
+    """Poll ``predicate`` until it returns a truthy value; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+@pytest.fixture(scope="session")
+def classification_data():
+    X, y = make_classification(n_samples=4000, n_features=10, n_informative=5, random_state=0)
+    return X.astype(np.float64), y
+
+
+@pytest.fixture(scope="module")
+def grid2():
+    """An in-process grid: regions eu and us with one threaded node each."""
+    from grid import Grid
+
+    g = Grid.local(regions={"eu": 1, "us": 1}, processes=False, dashboard=False)
+    try:
+        yield g
+    finally:
+        g.close()

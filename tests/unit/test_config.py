@@ -1,0 +1,55 @@
+import dask.config
+import jsonschema
+import yaml
+
+from grid import config
+
+
+def _keys(d, prefix=""):
+    out = set()
+    for k, v in d.items():
+        out.add(prefix + k)
+        if isinstance(v, dict) and v:
+            out |= _keys(v, prefix + k + ".")
+    return out
+
+
+def _schema_keys(schema, prefix=""):
+    out = set()
+    for k, v in schema.get("properties", {}).items():
+        out.add(prefix + k)
+        if v.get("type") == "object":
+            out |= _schema_keys(v, prefix + k + ".")
+    return out
+
+
+def test_defaults_validate_against_schema():
+    with open(config.DEFAULTS_FILE) as f:
+        defaults = yaml.safe_load(f)
+    jsonschema.validate(defaults, config.schema())
+
+
+def test_schema_and_defaults_name_the_same_keys():
+    with open(config.DEFAULTS_FILE) as f:
+        defaults = yaml.safe_load(f)
+    assert _keys(defaults) == _schema_keys(config.schema())
+
+
+def test_every_schema_leaf_is_described():
+    def leaves(schema, prefix=""):
+        for k, v in schema.get("properties", {}).items():
+            if v.get("type") == "object":
+                yield from leaves(v, prefix + k + ".")
+            else:
+                yield prefix + k, v
+
+    for key, entry in leaves(config.schema()):
+        assert entry.get("description"), f"{key} has no description"
+
+
+def test_defaults_are_registered_and_overridable():
+    assert config.get("jobs.replicas") == 2
+    with dask.config.set({"grid.jobs.replicas": 1}):
+        assert config.get("jobs.replicas") == 1
+    assert config.seconds("connect-timeout") == 10
+    assert config.nbytes("scheduler.max-update-bytes") == 256 * 2**20
