@@ -54,7 +54,8 @@ def main() -> None:
 @click.option("--port", default=8786, show_default=True, type=int, help="Scheduler port.")
 @click.option("--dashboard-address", default=":8787", show_default=True, help="Dask dashboard address; 'none' disables it.")
 @click.option("--protocol", default=None, help="tcp or tls (default: from the address or tcp).")
-def scheduler(region: str, host: str | None, port: int, dashboard_address: str, protocol: str | None) -> None:
+@click.option("--scheduler-file", default=None, help="Write the scheduler's address (JSON) here once it listens.")
+def scheduler(region: str, host: str | None, port: int, dashboard_address: str, protocol: str | None, scheduler_file: str | None) -> None:
     """Run the scheduler of one region (a Dask scheduler with the grid plugin)."""
     from grid.local import check_regions
     from grid.scheduler.service import run_scheduler
@@ -65,7 +66,15 @@ def scheduler(region: str, host: str | None, port: int, dashboard_address: str, 
         raise click.BadParameter(str(exc), param_hint="--region") from None
     _logging()
     dash = None if dashboard_address.lower() == "none" else dashboard_address
-    asyncio.run(run_scheduler(region, host=host, port=port, dashboard_address=dash, protocol=protocol))
+
+    def ready(s: Any) -> None:
+        if scheduler_file:
+            tmp = scheduler_file + ".tmp"
+            with open(tmp, "w") as f:
+                json.dump({"address": s.address, "region": region, "http_port": s.http_server.port}, f)
+            os.replace(tmp, scheduler_file)  # readers never see a half-written file
+
+    asyncio.run(run_scheduler(region, host=host, port=port, dashboard_address=dash, protocol=protocol, ready=ready))
 
 
 @main.command()
