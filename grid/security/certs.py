@@ -480,7 +480,8 @@ def _new_key() -> ec.EllipticCurvePrivateKey:
     return ec.generate_private_key(ec.SECP256R1())
 
 
-def _fmt(when: _dt.datetime) -> str:
+def format_utc(when: _dt.datetime) -> str:
+    """``2026-01-31 12:00 UTC``: how messages and ``grid certs`` print times."""
     return when.strftime("%Y-%m-%d %H:%M UTC")
 
 
@@ -646,13 +647,13 @@ def load_ca(
     moment = _utc(now)
     if moment > ca.cert.not_valid_after_utc:
         raise CAExpired(
-            f"the grid CA {ca.cert_path} expired on {_fmt(ca.cert.not_valid_after_utc)}. Create a new CA "
+            f"the grid CA {ca.cert_path} expired on {format_utc(ca.cert.not_valid_after_utc)}. Create a new CA "
             "(`grid certs init --dir NEW_DIR`), issue every certificate again from it and give the new ca.pem "
             "to all schedulers, nodes and clients"
         )
     if moment < ca.cert.not_valid_before_utc:
         raise CAExpired(
-            f"the grid CA {ca.cert_path} is valid only from {_fmt(ca.cert.not_valid_before_utc)}; "
+            f"the grid CA {ca.cert_path} is valid only from {format_utc(ca.cert.not_valid_before_utc)}; "
             "check this machine's clock"
         )
     return ca
@@ -776,7 +777,7 @@ def issue(
     if end < start + _dt.timedelta(days=days) - _BACKDATE:
         logger.warning(
             "%s certificate %r ends with the CA on %s, before the %d days asked for; create a new CA in time",
-            role, name, _fmt(end), days,
+            role, name, format_utc(end), days,
         )
 
     key = _new_key()
@@ -878,7 +879,7 @@ def _sign_crl(ca: CA, revoked: list[x509.RevokedCertificate], *, days: int, numb
         x509.CertificateRevocationListBuilder()
         .issuer_name(ca.cert.subject)
         .last_update(now - _BACKDATE)
-        .next_update(min(now + _dt.timedelta(days=days), ca.cert.not_valid_after_utc))
+        .next_update(now + _dt.timedelta(days=days))
         .add_extension(x509.CRLNumber(number), critical=False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(
@@ -1149,7 +1150,7 @@ def load_revoked(crl_path: str | os.PathLike[str], ca: Any = None, *, now: _dt.d
     if next_update is not None and _utc(now) > next_update:
         logger.warning(
             "revocation list %s was due for renewal on %s; run `grid certs crl` on the CA machine and copy it again",
-            path, _fmt(next_update),
+            path, format_utc(next_update),
         )
     return {entry.serial_number for entry in crl}
 
@@ -1412,7 +1413,7 @@ def check_certificate(
     what = _describe(leaf)
     if moment > ca_cert.not_valid_after_utc:
         raise CAExpired(
-            f"the grid CA {where} expired on {_fmt(ca_cert.not_valid_after_utc)}; create a new CA "
+            f"the grid CA {where} expired on {format_utc(ca_cert.not_valid_after_utc)}; create a new CA "
             "(`grid certs init`), issue every certificate again and distribute the new ca.pem"
         )
     try:
@@ -1427,11 +1428,11 @@ def check_certificate(
         ) from None
     if moment > leaf.not_valid_after_utc:
         raise CertificateExpired(
-            f"{what} expired on {_fmt(leaf.not_valid_after_utc)}; issue a new one with `grid certs issue`"
+            f"{what} expired on {format_utc(leaf.not_valid_after_utc)}; issue a new one with `grid certs issue`"
         )
     if moment < leaf.not_valid_before_utc:
         raise CertificateNotYetValid(
-            f"{what} is valid only from {_fmt(leaf.not_valid_before_utc)}; check the clocks of both machines"
+            f"{what} is valid only from {format_utc(leaf.not_valid_before_utc)}; check the clocks of both machines"
         )
     identity = identity_from_certificate(leaf)
     if crl is not None:
@@ -1454,7 +1455,7 @@ def check_certificate(
         roles = {expected_role} if isinstance(expected_role, str) else set(expected_role)
         if identity.role not in roles:
             raise WrongRole(
-                f"{identity} cannot be used here: this needs a {' or '.join(sorted(roles))} certificate "
+                f"{identity} cannot be used here: this needs a certificate of role {' or '.join(sorted(roles))} "
                 f"(`grid certs issue {sorted(roles)[0]} NAME`)"
             )
     if expected_region is not None and identity.region != expected_region:

@@ -59,10 +59,11 @@ def init(ca_dir: str | None, name: str, days: int | None) -> None:
         ca = _certs.init_ca(directory, name=name, days=days)
     except (FileExistsError, *_ERRORS) as exc:
         raise _fail(exc) from None
-    click.echo(f"created grid CA {ca.name!r} in {ca.directory} (valid until {_certs._fmt(ca.not_after)})")
-    click.echo(f"  {ca.cert_path}   give to every scheduler, node and client")
-    click.echo(f"  {ca.key_path}   keep secret; it never leaves this directory")
-    click.echo(f"  {ca.crl_path}   revocation list; give to every scheduler")
+    click.echo(f"created grid CA {ca.name!r} in {ca.directory} (valid until {_certs.format_utc(ca.not_after)})")
+    width = len(str(ca.key_path))
+    click.echo(f"  {str(ca.cert_path):<{width}}  give to every scheduler, node and client")
+    click.echo(f"  {str(ca.key_path):<{width}}  keep secret; it never leaves this directory")
+    click.echo(f"  {str(ca.crl_path):<{width}}  revocation list; give to every scheduler")
     click.echo(f"next: grid certs issue scheduler NAME --region REGION --host HOST --dir {ca.directory}")
 
 
@@ -106,7 +107,7 @@ def issue(
         raise _fail(exc) from None
     ident = issued.identity
     assert ident.not_after is not None
-    click.echo(f"issued {ident} serial {ident.serial_hex}, valid until {_certs._fmt(ident.not_after)}")
+    click.echo(f"issued {ident} serial {ident.serial_hex}, valid until {_certs.format_utc(ident.not_after)}")
     if issued.hosts:
         click.echo(f"  hosts: {', '.join(issued.hosts)}")
     click.echo(f"  certificate: {issued.cert_path}")
@@ -164,12 +165,12 @@ def list_(ca_dir: str | None, as_json: bool) -> None:
         }
         click.echo(json.dumps(out, indent=2))
         return
-    crl = _certs._fmt(next_update) if next_update else "missing"
-    click.echo(f"CA {ca.name!r} {ca.cert_path}  valid until {_certs._fmt(ca.not_after)}  CRL due {crl}")
+    crl = _certs.format_utc(next_update) if next_update else "missing"
+    click.echo(f"CA {ca.name!r} {ca.cert_path}  valid until {_certs.format_utc(ca.not_after)}  CRL due {crl}")
     click.echo(f"{'role':<10} {'name':<24} {'region':<10} {'status':<14} {'valid until':<21} serial")
     for r in rows:
         i = r.identity
-        until = _certs._fmt(i.not_after) if i.not_after else ""
+        until = _certs.format_utc(i.not_after) if i.not_after else ""
         click.echo(f"{i.role:<10} {i.name:<24} {i.region or '-':<10} {r.status:<14} {until:<21} {i.serial_hex}")
 
 
@@ -185,5 +186,5 @@ def crl(ca_dir: str | None, days: int | None, empty: bool) -> None:
         next_update = _certs.crl_next_update(path.parent)
     except _ERRORS as exc:
         raise _fail(exc) from None
-    due = _certs._fmt(next_update) if next_update else "?"
+    due = _certs.format_utc(next_update) if next_update else "?"
     click.echo(f"wrote {path}: {len(revoked)} revoked certificate(s), next update due {due}")

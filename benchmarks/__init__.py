@@ -1,0 +1,1 @@
+"""Benchmarks of dask-grid against named anchors, each runnable with one command."""

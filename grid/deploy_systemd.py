@@ -1,0 +1,825 @@
+"""systemd units for a region's scheduler and for volunteer nodes.
+
+This module is the single source of the unit files: the files in the
+repository's ``deploy/systemd/`` are its output with default options
+(``python -m grid.deploy_systemd deploy/systemd`` regenerates them, and a test
+checks that they match), and ``grid scheduler install-systemd`` / ``grid node
+install-systemd`` write the same text with the options an operator gives. The
+templates live here, in Python, rather than as package data, so an installed
+``dask-grid`` (which ships only ``*.yaml`` data files) can always render them.
+
+Design, in short:
+
+- ``grid-scheduler@.service`` is a template unit; the instance name is the
+  region (``systemctl enable --now grid-scheduler@eu``). ``grid-node.service``
+  runs one node per machine.
+- Settings an operator edits live in an environment file per unit
+  (``/etc/dask-grid/scheduler-REGION.env``, ``/etc/dask-grid/node.env``); the
+  unit sets fallbacks with ``Environment=`` that the file overrides.
+- Units run as an unprivileged user (``DynamicUser=yes`` by default, or a
+  dedicated user) with systemd's sandboxing; the scheduler gets a private
+  ``StateDirectory`` (the grid's ``scheduler.state-dir``), nodes run at low
+  priority (``Nice``, ``CPUSchedulingPolicy=batch``, ``CPUWeight``,
+  ``IOSchedulingClass=idle``, optional ``CPUQuota``).
+- TLS material is passed with ``LoadCredential=`` from a root-only directory;
+  distributed reads it through its own configuration variables
+  (``DASK_DISTRIBUTED__COMM__TLS__...``) pointing into ``%d``, the unit's
+  credentials directory.
+- Stopping sends ``SIGTERM`` to the main process only (``KillMode=mixed``): a
+  node then retires through its scheduler (data copied off first) and exits
+  0; ``TimeoutStopSec`` leaves room for that before systemd kills.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import re
+import shutil
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import click
+
+#: where ``install-systemd`` writes units unless told otherwise
+DEFAULT_TARGET_DIR = "/etc/systemd/system"
+#: environment files (one per unit)
+DEFAULT_ENV_DIR = "/etc/dask-grid"
+#: TLS material: ``scheduler-REGION/`` and ``node/`` below it hold ca.pem, cert.pem, key.pem
+DEFAULT_CREDENTIALS_DIR = "/etc/dask-grid/tls"
+#: the ``grid`` executable of the recommended install (``python3 -m venv /opt/dask-grid``)
+DEFAULT_GRID_EXECUTABLE = "/opt/dask-grid/bin/grid"
+
+SCHEDULER_UNIT = "grid-scheduler@.service"
+NODE_UNIT = "grid-node.service"
+ENV_EXAMPLE = "grid.env.example"
+#: file names inside a credentials directory, which are also the credential ids in ``%d``
+TLS_FILES = ("ca.pem", "cert.pem", "key.pem")
+
+_REGION = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
+_ADDRESS = re.compile(r"^(tcp|tls)://[^\s/]+:\d{1,5}$")
+_USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+_SAFE_VALUE = re.compile(r"^[^\s'\"\\$%;#]*$")
+_CPU_QUOTA = re.compile(r"^\d{1,5}%$")
+_NODE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+# --- options ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CommonOptions:
+    """Options shared by the scheduler and node units.
+
+    Parameters
+    ----------
+    grid_executable : str
+        Absolute path of the ``grid`` command the unit runs.
+    user : str or None
+        Run as this existing system user; ``None`` uses ``DynamicUser=yes``.
+    tls : bool
+        Load ``ca.pem``, ``cert.pem``, ``key.pem`` with ``LoadCredential=`` and
+        configure distributed for mutual TLS; ``False`` for a private test
+        network only.
+    credentials_dir : str
+        Directory with one sub-directory of TLS files per unit.
+    env_dir : str
+        Directory of the environment files.
+    """
+
+    grid_executable: str = DEFAULT_GRID_EXECUTABLE
+    user: str | None = None
+    tls: bool = True
+    credentials_dir: str = DEFAULT_CREDENTIALS_DIR
+    env_dir: str = DEFAULT_ENV_DIR
+
+    def check(self) -> None:
+        """Raise ``ValueError`` naming the option and what is allowed."""
+        for opt in ("grid_executable", "credentials_dir", "env_dir"):
+            value = getattr(self, opt)
+            if not os.path.isabs(value) or not _SAFE_VALUE.match(value):
+                raise ValueError(f"{opt}={value!r} must be an absolute path without spaces, quotes, '$', '%', ';' or '#'")
+        if self.user is not None and not _USER.match(self.user):
+            raise ValueError(f"user={self.user!r} is not a valid system user name (lowercase, digits, '_', '-')")
+
+
+@dataclass(frozen=True)
+class SchedulerOptions(CommonOptions):
+    """Options of ``grid-scheduler@.service`` and a region's environment file.
+
+    Parameters
+    ----------
+    region : str
+        Region of the environment file (the unit is a template for every region).
+    host : str
+        Address to listen on.
+    port : int
+        Scheduler port.
+    dashboard_address : str
+        Dask dashboard (``/health``, ``/metrics``, the Bokeh pages).
+    stop_timeout : int
+        Seconds systemd waits after ``SIGTERM`` before killing.
+    """
+
+    region: str = "eu"
+    host: str = "0.0.0.0"
+    port: int = 8786
+    dashboard_address: str = ":8787"
+    stop_timeout: int = 60
+
+    def check(self) -> None:
+        """Raise ``ValueError`` naming the option and what is allowed."""
+        super().check()
+        _check_region(self.region)
+        if not isinstance(self.port, int) or not 1 <= self.port <= 65535:
+            raise ValueError(f"port={self.port!r} must be a port number 1..65535")
+        for opt in ("host", "dashboard_address"):
+            value = getattr(self, opt)
+            if not value or not _SAFE_VALUE.match(value):
+                raise ValueError(f"{opt}={value!r} must be a non-empty address without spaces or quotes")
+        if self.stop_timeout < 1:
+            raise ValueError(f"stop_timeout={self.stop_timeout!r} must be at least 1 second")
+
+    @property
+    def env_file(self) -> str:
+        """This region's environment file."""
+        return os.path.join(self.env_dir, f"scheduler-{self.region}.env")
+
+
+@dataclass(frozen=True)
+class NodeOptions(CommonOptions):
+    """Options of ``grid-node.service`` and its environment file.
+
+    Parameters
+    ----------
+    region : str
+        Region to join.
+    scheduler : str
+        Scheduler address, ``tls://HOST:PORT`` (``tcp://`` only with ``tls=False``).
+    nthreads : int
+        Threads of the node.
+    memory_limit : str
+        Dask worker memory limit (``auto``, ``4GiB``, ...).
+    name : str or None
+        Node name (its identity); ``None`` uses the host name (``%H``).
+    cpu_quota : str or None
+        ``CPUQuota=`` (e.g. ``"50%"`` of one CPU; ``"200%"`` for two); ``None`` for no cap.
+    cpu_weight : int
+        ``CPUWeight=`` (systemd's default is 100; lower yields to other work).
+    nice : int
+        ``Nice=`` of the node's processes.
+    retire_timeout : int
+        Seconds the node waits for its data to be copied off when stopped
+        (``grid.node.retire-timeout``); ``TimeoutStopSec`` is this plus 60.
+    """
+
+    region: str = "eu"
+    scheduler: str = "tls://eu.grid.example.org:8786"
+    nthreads: int = 1
+    memory_limit: str = "auto"
+    name: str | None = None
+    cpu_quota: str | None = None
+    cpu_weight: int = 20
+    nice: int = 19
+    retire_timeout: int = 60
+
+    def check(self) -> None:
+        """Raise ``ValueError`` naming the option and what is allowed."""
+        super().check()
+        _check_region(self.region)
+        if not _ADDRESS.match(self.scheduler):
+            raise ValueError(f"scheduler={self.scheduler!r} must look like tls://HOST:PORT (or tcp://HOST:PORT without TLS)")
+        if self.tls and not self.scheduler.startswith("tls://"):
+            raise ValueError(
+                f"scheduler={self.scheduler!r}: with TLS the address must start with tls:// "
+                "(pass --no-tls only on a private test network)"
+            )
+        if not self.tls and self.scheduler.startswith("tls://"):
+            raise ValueError(f"scheduler={self.scheduler!r} is a TLS address but TLS is switched off")
+        if not isinstance(self.nthreads, int) or self.nthreads < 1:
+            raise ValueError(f"nthreads={self.nthreads!r} must be an integer >= 1")
+        _check_memory_limit(self.memory_limit)
+        if self.name is not None and not _NODE_NAME.match(self.name):
+            raise ValueError(f"name={self.name!r}: use letters, digits, '.', '_' and '-' (at most 128)")
+        if self.cpu_quota is not None and not _CPU_QUOTA.match(self.cpu_quota):
+            raise ValueError(f"cpu_quota={self.cpu_quota!r} must be a percentage such as '50%' or '200%'")
+        if not 1 <= self.cpu_weight <= 10000:
+            raise ValueError(f"cpu_weight={self.cpu_weight!r} must be in 1..10000")
+        if not -20 <= self.nice <= 19:
+            raise ValueError(f"nice={self.nice!r} must be in -20..19")
+        if self.retire_timeout < 1:
+            raise ValueError(f"retire_timeout={self.retire_timeout!r} must be at least 1 second")
+
+    @property
+    def env_file(self) -> str:
+        """The node's environment file."""
+        return os.path.join(self.env_dir, "node.env")
+
+    @property
+    def stop_timeout(self) -> int:
+        """``TimeoutStopSec``: retirement plus a minute to close."""
+        return self.retire_timeout + 60
+
+
+def _check_region(region: str) -> None:
+    if not isinstance(region, str) or not _REGION.match(region):
+        raise ValueError(f"region={region!r} is not allowed; use lowercase letters, digits and '-', starting with a letter")
+
+
+def _check_memory_limit(value: str) -> None:
+    from dask.utils import parse_bytes
+
+    if value == "auto":
+        return
+    try:
+        ok = _SAFE_VALUE.match(value) is not None and float(parse_bytes(value)) > 0
+    except (ValueError, TypeError):
+        ok = False
+    if not ok:
+        raise ValueError(f"memory_limit={value!r} must be 'auto' or a size such as '4GiB'")
+
+
+# --- rendering ----------------------------------------------------------------------------
+def _protect_home(executable: str) -> str:
+    """``ProtectHome=yes`` unless the executable itself lives under a home directory."""
+    for home in ("/home/", "/root/", "/run/user/"):
+        if executable.startswith(home):
+            return "read-only"
+    return "yes"
+
+
+def _user_lines(opts: CommonOptions) -> list[str]:
+    if opts.user is None:
+        return ["# A transient, unprivileged user allocated for this unit.", "DynamicUser=yes"]
+    return ["# A dedicated, unprivileged system user (create it with `useradd --system`).", f"User={opts.user}", f"Group={opts.user}"]
+
+
+def _hardening(opts: CommonOptions) -> list[str]:
+    return [
+        "# Sandboxing: the grid needs the network, its own directories and nothing else.",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        f"ProtectHome={_protect_home(opts.grid_executable)}",
+        "PrivateTmp=yes",
+        "PrivateDevices=yes",
+        "ProtectKernelTunables=yes",
+        "ProtectKernelModules=yes",
+        "ProtectKernelLogs=yes",
+        "ProtectControlGroups=yes",
+        "ProtectClock=yes",
+        "ProtectHostname=yes",
+        "ProtectProc=invisible",
+        "RestrictSUIDSGID=yes",
+        "RestrictRealtime=yes",
+        "RestrictNamespaces=yes",
+        "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK",
+        "LockPersonality=yes",
+        "CapabilityBoundingSet=",
+        "AmbientCapabilities=",
+        "SystemCallArchitectures=native",
+        "SystemCallFilter=@system-service",
+        "SystemCallErrorNumber=EPERM",
+        "UMask=0077",
+        "# MemoryDenyWriteExecute= is left off: libffi closures (ctypes) need W+X pages.",
+    ]
+
+
+def _tls_lines(opts: CommonOptions, subdir: str, roles: tuple[str, ...]) -> list[str]:
+    if not opts.tls:
+        return ["# TLS is off (installed with --no-tls): for a private test network only."]
+    src = f"{opts.credentials_dir}/{subdir}"
+    lines = [
+        "# Mutual TLS. systemd copies these root-only files into %d, a private read-only",
+        "# directory of this unit; distributed reads them through its own configuration.",
+    ]
+    lines += [f"LoadCredential={name}:{src}/{name}" for name in TLS_FILES]
+    lines.append("Environment=DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION=True")
+    lines.append("Environment=DASK_DISTRIBUTED__COMM__TLS__CA_FILE=%d/ca.pem")
+    for role in roles:
+        lines.append(f"Environment=DASK_DISTRIBUTED__COMM__TLS__{role}__CERT=%d/cert.pem")
+        lines.append(f"Environment=DASK_DISTRIBUTED__COMM__TLS__{role}__KEY=%d/key.pem")
+    return lines
+
+
+def _header(unit: str, command: str, env_hint: str) -> list[str]:
+    return [
+        f"# {unit}: generated by `{command}` (grid/deploy_systemd.py).",
+        f"# Edit the environment file ({env_hint}) or add a drop-in",
+        "# (`systemctl edit UNIT`) instead of this file; re-running the installer rewrites it.",
+    ]
+
+
+def render_scheduler_unit(opts: SchedulerOptions | None = None) -> str:
+    """Text of ``grid-scheduler@.service`` (a template unit; instance = region).
+
+    Parameters
+    ----------
+    opts : SchedulerOptions, optional
+        Defaults to ``SchedulerOptions()`` (the text in ``deploy/systemd/``).
+
+    Returns
+    -------
+    str
+        The unit file.
+    """
+    opts = opts or SchedulerOptions()
+    opts.check()
+    protocol = "tls" if opts.tls else "tcp"
+    env_pattern = os.path.join(opts.env_dir, "scheduler-%i.env")
+    lines = _header(SCHEDULER_UNIT, "grid scheduler install-systemd", env_pattern)
+    lines += [
+        "[Unit]",
+        "Description=dask-grid scheduler of region %i",
+        "After=network-online.target",
+        "Wants=network-online.target",
+        "",
+        "[Service]",
+        "Type=exec",
+        f"ExecStart={opts.grid_executable} scheduler --region %i --host ${{GRID_HOST}} --port ${{GRID_PORT}}"
+        " --dashboard-address ${GRID_DASHBOARD_ADDRESS} --protocol ${GRID_PROTOCOL} $GRID_EXTRA_ARGS",
+        "# Fallbacks; the environment file overrides them.",
+        f"Environment=GRID_HOST=0.0.0.0 GRID_PORT=8786 GRID_DASHBOARD_ADDRESS=:8787 GRID_PROTOCOL={protocol} GRID_EXTRA_ARGS=",
+        f"EnvironmentFile={env_pattern}",
+        "# Job registry and checkpoints (grid.scheduler.state-dir) in a private state directory.",
+        "Environment=DASK_GRID__SCHEDULER__STATE_DIR=%S/dask-grid/scheduler-%i",
+        "StateDirectory=dask-grid/scheduler-%i",
+        "StateDirectoryMode=0700",
+    ]
+    lines += _tls_lines(opts, "scheduler-%i", ("SCHEDULER", "CLIENT"))
+    lines += [
+        "# Stop: SIGTERM to the main process only; the scheduler closes its jobs' drivers and exits.",
+        "KillSignal=SIGTERM",
+        "KillMode=mixed",
+        f"TimeoutStopSec={opts.stop_timeout}s",
+        "Restart=on-failure",
+        "RestartSec=5s",
+        "# A scheduler holds a connection per node and client.",
+        "LimitNOFILE=65536",
+    ]
+    lines += _user_lines(opts)
+    lines += _hardening(opts)
+    lines += ["", "[Install]", "WantedBy=multi-user.target", ""]
+    return "\n".join(lines)
+
+
+def render_scheduler_env(opts: SchedulerOptions | None = None) -> str:
+    """Text of ``scheduler-REGION.env``, the environment file of one region's scheduler.
+
+    Parameters
+    ----------
+    opts : SchedulerOptions, optional
+        Defaults to ``SchedulerOptions()``.
+
+    Returns
+    -------
+    str
+        The environment file.
+    """
+    opts = opts or SchedulerOptions()
+    opts.check()
+    protocol = "tls" if opts.tls else "tcp"
+    lines = [
+        f"# Environment of grid-scheduler@{opts.region}.service ({opts.env_file}).",
+        "# After editing: systemctl restart grid-scheduler@" + opts.region,
+        "",
+        "# Listen address and port of the scheduler (nodes and clients connect here).",
+        f"GRID_HOST={opts.host}",
+        f"GRID_PORT={opts.port}",
+        "# Dask dashboard: the Bokeh pages, /health (probes) and /metrics (Prometheus).",
+        f"GRID_DASHBOARD_ADDRESS={opts.dashboard_address}",
+        "# tls (with the unit's credentials) or tcp (only with units installed --no-tls).",
+        f"GRID_PROTOCOL={protocol}",
+        "# Extra arguments of `grid scheduler`, split at spaces.",
+        "#GRID_EXTRA_ARGS=",
+        "",
+        "# Grid and Dask configuration, as DASK_GRID__SECTION__KEY / DASK_DISTRIBUTED__... variables:",
+        "#DASK_GRID__SCHEDULER__MAX_UPDATE_BYTES=256MiB",
+        "#DASK_GRID__SCHEDULER__FINISHED_JOBS_KEPT=1000",
+        "#DASK_DISTRIBUTED__SCHEDULER__WORKER_TTL=5 minutes",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def render_node_unit(opts: NodeOptions | None = None) -> str:
+    """Text of ``grid-node.service``.
+
+    Parameters
+    ----------
+    opts : NodeOptions, optional
+        Defaults to ``NodeOptions()`` (the text in ``deploy/systemd/``).
+
+    Returns
+    -------
+    str
+        The unit file.
+    """
+    opts = opts or NodeOptions()
+    opts.check()
+    lines = _header(NODE_UNIT, "grid node install-systemd", opts.env_file)
+    lines += [
+        "[Unit]",
+        "Description=dask-grid node (lends this machine's idle CPU to a grid region)",
+        "After=network-online.target",
+        "Wants=network-online.target",
+        "",
+        "[Service]",
+        "Type=exec",
+        f"ExecStart={opts.grid_executable} node --region ${{GRID_REGION}} --scheduler ${{GRID_SCHEDULER}}"
+        " --nthreads ${GRID_NTHREADS} --memory-limit ${GRID_MEMORY_LIMIT} --name ${GRID_NODE_NAME} $GRID_EXTRA_ARGS",
+        "# Fallbacks; the environment file overrides them (GRID_REGION and GRID_SCHEDULER are required there).",
+        "Environment=GRID_NTHREADS=1 GRID_MEMORY_LIMIT=auto GRID_NODE_NAME=%H GRID_EXTRA_ARGS=",
+        f"EnvironmentFile={opts.env_file}",
+        "# Spilled data goes to a private cache directory on disk, not to a tmpfs /tmp.",
+        "Environment=DASK_TEMPORARY_DIRECTORY=%C/dask-grid/node",
+        "CacheDirectory=dask-grid/node",
+        "CacheDirectoryMode=0700",
+    ]
+    lines += _tls_lines(opts, "node", ("WORKER", "CLIENT"))
+    lines += [
+        "# Stop: SIGTERM to the main process only (the nanny, not its worker process): the node",
+        "# retires through the scheduler, so the data only it holds is copied off first, then",
+        "# exits 0. TimeoutStopSec leaves the retirement its time plus a minute to close.",
+        f"Environment=DASK_GRID__NODE__RETIRE_TIMEOUT={opts.retire_timeout}s",
+        "KillSignal=SIGTERM",
+        "KillMode=mixed",
+        f"TimeoutStopSec={opts.stop_timeout}s",
+        "Restart=on-failure",
+        "RestartSec=30s",
+        "# Low priority: the machine's owner comes first.",
+        f"Nice={opts.nice}",
+        "CPUSchedulingPolicy=batch",
+        f"CPUWeight={opts.cpu_weight}",
+        "IOSchedulingClass=idle",
+        "IOWeight=10",
+        "OOMScoreAdjust=500",
+    ]
+    if opts.cpu_quota is not None:
+        lines.append(f"CPUQuota={opts.cpu_quota}")
+    else:
+        lines.append("# No CPU cap; install with --cpu-quota 50% (of one CPU) to set CPUQuota=.")
+    lines += _user_lines(opts)
+    lines += _hardening(opts)
+    lines += ["", "[Install]", "WantedBy=multi-user.target", ""]
+    return "\n".join(lines)
+
+
+def render_node_env(opts: NodeOptions | None = None) -> str:
+    """Text of ``node.env``, the environment file of ``grid-node.service``.
+
+    Parameters
+    ----------
+    opts : NodeOptions, optional
+        Defaults to ``NodeOptions()``.
+
+    Returns
+    -------
+    str
+        The environment file.
+    """
+    opts = opts or NodeOptions()
+    opts.check()
+    lines = [
+        f"# Environment of grid-node.service ({opts.env_file}).",
+        "# After editing: systemctl restart grid-node   (the node retires first)",
+        "",
+        "# Region to join and its scheduler (required).",
+        f"GRID_REGION={opts.region}",
+        f"GRID_SCHEDULER={opts.scheduler}",
+        "# Threads and memory this machine lends.",
+        f"GRID_NTHREADS={opts.nthreads}",
+        f"GRID_MEMORY_LIMIT={opts.memory_limit}",
+        "# Node name (its identity on the grid; match the name in its certificate).",
+        f"GRID_NODE_NAME={opts.name}" if opts.name else "#GRID_NODE_NAME=   (default: the host name)",
+        "# Extra arguments of `grid node`, split at spaces.",
+        "#GRID_EXTRA_ARGS=",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def render_env_example() -> str:
+    """Text of ``deploy/systemd/grid.env.example``: both environment files with defaults.
+
+    Returns
+    -------
+    str
+        The template, with the scheduler's and the node's sections.
+    """
+    s, n = SchedulerOptions(), NodeOptions()
+    return "\n".join(
+        [
+            "# dask-grid environment files (template; generated by grid/deploy_systemd.py).",
+            "#",
+            "# `grid scheduler install-systemd --region REGION` writes the first section to",
+            f"# {os.path.join(DEFAULT_ENV_DIR, 'scheduler-REGION.env')}; `grid node install-systemd` writes the",
+            f"# second to {n.env_file}. Each unit reads only its own file.",
+            "",
+            f"# ==== {s.env_file} " + "=" * 20,
+            render_scheduler_env(s),
+            f"# ==== {n.env_file} " + "=" * 20,
+            render_node_env(n),
+        ]
+    )
+
+
+def example_files() -> dict[str, str]:
+    """The files of ``deploy/systemd/``: name to text, with default options."""
+    return {
+        SCHEDULER_UNIT: render_scheduler_unit(),
+        NODE_UNIT: render_node_unit(),
+        ENV_EXAMPLE: render_env_example(),
+    }
+
+
+# --- installing ---------------------------------------------------------------------------
+@dataclass
+class InstallPlan:
+    """Files to write and directories to create for one unit.
+
+    Parameters
+    ----------
+    files : dict
+        Path to (text, mode, overwrite) for each file.
+    directories : dict
+        Path to mode of each directory to create when missing.
+    next_steps : list of str
+        What the operator does next.
+    """
+
+    files: dict[str, tuple[str, int, bool]] = field(default_factory=dict)
+    directories: dict[str, int] = field(default_factory=dict)
+    next_steps: list[str] = field(default_factory=list)
+
+    def dry_run(self) -> str:
+        """Everything the plan would write, as one text."""
+        out = []
+        for path, mode in self.directories.items():
+            out.append(f"# mkdir -m {mode:o} -p {path}")
+        for path, (text, mode, _) in self.files.items():
+            out.append(f"# ---- {path} (mode {mode:o}) ----")
+            out.append(text.rstrip("\n"))
+        out.append("# ---- next steps ----")
+        out += [f"# {step}" for step in self.next_steps]
+        return "\n".join(out) + "\n"
+
+    def apply(self, force: bool = False) -> list[str]:
+        """Create the directories and write the files.
+
+        Parameters
+        ----------
+        force : bool
+            Overwrite files marked as kept (the environment file) too.
+
+        Returns
+        -------
+        list of str
+            One line per action taken or skipped.
+        """
+        report = []
+        for path, mode in self.directories.items():
+            if not os.path.isdir(path):
+                os.makedirs(path, mode=mode, exist_ok=True)
+                os.chmod(path, mode)
+                report.append(f"created {path}/ (mode {mode:o})")
+        for path, (text, mode, overwrite) in self.files.items():
+            if os.path.exists(path) and not (overwrite or force):
+                report.append(f"kept {path} (exists; --force overwrites it)")
+                continue
+            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+            tmp = f"{path}.tmp-{os.getpid()}"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+            os.chmod(tmp, mode)
+            os.replace(tmp, path)
+            report.append(f"wrote {path}")
+        return report
+
+
+def scheduler_plan(opts: SchedulerOptions, target_dir: str = DEFAULT_TARGET_DIR) -> InstallPlan:
+    """What installing the scheduler unit for ``opts.region`` writes.
+
+    Parameters
+    ----------
+    opts : SchedulerOptions
+        Options of the unit and of the region's environment file.
+    target_dir : str
+        Directory of the unit file.
+
+    Returns
+    -------
+    InstallPlan
+    """
+    plan = InstallPlan()
+    plan.files[os.path.join(target_dir, SCHEDULER_UNIT)] = (render_scheduler_unit(opts), 0o644, True)
+    plan.files[opts.env_file] = (render_scheduler_env(opts), 0o640, False)
+    unit = f"grid-scheduler@{opts.region}.service"
+    if opts.tls:
+        creds = os.path.join(opts.credentials_dir, f"scheduler-{opts.region}")
+        plan.directories[creds] = 0o700
+        plan.next_steps.append(
+            f"put the CA certificate and this scheduler's certificate and key (`grid certs issue scheduler HOST`) "
+            f"into {creds}/ as {', '.join(TLS_FILES)} (regular files, mode 0600, not symlinks)"
+        )
+    plan.next_steps += [f"systemctl daemon-reload && systemctl enable --now {unit}", f"journalctl -u {unit} -f"]
+    return plan
+
+
+def node_plan(opts: NodeOptions, target_dir: str = DEFAULT_TARGET_DIR) -> InstallPlan:
+    """What installing the node unit writes.
+
+    Parameters
+    ----------
+    opts : NodeOptions
+        Options of the unit and of its environment file.
+    target_dir : str
+        Directory of the unit file.
+
+    Returns
+    -------
+    InstallPlan
+    """
+    plan = InstallPlan()
+    plan.files[os.path.join(target_dir, NODE_UNIT)] = (render_node_unit(opts), 0o644, True)
+    plan.files[opts.env_file] = (render_node_env(opts), 0o640, False)
+    if opts.tls:
+        creds = os.path.join(opts.credentials_dir, "node")
+        plan.directories[creds] = 0o700
+        plan.next_steps.append(
+            f"put the CA certificate and this node's certificate and key (`grid certs issue node NAME "
+            f"--region {opts.region}`) into {creds}/ as {', '.join(TLS_FILES)} (regular files, mode 0600, not symlinks)"
+        )
+    plan.next_steps += ["systemctl daemon-reload && systemctl enable --now grid-node.service", "journalctl -u grid-node -f"]
+    return plan
+
+
+def running_grid_executable() -> str:
+    """Absolute path of the ``grid`` command of this Python environment."""
+    candidate = os.path.join(os.path.dirname(os.path.abspath(sys.executable)), "grid")
+    if os.access(candidate, os.X_OK):
+        return candidate
+    found = shutil.which("grid")
+    return os.path.abspath(found) if found else DEFAULT_GRID_EXECUTABLE
+
+
+def _check_user_exists(user: str | None) -> None:
+    if user is None:
+        return
+    try:
+        pwd.getpwnam(user)
+    except KeyError:
+        raise click.ClickException(
+            f"user {user!r} does not exist; create it (`useradd --system --no-create-home {user}`) "
+            "or leave --user out to use a dynamic user"
+        ) from None
+
+
+def _run_plan(plan: InstallPlan, dry_run: bool, force: bool, user: str | None) -> None:
+    if dry_run:
+        click.echo(plan.dry_run(), nl=False)
+        return
+    _check_user_exists(user)
+    try:
+        for line in plan.apply(force=force):
+            click.echo(line)
+    except PermissionError as exc:
+        raise click.ClickException(f"{exc}; run as root, or pass --target-dir/--env-dir you can write") from None
+    click.echo("next:")
+    for step in plan.next_steps:
+        click.echo(f"  {step}")
+
+
+def _common_options(func: click.decorators.FC) -> click.decorators.FC:
+    options = [
+        click.option("--grid-executable", default=None, help="Path of the `grid` command the unit runs [default: this environment's].", type=click.Path(dir_okay=False)),
+        click.option("--user", default=None, help="Existing system user to run as [default: a DynamicUser]."),
+        click.option("--no-tls", "no_tls", is_flag=True, help="No TLS credentials: for a private test network only."),
+        click.option("--credentials-dir", default=DEFAULT_CREDENTIALS_DIR, show_default=True, help="Root-only directory with the units' TLS files."),
+        click.option("--env-dir", default=DEFAULT_ENV_DIR, show_default=True, help="Directory of the environment files."),
+        click.option("--target-dir", default=DEFAULT_TARGET_DIR, show_default=True, help="Directory of the unit files."),
+        click.option("--force", is_flag=True, help="Overwrite an existing environment file."),
+        click.option("--dry-run", is_flag=True, help="Print the files instead of writing them."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _common_kwargs(kwargs: Mapping[str, object]) -> dict[str, object]:
+    return {
+        "grid_executable": os.path.abspath(str(kwargs["grid_executable"])) if kwargs["grid_executable"] else running_grid_executable(),
+        "user": kwargs["user"],
+        "tls": not kwargs["no_tls"],
+        "credentials_dir": os.path.abspath(str(kwargs["credentials_dir"])),
+        "env_dir": os.path.abspath(str(kwargs["env_dir"])),
+    }
+
+
+@click.command("install-systemd")
+@click.option("--region", required=True, help="Region whose scheduler this host runs.")
+@click.option("--host", default="0.0.0.0", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8786, show_default=True, type=click.IntRange(1, 65535), help="Scheduler port.")
+@click.option("--dashboard-address", default=":8787", show_default=True, help="Dashboard address (/health, /metrics).")
+@_common_options
+def install_systemd_scheduler(region: str, host: str, port: int, dashboard_address: str, **kwargs: object) -> None:
+    """Write grid-scheduler@.service and the region's environment file.
+
+    Then `systemctl enable --now grid-scheduler@REGION` starts the region.
+    """
+    try:
+        opts = SchedulerOptions(region=region, host=host, port=port, dashboard_address=dashboard_address, **_common_kwargs(kwargs))  # type: ignore[arg-type]
+        plan = scheduler_plan(opts, os.path.abspath(str(kwargs["target_dir"])))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    _run_plan(plan, bool(kwargs["dry_run"]), bool(kwargs["force"]), opts.user)
+
+
+@click.command("install-systemd")
+@click.option("--region", required=True, help="Region to join.")
+@click.option("--scheduler", "scheduler_address", required=True, help="Scheduler address, tls://HOST:8786.")
+@click.option("--nthreads", default=1, show_default=True, type=click.IntRange(min=1), help="Threads this machine lends.")
+@click.option("--memory-limit", default="auto", show_default=True, help="Memory limit, e.g. 4GiB, or 'auto'.")
+@click.option("--name", default=None, help="Node name (its identity) [default: the host name].")
+@click.option("--cpu-quota", default=None, help="Cap CPU use, e.g. 50% of one CPU or 200% for two [default: no cap].")
+@click.option("--cpu-weight", default=20, show_default=True, type=click.IntRange(1, 10000), help="CPUWeight= (systemd's default is 100).")
+@click.option("--nice", default=19, show_default=True, type=click.IntRange(-20, 19), help="Nice level.")
+@click.option("--retire-timeout", default=60, show_default=True, type=click.IntRange(min=1), help="Seconds to copy data off when stopped.")
+@_common_options
+def install_systemd_node(
+    region: str,
+    scheduler_address: str,
+    nthreads: int,
+    memory_limit: str,
+    name: str | None,
+    cpu_quota: str | None,
+    cpu_weight: int,
+    nice: int,
+    retire_timeout: int,
+    **kwargs: object,
+) -> None:
+    """Write grid-node.service and its environment file.
+
+    Then `systemctl enable --now grid-node` joins this machine to the region;
+    `systemctl stop grid-node` retires it gracefully.
+    """
+    try:
+        opts = NodeOptions(
+            region=region,
+            scheduler=scheduler_address,
+            nthreads=nthreads,
+            memory_limit=memory_limit,
+            name=name,
+            cpu_quota=cpu_quota,
+            cpu_weight=cpu_weight,
+            nice=nice,
+            retire_timeout=retire_timeout,
+            **_common_kwargs(kwargs),  # type: ignore[arg-type]
+        )
+        plan = node_plan(opts, os.path.abspath(str(kwargs["target_dir"])))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    _run_plan(plan, bool(kwargs["dry_run"]), bool(kwargs["force"]), opts.user)
+
+
+def write_examples(directory: str | os.PathLike[str]) -> list[Path]:
+    """(Re)generate ``deploy/systemd/`` from the renderer's defaults.
+
+    Parameters
+    ----------
+    directory : path
+        Usually ``deploy/systemd`` of a checkout.
+
+    Returns
+    -------
+    list of Path
+        The files written.
+    """
+    out = []
+    for name, text in example_files().items():
+        path = Path(directory) / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        out.append(path)
+    return out
+
+
+__all__ = [
+    "NodeOptions",
+    "SchedulerOptions",
+    "example_files",
+    "install_systemd_node",
+    "install_systemd_scheduler",
+    "node_plan",
+    "render_env_example",
+    "render_node_env",
+    "render_node_unit",
+    "render_scheduler_env",
+    "render_scheduler_unit",
+    "scheduler_plan",
+    "write_examples",
+]
+
+if __name__ == "__main__":  # pragma: no cover - `python -m grid.deploy_systemd deploy/systemd`
+    for written in write_examples(sys.argv[1] if len(sys.argv) > 1 else "deploy/systemd"):
+        print(written)

@@ -1,0 +1,487 @@
+"""The systemd units, run for real: exactly their command lines, signals and environment.
+
+There is no systemd service manager in a test machine's container, so this
+test plays its part for the few settings that decide what runs: it reads the
+unit's ``ExecStart=``, ``Environment=``, ``EnvironmentFile=``,
+``LoadCredential=``, ``KillSignal=``, ``KillMode=`` and ``TimeoutStopSec=``,
+expands specifiers and variables by systemd's rules (``${VAR}`` is one
+argument, a lone ``$VAR`` splits at whitespace), and starts those argv's
+with that environment: one scheduler (``grid-scheduler@eu.service``) and two
+nodes (``grid-node.service`` twice, each with its own environment file). The
+units are the ones ``grid scheduler|node install-systemd --no-tls`` write;
+their command lines, signals and stop settings are checked to be the same
+lines as in the shipped TLS units of ``deploy/systemd``.
+
+A job runs on data placed with one replica, so each node holds partitions no
+other node has. Stopping the first node the way systemd would (the unit's
+``KillSignal`` to the main process only, as ``KillMode=mixed`` does) must
+retire it through the scheduler: it exits 0, the scheduler logs the
+retirement and drops the worker, and a second job on the same placed data
+still finishes, which it could not if the node's partitions had been lost.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import dask
+import numpy as np
+import psutil
+import pytest
+from click.testing import CliRunner
+
+from grid.deploy_systemd import install_systemd_node, install_systemd_scheduler
+
+pytestmark = pytest.mark.system
+
+ROOT = Path(__file__).resolve().parents[2]
+GRID = str(Path(sys.executable).parent / "grid")
+#: what systemd gives a service before the unit's own environment
+SYSTEMD_BASE_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
+#: machine-specific settings that must reach every Python process here (see the machine notes)
+PASS_THROUGH = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+
+
+# --- a small reader of unit files, by systemd's rules -------------------------------------------
+def parse_unit(text: str) -> dict[str, list[str]]:
+    """``[Service]`` settings of a unit: key to values, in file order."""
+    out: dict[str, list[str]] = {}
+    section = None
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line[0] in "#;":
+            continue
+        if line.startswith("["):
+            section = line.strip("[]")
+            continue
+        key, _, value = line.partition("=")
+        if section == "Service":
+            out.setdefault(key.strip(), []).append(value.strip())
+    return out
+
+
+def expand_specifiers(value: str, specifiers: dict[str, str]) -> str:
+    """Replace ``%X`` specifiers; an unknown one is an error here, as it would be a surprise there."""
+
+    def sub(m: re.Match[str]) -> str:
+        letter = m.group(1)
+        if letter == "%":
+            return "%"
+        if letter not in specifiers:
+            raise AssertionError(f"specifier %{letter} in {value!r} is not emulated by this test")
+        return specifiers[letter]
+
+    return re.sub(r"%(.)", sub, value)
+
+
+def parse_env_file(path: Path) -> dict[str, str]:
+    """An ``EnvironmentFile=``: KEY=VALUE lines, comments, optional quotes."""
+    env = {}
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if not line or line[0] in "#;":
+            continue
+        key, sep, value = line.partition("=")
+        assert sep, f"{path}: {raw!r} is not KEY=VALUE"
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        env[key.strip()] = value
+    return env
+
+
+def expand_command(command: str, env: dict[str, str]) -> list[str]:
+    """``ExecStart=`` after specifiers: words; ``$VAR`` alone splits, ``${VAR}`` stays one argument."""
+    argv: list[str] = []
+    for word in shlex.split(command):
+        lone = re.fullmatch(r"\$([A-Za-z_][A-Za-z0-9_]*)", word)
+        if lone:
+            argv.extend(env.get(lone.group(1), "").split())
+            continue
+        argv.append(re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", lambda m: env.get(m.group(1), ""), word))
+    return argv
+
+
+@dataclass
+class Service:
+    """One unit instance as systemd would run it."""
+
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    kill_signal: signal.Signals
+    kill_mode: str
+    stop_timeout: float
+    log: Path
+    proc: subprocess.Popen | None = None
+    children: set[int] = field(default_factory=set)
+
+    def start(self) -> None:
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log, "wb") as out:
+            # a new session stands for the unit's cgroup: the final SIGKILL reaches all of it
+            self.proc = subprocess.Popen(self.argv, env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def note_children(self) -> None:
+        if self.alive():
+            assert self.proc is not None
+            self.children |= {c.pid for c in psutil.Process(self.proc.pid).children(recursive=True)}
+
+    def stop(self) -> int:
+        """``systemctl stop``: KillSignal to the main process (KillMode=mixed), wait TimeoutStopSec."""
+        assert self.proc is not None and self.kill_mode == "mixed"
+        self.note_children()
+        self.proc.send_signal(self.kill_signal)
+        return self.proc.wait(timeout=self.stop_timeout)
+
+    def kill_all(self) -> None:
+        """What systemd does to a unit's leftovers: SIGKILL to every process of its cgroup."""
+        if self.proc is None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        for pid in self.children:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            pass
+
+
+def service_from_unit(
+    unit_file: Path, *, name: str, instance: str, env_files: dict[str, Path], tmp: Path
+) -> Service:
+    """Read a unit and build the process systemd would start for it.
+
+    ``env_files`` maps each ``EnvironmentFile=`` path (after specifiers) to the
+    file this test wrote in its place.
+    """
+    settings = parse_unit(unit_file.read_text())
+    creds = tmp / "credentials" / name
+    specifiers = {
+        "i": instance,
+        "I": instance,
+        "n": name,
+        "H": socket.gethostname(),
+        "S": str(tmp / "state"),
+        "C": str(tmp / "cache"),
+        "d": str(creds),
+    }
+    env = dict(SYSTEMD_BASE_ENV)
+    env.update({k: os.environ[k] for k in PASS_THROUGH if k in os.environ})
+    for line in settings.get("Environment", []):
+        for assignment in shlex.split(expand_specifiers(line, specifiers)):
+            key, _, value = assignment.partition("=")
+            env[key] = value
+    for line in settings.get("EnvironmentFile", []):
+        path = expand_specifiers(line, specifiers).lstrip("-")
+        assert path in env_files, f"{unit_file.name} reads {path}; the test has no stand-in for it"
+        env.update(parse_env_file(env_files[path]))
+    for line in settings.get("LoadCredential", []):  # systemd copies each into %d
+        cred_id, _, src = expand_specifiers(line, specifiers).partition(":")
+        creds.mkdir(parents=True, exist_ok=True)
+        (creds / cred_id).write_bytes(Path(src).read_bytes())
+    for key, root in (("StateDirectory", "state"), ("CacheDirectory", "cache")):
+        for line in settings.get(key, []):
+            (tmp / root / expand_specifiers(line, specifiers)).mkdir(parents=True, exist_ok=True)
+    (exec_start,) = settings["ExecStart"]
+    timeout = settings["TimeoutStopSec"][0]
+    assert timeout.endswith("s"), timeout
+    return Service(
+        name=name,
+        argv=expand_command(expand_specifiers(exec_start, specifiers), env),
+        env=env,
+        kill_signal=signal.Signals[settings["KillSignal"][0]],
+        kill_mode=settings["KillMode"][0],
+        stop_timeout=float(timeout[:-1]),
+        log=tmp / "logs" / f"{name}.log",
+    )
+
+
+# --- helpers ----------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str, services: list[Service]) -> None:
+    """Poll ``condition`` until true; fail early (with logs) if a service died."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if condition():
+            return
+        for s in services:
+            if s.proc is not None and s.proc.poll() is not None:
+                raise AssertionError(f"{s.name} exited with {s.proc.returncode} while waiting for {what}:\n{s.text()[-4000:]}")
+        if time.monotonic() > deadline:
+            logs = "\n".join(f"--- {s.name}\n{s.text()[-3000:]}" for s in services)
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{logs}")
+        # wait on the first service's exit for a moment: a wake-up that also notices a crash
+        try:
+            services[0].proc.wait(timeout=0.2)  # type: ignore[union-attr]
+        except subprocess.TimeoutExpired:
+            pass
+
+
+def install(command: object, args: list[str]) -> None:
+    result = CliRunner().invoke(command, args, catch_exceptions=False)  # type: ignore[arg-type]
+    assert result.exit_code == 0, result.output
+
+
+def stop_lines(text: str) -> list[str]:
+    """The lines that decide what runs and how it stops."""
+    keys = ("ExecStart=", "KillSignal=", "KillMode=", "TimeoutStopSec=", "Restart=", "Type=")
+    return [line for line in text.splitlines() if line.startswith(keys)]
+
+
+@pytest.fixture
+def units(tmp_path: Path) -> Iterator[dict[str, Path]]:
+    """Units written by the install-systemd commands (plaintext, this venv's grid)."""
+    target = tmp_path / "units"
+    env_dir = tmp_path / "etc"
+    common = ["--target-dir", str(target), "--env-dir", str(env_dir), "--grid-executable", GRID, "--no-tls"]
+    install(install_systemd_scheduler, ["--region", "eu", *common])
+    install(install_systemd_node, ["--region", "eu", "--scheduler", "tcp://127.0.0.1:8786", *common])
+    yield {"scheduler": target / "grid-scheduler@.service", "node": target / "grid-node.service", "env_dir": env_dir}
+
+
+def test_units_start_run_a_job_and_retire_gracefully(units: dict[str, Path], tmp_path: Path) -> None:
+    from sklearn.datasets import make_classification
+    from sklearn.linear_model import SGDClassifier
+
+    from grid import Grid
+    from jobs import PartialFit
+
+    # The units under test run exactly the shipped command lines and stop settings.
+    for role, shipped in (("scheduler", "grid-scheduler@.service"), ("node", "grid-node.service")):
+        ours = stop_lines(units[role].read_text().replace(GRID, "/opt/dask-grid/bin/grid"))
+        assert ours == stop_lines((ROOT / "deploy" / "systemd" / shipped).read_text())
+
+    port, dash = free_port(), free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    envs = tmp_path / "test-env"
+    envs.mkdir()
+    (envs / "scheduler-eu.env").write_text(
+        f"GRID_HOST=127.0.0.1\nGRID_PORT={port}\nGRID_DASHBOARD_ADDRESS=127.0.0.1:{dash}\nGRID_PROTOCOL=tcp\n"
+    )
+    for n in ("a", "b"):
+        (envs / f"node-{n}.env").write_text(
+            f"GRID_REGION=eu\nGRID_SCHEDULER={address}\nGRID_NTHREADS=1\nGRID_MEMORY_LIMIT=1GiB\nGRID_NODE_NAME=node-{n}\n"
+        )
+    env_dir = units["env_dir"]
+    scheduler = service_from_unit(
+        units["scheduler"],
+        name="grid-scheduler@eu.service",
+        instance="eu",
+        env_files={str(env_dir / "scheduler-eu.env"): envs / "scheduler-eu.env"},
+        tmp=tmp_path,
+    )
+    nodes = [
+        service_from_unit(
+            units["node"], name=f"grid-node-{n}.service", instance="", env_files={str(env_dir / "node.env"): envs / f"node-{n}.env"}, tmp=tmp_path
+        )
+        for n in ("a", "b")
+    ]
+    assert scheduler.argv == [
+        GRID, "scheduler", "--region", "eu", "--host", "127.0.0.1", "--port", str(port),
+        "--dashboard-address", f"127.0.0.1:{dash}", "--protocol", "tcp",
+    ]  # fmt: skip
+    assert nodes[0].argv == [
+        GRID, "node", "--region", "eu", "--scheduler", address, "--nthreads", "1",
+        "--memory-limit", "1GiB", "--name", "node-a",
+    ]  # fmt: skip
+    assert scheduler.env["DASK_GRID__SCHEDULER__STATE_DIR"] == str(tmp_path / "state" / "dask-grid" / "scheduler-eu")
+    assert nodes[0].env["DASK_GRID__NODE__RETIRE_TIMEOUT"] == "60s"
+    assert nodes[0].stop_timeout > 60
+
+    services = [scheduler, *nodes]
+    g = None
+    try:
+        scheduler.start()
+        wait_for(lambda: "grid scheduler for region eu at" in scheduler.text(), 60, "the scheduler to listen", [scheduler])
+        for node in nodes:
+            node.start()
+        g = Grid.connect({"regions": {"eu": address}})
+        grid = g
+        wait_for(lambda: len(grid.status()["eu"]["workers"]) == 2, 90, "two nodes to join", services)
+        for node in nodes:
+            node.note_children()
+        names = {w["name"]: w["address"] for w in g.status()["eu"]["workers"]}
+        assert set(names) == {"node-a", "node-b"}
+
+        X, y = make_classification(n_samples=2000, n_features=8, random_state=0)
+        with dask.config.set({"grid.jobs.replicas": 1}):  # each partition on one node only
+            data = g.scatter(X, y, partition_rows=250)
+        client = g.client("eu")
+        who_has = client.who_has()
+        on_a = [k for k, holders in who_has.items() if names["node-a"] in holders]
+        assert on_a, f"no partition on node-a: {who_has}"
+        assert all(len(h) == 1 for k, h in who_has.items() if k in on_a)
+
+        first = g.submit(PartialFit(SGDClassifier(random_state=0), rounds=2), data)
+        model = first.result(timeout=120)
+        assert first.status == "done" and len(first.history) == 2
+        assert model.score(X, y) > 0.6
+
+        # systemctl stop on node a: its partitions must move to node b first
+        rc = nodes[0].stop()
+        assert rc == 0, nodes[0].text()[-4000:]
+        assert "retired from" in nodes[0].text() and "could not retire" not in nodes[0].text()
+        assert "Retire worker" in scheduler.text()
+        workers = g.status()["eu"]["workers"]
+        assert [w["name"] for w in workers] == ["node-b"]
+        holders = client.who_has(on_a)
+        assert all(set(h) == {names["node-b"]} for h in holders.values()), holders
+
+        second = g.submit(PartialFit(SGDClassifier(random_state=0), rounds=2), data)
+        second.result(timeout=120)
+        assert second.status == "done"
+        g.drop(data)
+
+        assert nodes[1].stop() == 0, nodes[1].text()[-4000:]
+        wait_for(lambda: not grid.status()["eu"]["workers"], 30, "node-b to leave", [scheduler])
+        g.close()
+        g = None
+        assert scheduler.stop() == 0, scheduler.text()[-4000:]
+        for s in services:
+            assert not s.alive()
+            for pid in s.children:
+                assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, (s.name, pid)
+    finally:
+        if g is not None:
+            g.close()
+        for s in services:
+            s.kill_all()
+
+
+def _write_tls_files(directory: Path, ca: tuple[object, object], common_name: str) -> None:
+    """``ca.pem``, ``cert.pem``, ``key.pem`` signed by a throw-away CA (what `grid certs issue` writes)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    ca_cert, ca_key = ca
+    now = datetime.datetime.now(datetime.timezone.utc)
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+        .issuer_name(ca_cert.subject)  # type: ignore[attr-defined]
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]
+    )
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "ca.pem").write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))  # type: ignore[attr-defined]
+    (directory / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (directory / "key.pem").write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+
+
+def _throwaway_ca() -> tuple[object, object]:
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test grid CA")])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    return cert, key
+
+
+def test_tls_scheduler_unit_serves_tls_from_its_credentials(tmp_path: Path) -> None:
+    """The TLS unit as shipped: credentials loaded into %d, distributed configured from them."""
+    from grid import Grid
+    from grid.errors import GridConnectionError
+
+    creds, env_dir, target = tmp_path / "tls", tmp_path / "etc", tmp_path / "units"
+    install(
+        install_systemd_scheduler,
+        ["--region", "eu", "--target-dir", str(target), "--env-dir", str(env_dir), "--credentials-dir", str(creds), "--grid-executable", GRID],
+    )
+    unit = (target / "grid-scheduler@.service").read_text()
+    shipped = (ROOT / "deploy" / "systemd" / "grid-scheduler@.service").read_text()
+    assert unit.replace(GRID, "/opt/dask-grid/bin/grid").replace(str(env_dir), "/etc/dask-grid").replace(str(creds), "/etc/dask-grid/tls") == shipped
+    assert (creds / "scheduler-eu").is_dir() and (creds / "scheduler-eu").stat().st_mode & 0o777 == 0o700
+    ca = _throwaway_ca()
+    _write_tls_files(creds / "scheduler-eu", ca, "scheduler-eu")
+    _write_tls_files(tmp_path / "client", ca, "client")
+
+    port, dash = free_port(), free_port()
+    (tmp_path / "scheduler-eu.env").write_text(
+        f"GRID_HOST=127.0.0.1\nGRID_PORT={port}\nGRID_DASHBOARD_ADDRESS=127.0.0.1:{dash}\n"
+    )
+    scheduler = service_from_unit(
+        target / "grid-scheduler@.service",
+        name="grid-scheduler@eu.service",
+        instance="eu",
+        env_files={str(env_dir / "scheduler-eu.env"): tmp_path / "scheduler-eu.env"},
+        tmp=tmp_path,
+    )
+    assert scheduler.argv[-2:] == ["--protocol", "tls"]
+    assert scheduler.env["DASK_DISTRIBUTED__COMM__TLS__CA_FILE"] == str(tmp_path / "credentials" / "grid-scheduler@eu.service" / "ca.pem")
+    g = None
+    try:
+        scheduler.start()
+        wait_for(lambda: "grid scheduler for region eu at tls://" in scheduler.text(), 60, "the TLS scheduler", [scheduler])
+        client_dir = tmp_path / "client"
+        g = Grid.connect(
+            {
+                "regions": {"eu": f"tls://127.0.0.1:{port}"},
+                "tls": {"ca-file": str(client_dir / "ca.pem"), "cert": str(client_dir / "cert.pem"), "key": str(client_dir / "key.pem")},
+            }
+        )
+        assert g.status()["eu"]["address"] == f"tls://127.0.0.1:{port}"
+        g.close()
+        g = None
+        with pytest.raises(GridConnectionError):
+            Grid.connect({"regions": {"eu": f"tcp://127.0.0.1:{port}"}}, timeout=3)
+        assert scheduler.stop() == 0, scheduler.text()[-4000:]
+    finally:
+        if g is not None:
+            g.close()
+        scheduler.kill_all()
