@@ -193,5 +193,13 @@ def demo(rows: int, regions_text: str) -> None:
     run_demo(rows=rows, regions=_parse_regions(regions_text))
 
 
+def _add_subcommands() -> None:
+    from grid.security.cli import certs
+
+    main.add_command(certs, "certs")
+
+
+_add_subcommands()
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -43,3 +43,9 @@ def nbytes(key: str) -> int:
 def schema() -> dict:
     with open(SCHEMA_FILE) as f:
         return yaml.safe_load(f)
+
+
+def scheduler_settings() -> Any:
+    """``dask.config.set`` of the distributed settings grid schedulers are created with."""
+    saturation = get("scheduler.worker-saturation")
+    return dask.config.set({"distributed.scheduler.worker-saturation": float(saturation)})

@@ -50,24 +50,29 @@ class LocalGrid:
         self.clusters: dict[str, LocalCluster] = {}
         try:
             for name, n in regions.items():
-                self.clusters[name] = LocalCluster(
-                    n_workers=n,
-                    threads_per_worker=threads,
-                    processes=processes,
-                    protocol="tcp://",  # real sockets, also for threaded nodes
-                    memory_limit=memory,
-                    host=host,
-                    # ":0": a free port (the scheduler serves /health and /metrics there too)
-                    dashboard_address=":0",
-                    scheduler_kwargs={"plugins": [GridSchedulerPlugin(region=name)], "dashboard": bool(dashboard)},
-                    silence_logs=logging.ERROR,
-                )
+                with config.scheduler_settings():
+                    self.clusters[name] = self._cluster(name, n, threads, memory, dashboard, host, processes)
         except BaseException:
             self.close()
             raise
         self.spec = GridSpec(
             regions={name: RegionSpec(name=name, address=c.scheduler_address) for name, c in self.clusters.items()},
             source="<local>",
+        )
+
+    @staticmethod
+    def _cluster(name: str, n: int, threads: int, memory: Any, dashboard: bool, host: str, processes: bool) -> LocalCluster:
+        return LocalCluster(
+            n_workers=n,
+            threads_per_worker=threads,
+            processes=processes,
+            protocol="tcp://",  # real sockets, also for threaded nodes
+            memory_limit=memory,
+            host=host,
+            # ":0": a free port (the scheduler serves /health and /metrics there too)
+            dashboard_address=":0",
+            scheduler_kwargs={"plugins": [GridSchedulerPlugin(region=name)], "dashboard": bool(dashboard)},
+            silence_logs=logging.ERROR,
         )
 
     def scale(self, region: str, n: int) -> None:

@@ -61,6 +61,7 @@ class RegionRun:
         self.rule = merge_rule(request, plugin.allowed_modules)
         self.aggregate = get_aggregator(request.get("aggregate", "mean"))
         self._futures: list[Future] = []
+        self._parts: list[Future] | None = None  # made once: each Future costs a message
         self.layout: dict | None = None
 
     @property
@@ -70,7 +71,9 @@ class RegionRun:
     async def run_round(self, round_no: int, state_blob: bytes | None) -> dict:
         """Run one round on this region; return the regional aggregate and metrics."""
         client = await self.plugin.get_client()
-        parts = [Future(key, client) for key in self.dataset.keys]
+        if self._parts is None:
+            self._parts = [Future(key, client) for key in self.dataset.keys]
+        parts = self._parts
         lost = self.plugin.datasets.lost(self.dataset.name)
         if lost:
             raise RuntimeError(
@@ -146,6 +149,13 @@ class RegionRun:
         """Forget this round's task futures so the scheduler frees their results."""
         futures, self._futures = self._futures, []
         for f in futures:
+            f.release()
+
+    def close(self) -> None:
+        """Release everything this run holds (round results and partition handles)."""
+        self.release()
+        parts, self._parts = self._parts or [], None
+        for f in parts:
             f.release()
 
 

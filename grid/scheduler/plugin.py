@@ -301,7 +301,7 @@ class GridSchedulerPlugin(SchedulerPlugin):
         run = self.runs.pop(job_id, None)
         if run is None:
             return
-        run.release()
+        run.close()
         run.dataset.users.discard(job_id)
         if drop_dataset:
             self.datasets.drop(run.dataset.name)

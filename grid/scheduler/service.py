@@ -9,6 +9,7 @@ from typing import Any
 
 from distributed import Scheduler
 
+from grid import config
 from grid.scheduler.plugin import GridSchedulerPlugin
 
 logger = logging.getLogger("grid.scheduler")
@@ -25,15 +26,16 @@ async def run_scheduler(
     ready: Any = None,
 ) -> None:
     """Serve one region until SIGTERM/SIGINT."""
-    scheduler = Scheduler(
-        host=host,
-        port=port,
-        dashboard_address=dashboard_address,
-        dashboard=dashboard_address is not None,
-        security=security,
-        protocol=protocol,
-        plugins=[GridSchedulerPlugin(region=region)],
-    )
+    with config.scheduler_settings():
+        scheduler = Scheduler(
+            host=host,
+            port=port,
+            dashboard_address=dashboard_address,
+            dashboard=dashboard_address is not None,
+            security=security,
+            protocol=protocol,
+            plugins=[GridSchedulerPlugin(region=region)],
+        )
     await scheduler
     logger.info("grid scheduler for region %s at %s", region, scheduler.address)
     stop = asyncio.Event()
