@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 import click
+import dask.config
 
 from grid import config  # noqa: F401  (registers defaults)
 
@@ -33,6 +34,31 @@ def _parse_regions(value: str) -> dict[str, int]:
     return out
 
 
+def tls_options(fn: Any) -> Any:
+    """--tls-ca-file/--tls-cert/--tls-key, as `grid certs issue` writes them."""
+    fn = click.option("--tls-key", default=None, type=click.Path(exists=True, dir_okay=False), help="This process's private key (PEM).")(fn)
+    fn = click.option("--tls-cert", default=None, type=click.Path(exists=True, dir_okay=False), help="This process's certificate (PEM) from `grid certs issue`.")(fn)
+    fn = click.option("--tls-ca-file", default=None, type=click.Path(exists=True, dir_okay=False), help="The grid CA certificate; enables mutual TLS.")(fn)
+    return fn
+
+
+def _security(role: str, ca: str | None, cert: str | None, key: str | None) -> Any:
+    """A distributed Security presenting one certificate in the slots ``role`` needs."""
+    given = [x is not None for x in (ca, cert, key)]
+    if not any(given):
+        return None
+    if not all(given):
+        raise click.UsageError("TLS needs all three of --tls-ca-file, --tls-cert and --tls-key")
+    from distributed.security import Security
+
+    slots = {"scheduler": ("scheduler", "client"), "node": ("worker", "client")}[role]
+    args: dict[str, Any] = {"tls_ca_file": ca, "require_encryption": True}
+    for slot in slots:
+        args[f"tls_{slot}_cert"] = cert
+        args[f"tls_{slot}_key"] = key
+    return Security(**args)
+
+
 def _connect(grid_file: str) -> Any:
     from grid import Grid
 
@@ -48,15 +74,28 @@ def main() -> None:
     """dask-grid: a batch compute grid on Dask."""
 
 
-@main.command()
-@click.option("--region", required=True, help="Name of the region this scheduler serves.")
+@main.group(invoke_without_command=True)
+@click.pass_context
+@click.option("--region", default=None, help="Name of the region this scheduler serves (required).")
 @click.option("--host", default=None, help="Address to listen on (default: all interfaces).")
 @click.option("--port", default=8786, show_default=True, type=int, help="Scheduler port.")
 @click.option("--dashboard-address", default=":8787", show_default=True, help="Dask dashboard address; 'none' disables it.")
 @click.option("--protocol", default=None, help="tcp or tls (default: from the address or tcp).")
 @click.option("--scheduler-file", default=None, help="Write the scheduler's address (JSON) here once it listens.")
-def scheduler(region: str, host: str | None, port: int, dashboard_address: str, protocol: str | None, scheduler_file: str | None) -> None:
-    """Run the scheduler of one region (a Dask scheduler with the grid plugin)."""
+@click.option("--crl-file", default=None, type=click.Path(dir_okay=False), help="Revocation list (`grid certs crl`) checked on every call.")
+@tls_options
+def scheduler(
+    ctx: click.Context, region: str | None, host: str | None, port: int, dashboard_address: str, protocol: str | None, scheduler_file: str | None,
+    crl_file: str | None, tls_ca_file: str | None, tls_cert: str | None, tls_key: str | None,
+) -> None:
+    """Run the scheduler of one region (a Dask scheduler with the grid plugin).
+
+    `grid scheduler install-systemd ...` writes its systemd unit instead.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    if region is None:
+        raise click.UsageError("Missing option '--region'.")
     from grid.local import check_regions
     from grid.scheduler.service import run_scheduler
 
@@ -65,6 +104,11 @@ def scheduler(region: str, host: str | None, port: int, dashboard_address: str, 
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--region") from None
     _logging()
+    security = _security("scheduler", tls_ca_file, tls_cert, tls_key)
+    if security is not None:
+        protocol = protocol or "tls"
+    if crl_file:
+        dask.config.set({"grid.scheduler.crl-file": crl_file})
     dash = None if dashboard_address.lower() == "none" else dashboard_address
 
     def ready(s: Any) -> None:
@@ -74,22 +118,39 @@ def scheduler(region: str, host: str | None, port: int, dashboard_address: str, 
                 json.dump({"address": s.address, "region": region, "http_port": s.http_server.port}, f)
             os.replace(tmp, scheduler_file)  # readers never see a half-written file
 
-    asyncio.run(run_scheduler(region, host=host, port=port, dashboard_address=dash, protocol=protocol, ready=ready))
+    asyncio.run(
+        run_scheduler(region, host=host, port=port, dashboard_address=dash, protocol=protocol, security=security, ready=ready)
+    )
 
 
-@main.command()
-@click.option("--region", required=True, help="Region to join; must match the scheduler's.")
-@click.option("--scheduler", "scheduler_address", required=True, help="Scheduler address, e.g. tcp://host:8786.")
+@main.group(invoke_without_command=True)
+@click.pass_context
+@click.option("--region", default=None, help="Region to join; must match the scheduler's (required).")
+@click.option("--scheduler", "scheduler_address", default=None, help="Scheduler address, e.g. tcp://host:8786 (required).")
 @click.option("--nthreads", default=1, show_default=True, type=click.IntRange(min=1), help="Threads of this node.")
 @click.option("--memory-limit", default="auto", show_default=True, help="Memory limit, e.g. 4GiB, or 'auto'.")
-@click.option("--name", default=None, help="Node name (its identity); default HOST-PID.")
-def node(region: str, scheduler_address: str, nthreads: int, memory_limit: str, name: str | None) -> None:
-    """Run a node: a Dask worker of one region. SIGTERM retires it gracefully."""
+@click.option("--name", default=None, help="Node name; default HOST-PID (on TLS grids the certificate name is the identity).")
+@tls_options
+def node(
+    ctx: click.Context, region: str | None, scheduler_address: str | None, nthreads: int, memory_limit: str, name: str | None,
+    tls_ca_file: str | None, tls_cert: str | None, tls_key: str | None,
+) -> None:
+    """Run a node: a Dask worker of one region. SIGTERM retires it gracefully.
+
+    `grid node install-systemd ...` writes its systemd unit instead.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    if region is None or scheduler_address is None:
+        raise click.UsageError("Missing option '--region' or '--scheduler'.")
     from grid.node.agent import run_node
 
     _logging()
+    security = _security("node", tls_ca_file, tls_cert, tls_key)
     try:
-        asyncio.run(run_node(scheduler_address, region, nthreads=nthreads, memory_limit=memory_limit, name=name))
+        asyncio.run(
+            run_node(scheduler_address, region, nthreads=nthreads, memory_limit=memory_limit, name=name, security=security)
+        )
     except (RuntimeError, OSError) as exc:
         raise click.ClickException(str(exc)) from None
 
@@ -194,9 +255,14 @@ def demo(rows: int, regions_text: str) -> None:
 
 
 def _add_subcommands() -> None:
+    from grid.dashboard.app import dashboard
+    from grid.deploy_systemd import install_systemd_node, install_systemd_scheduler
     from grid.security.cli import certs
 
     main.add_command(certs, "certs")
+    main.add_command(dashboard, "dashboard")
+    scheduler.add_command(install_systemd_scheduler)
+    node.add_command(install_systemd_node)
 
 
 _add_subcommands()

@@ -66,12 +66,20 @@ class Grid:
         processes : bool, default True
             Nodes as worker processes (the real thing); False runs them as
             threads of this process, which starts faster (tests).
+        tls : bool, default False
+            Run the whole grid on mutual TLS with a throw-away CA: schedulers
+            and nodes get certificates of their region, this grid's client a
+            data scientist's (``client``) certificate.
         """
         from grid.local import LocalGrid
 
         local = LocalGrid(regions or {"eu": 1, "us": 1}, **kwargs)
         try:
-            clients = {name: Client(cluster, set_as_default=False) for name, cluster in local.clusters.items()}
+            security = local.spec.tls.security() if local.spec.tls else None
+            clients = {
+                name: Client(cluster.scheduler_address, security=security, set_as_default=False)
+                for name, cluster in local.clusters.items()
+            }
         except BaseException:
             local.close()
             raise
@@ -161,6 +169,7 @@ class Grid:
         *,
         regions: str | list[str] | None = None,
         partition_rows: int | str = "auto",
+        sample_weight: Any = None,
     ) -> PlacedData:
         """Place partitions of ``X``/``y`` on the nodes once, for many jobs.
 
@@ -169,7 +178,7 @@ class Grid:
         accept in place of ``X, y``. Free it with :meth:`drop`.
         """
         regions = self._regions_arg(regions)
-        parts = partition(X, y, partition_rows=partition_rows)
+        parts = partition(X, y, partition_rows=partition_rows, sample_weight=sample_weight)
         return place(self, parts, regions, job_owned=False, owner=self.owner, replicas=int(config.get("jobs.replicas")))
 
     def drop(self, data: PlacedData) -> None:
@@ -188,6 +197,7 @@ class Grid:
         *,
         regions: str | list[str] | None = None,
         home: str | None = None,
+        sample_weight: Any = None,
     ) -> Job:
         """Submit a training job and return at once.
 
@@ -201,6 +211,8 @@ class Grid:
             Regions to train on (default: all; ignored for placed data).
         home : str, optional
             Region whose scheduler runs the job (default: the first region used).
+        sample_weight : array-like, optional
+            One weight per row of ``X``, cut into partitions with it.
         """
         if not hasattr(estimator, "_job_request"):
             raise TypeError(
@@ -210,8 +222,8 @@ class Grid:
         request = estimator._job_request()  # validates every parameter
         classification = estimator._is_classifier()
         if isinstance(X, PlacedData):
-            if y is not None:
-                raise ValueError("pass y to Grid.scatter with X, not again to submit()")
+            if y is not None or sample_weight is not None:
+                raise ValueError("pass y and sample_weight to Grid.scatter with X, not again to submit()")
             if X._dropped:
                 raise ValueError(f"dataset {X.name} was dropped; place it again with Grid.scatter")
             for r in X.regions:
@@ -219,7 +231,13 @@ class Grid:
             data = X
         else:
             regions_list = self._regions_arg(regions)
-            parts = partition(X, y, partition_rows=request.get("partition_rows", "auto"), classification=classification)
+            parts = partition(
+                X,
+                y,
+                partition_rows=request.get("partition_rows", "auto"),
+                classification=classification,
+                sample_weight=sample_weight,
+            )
             data = None
         home = home or (list(data.regions)[0] if data else regions_list[0])
         self._check_region(home)

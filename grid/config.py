@@ -24,9 +24,28 @@ with open(DEFAULTS_FILE) as f:
 dask.config.update_defaults(_defaults)
 
 
+_MISSING = object()
+
+
+def _shipped(key: str) -> Any:
+    """The value of ``key`` in the shipped grid.yaml, or ``_MISSING``."""
+    node: Any = _defaults["grid"]
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return _MISSING
+        node = node[part]
+    return node
+
+
 def get(key: str, default: Any = None) -> Any:
-    """``dask.config.get("grid." + key)``."""
-    return dask.config.get(f"grid.{key}", default=default)
+    """``dask.config.get("grid." + key)``, falling back to the shipped default.
+
+    The fallback matters when something resets dask's config to a snapshot
+    taken before this module registered its defaults (distributed's test
+    utilities do).
+    """
+    shipped = _shipped(key)
+    return dask.config.get(f"grid.{key}", default=default if shipped is _MISSING else shipped)
 
 
 def seconds(key: str) -> float:

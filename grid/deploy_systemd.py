@@ -36,6 +36,7 @@ import os
 import pwd
 import re
 import shutil
+import socket
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -82,7 +83,12 @@ class CommonOptions:
         configure distributed for mutual TLS; ``False`` for a private test
         network only.
     credentials_dir : str
-        Directory with one sub-directory of TLS files per unit.
+        Directory with one sub-directory of TLS files per unit, each as
+        ``grid certs issue ROLE NAME --out DIR`` writes it: ``ca.pem``,
+        ``NAME.pem``, ``NAME-key.pem``.
+    cert_name : str or None
+        ``NAME`` of the certificate files; ``None``: the node's name, else
+        the host name (``%H``).
     env_dir : str
         Directory of the environment files.
     """
@@ -91,6 +97,7 @@ class CommonOptions:
     user: str | None = None
     tls: bool = True
     credentials_dir: str = DEFAULT_CREDENTIALS_DIR
+    cert_name: str | None = None
     env_dir: str = DEFAULT_ENV_DIR
 
     def check(self) -> None:
@@ -101,6 +108,10 @@ class CommonOptions:
                 raise ValueError(f"{opt}={value!r} must be an absolute path without spaces, quotes, '$', '%', ';' or '#'")
         if self.user is not None and not _USER.match(self.user):
             raise ValueError(f"user={self.user!r} is not a valid system user name (lowercase, digits, '_', '-')")
+        if self.cert_name is not None and not _NODE_NAME.match(self.cert_name):
+            raise ValueError(f"cert_name={self.cert_name!r}: use letters, digits, '.', '_' and '-' (at most 128)")
+        if self.user in ("root", "nobody"):
+            raise ValueError(f"user={self.user!r} is not allowed: use a dedicated system user, or none for a DynamicUser")
 
 
 @dataclass(frozen=True)
@@ -284,15 +295,17 @@ def _hardening(opts: CommonOptions) -> list[str]:
     ]
 
 
-def _tls_lines(opts: CommonOptions, subdir: str, roles: tuple[str, ...]) -> list[str]:
+def _tls_lines(opts: CommonOptions, subdir: str, roles: tuple[str, ...], cert_name: str) -> list[str]:
     if not opts.tls:
         return ["# TLS is off (installed with --no-tls): for a private test network only."]
     src = f"{opts.credentials_dir}/{subdir}"
     lines = [
-        "# Mutual TLS. systemd copies these root-only files into %d, a private read-only",
-        "# directory of this unit; distributed reads them through its own configuration.",
+        "# Mutual TLS. systemd copies these root-only files (as `grid certs issue ... --out DIR`",
+        "# writes them) into %d, a private read-only directory of this unit; distributed reads",
+        "# them through its own configuration.",
     ]
-    lines += [f"LoadCredential={name}:{src}/{name}" for name in TLS_FILES]
+    sources = (f"{src}/ca.pem", f"{src}/{cert_name}.pem", f"{src}/{cert_name}-key.pem")
+    lines += [f"LoadCredential={name}:{path}" for name, path in zip(TLS_FILES, sources)]
     lines.append("Environment=DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION=True")
     lines.append("Environment=DASK_DISTRIBUTED__COMM__TLS__CA_FILE=%d/ca.pem")
     for role in roles:
@@ -345,7 +358,7 @@ def render_scheduler_unit(opts: SchedulerOptions | None = None) -> str:
         "StateDirectory=dask-grid/scheduler-%i",
         "StateDirectoryMode=0700",
     ]
-    lines += _tls_lines(opts, "scheduler-%i", ("SCHEDULER", "CLIENT"))
+    lines += _tls_lines(opts, "scheduler-%i", ("SCHEDULER", "CLIENT"), opts.cert_name or "%H")
     lines += [
         "# Stop: SIGTERM to the main process only; the scheduler closes its jobs' drivers and exits.",
         "KillSignal=SIGTERM",
@@ -385,7 +398,8 @@ def render_scheduler_env(opts: SchedulerOptions | None = None) -> str:
         "# Listen address and port of the scheduler (nodes and clients connect here).",
         f"GRID_HOST={opts.host}",
         f"GRID_PORT={opts.port}",
-        "# Dask dashboard: the Bokeh pages, /health (probes) and /metrics (Prometheus).",
+        "# Dask dashboard: the Bokeh pages, /health (probes) and /metrics (Prometheus). It has no",
+        "# login: keep it for operators (e.g. 127.0.0.1:8787 and an SSH tunnel, or a firewall).",
         f"GRID_DASHBOARD_ADDRESS={opts.dashboard_address}",
         "# tls (with the unit's credentials) or tcp (only with units installed --no-tls).",
         f"GRID_PROTOCOL={protocol}",
@@ -395,7 +409,7 @@ def render_scheduler_env(opts: SchedulerOptions | None = None) -> str:
         "# Grid and Dask configuration, as DASK_GRID__SECTION__KEY / DASK_DISTRIBUTED__... variables:",
         "#DASK_GRID__SCHEDULER__MAX_UPDATE_BYTES=256MiB",
         "#DASK_GRID__SCHEDULER__FINISHED_JOBS_KEPT=1000",
-        "#DASK_DISTRIBUTED__SCHEDULER__WORKER_TTL=5 minutes",
+        "#DASK_DISTRIBUTED__SCHEDULER__WORKER_TTL=300s",
         "",
     ]
     return "\n".join(lines)
@@ -435,7 +449,7 @@ def render_node_unit(opts: NodeOptions | None = None) -> str:
         "CacheDirectory=dask-grid/node",
         "CacheDirectoryMode=0700",
     ]
-    lines += _tls_lines(opts, "node", ("WORKER", "CLIENT"))
+    lines += _tls_lines(opts, "node", ("WORKER", "CLIENT"), opts.cert_name or opts.name or "%H")
     lines += [
         "# Stop: SIGTERM to the main process only (the nanny, not its worker process): the node",
         "# retires through the scheduler, so the data only it holds is copied off first, then",
@@ -618,9 +632,11 @@ def scheduler_plan(opts: SchedulerOptions, target_dir: str = DEFAULT_TARGET_DIR)
     if opts.tls:
         creds = os.path.join(opts.credentials_dir, f"scheduler-{opts.region}")
         plan.directories[creds] = 0o700
+        name = opts.cert_name or socket.gethostname()
         plan.next_steps.append(
-            f"put the CA certificate and this scheduler's certificate and key (`grid certs issue scheduler HOST`) "
-            f"into {creds}/ as {', '.join(TLS_FILES)} (regular files, mode 0600, not symlinks)"
+            f"on the CA machine: grid certs issue scheduler {name} --region {opts.region} --host PUBLIC-DNS-NAME "
+            f"--out DIR; copy DIR/ca.pem, DIR/{name}.pem and DIR/{name}-key.pem into {creds}/ "
+            "(regular files, mode 0600, owned by root; not symlinks)"
         )
     plan.next_steps += [f"systemctl daemon-reload && systemctl enable --now {unit}", f"journalctl -u {unit} -f"]
     return plan
@@ -646,9 +662,10 @@ def node_plan(opts: NodeOptions, target_dir: str = DEFAULT_TARGET_DIR) -> Instal
     if opts.tls:
         creds = os.path.join(opts.credentials_dir, "node")
         plan.directories[creds] = 0o700
+        name = opts.cert_name or opts.name or socket.gethostname()
         plan.next_steps.append(
-            f"put the CA certificate and this node's certificate and key (`grid certs issue node NAME "
-            f"--region {opts.region}`) into {creds}/ as {', '.join(TLS_FILES)} (regular files, mode 0600, not symlinks)"
+            f"on the CA machine: grid certs issue node {name} --region {opts.region} --out DIR; copy DIR/ca.pem, "
+            f"DIR/{name}.pem and DIR/{name}-key.pem into {creds}/ (regular files, mode 0600, owned by root; not symlinks)"
         )
     plan.next_steps += ["systemctl daemon-reload && systemctl enable --now grid-node.service", "journalctl -u grid-node -f"]
     return plan
@@ -696,6 +713,7 @@ def _common_options(func: click.decorators.FC) -> click.decorators.FC:
         click.option("--user", default=None, help="Existing system user to run as [default: a DynamicUser]."),
         click.option("--no-tls", "no_tls", is_flag=True, help="No TLS credentials: for a private test network only."),
         click.option("--credentials-dir", default=DEFAULT_CREDENTIALS_DIR, show_default=True, help="Root-only directory with the units' TLS files."),
+        click.option("--cert-name", default=None, help="NAME of the NAME.pem / NAME-key.pem certificate files [default: the node name, else the host name]."),
         click.option("--env-dir", default=DEFAULT_ENV_DIR, show_default=True, help="Directory of the environment files."),
         click.option("--target-dir", default=DEFAULT_TARGET_DIR, show_default=True, help="Directory of the unit files."),
         click.option("--force", is_flag=True, help="Overwrite an existing environment file."),
@@ -712,6 +730,7 @@ def _common_kwargs(kwargs: Mapping[str, object]) -> dict[str, object]:
         "user": kwargs["user"],
         "tls": not kwargs["no_tls"],
         "credentials_dir": os.path.abspath(str(kwargs["credentials_dir"])),
+        "cert_name": kwargs["cert_name"],
         "env_dir": os.path.abspath(str(kwargs["env_dir"])),
     }
 

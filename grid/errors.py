@@ -35,6 +35,8 @@ def check_reply(reply: dict, what: str) -> dict:
         kind = reply.get("type", "") if isinstance(reply, dict) else ""
         if kind in ("UnknownJob", "KeyError"):
             raise KeyError(message)
+        if kind == "PermissionError":
+            raise PermissionError(f"{what}: {message}")
         if kind in ("ValueError", "SpecError", "DataError", "TypeError", "NoMergeRule"):
             raise ValueError(f"{what}: {message}")
         raise RemoteError(f"{what}: {message}")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import shutil
+import tempfile
 from collections.abc import Mapping
 from typing import Any
 
@@ -10,7 +12,7 @@ from distributed import LocalCluster
 
 from grid import config
 from grid.scheduler.plugin import GridSchedulerPlugin
-from grid.spec import GridSpec, RegionSpec, REGION_NAME
+from grid.spec import REGION_NAME, GridSpec, RegionSpec, TLSSpec
 
 
 def check_regions(regions: Mapping[str, int]) -> dict[str, int]:
@@ -42,8 +44,19 @@ class LocalGrid:
         dashboard: bool | None = None,
         host: str = "127.0.0.1",
         processes: bool = True,
+        tls: bool = False,
     ) -> None:
         regions = check_regions(regions)
+        self.throwaway: Any = None  # the CA and certificates of a TLS local grid
+        self._tmpdir: str | None = None
+        tls_spec = None
+        if tls:
+            from grid.security.certs import make_throwaway_grid
+
+            self._tmpdir = tempfile.mkdtemp(prefix="dask-grid-tls-")
+            self.throwaway = make_throwaway_grid(self._tmpdir, {r: max(1, n) for r, n in regions.items()})
+            client = self.throwaway.client
+            tls_spec = TLSSpec(ca_file=str(self.throwaway.ca_file), cert=str(client.cert_path), key=str(client.key_path))
         threads = threads_per_node or int(config.get("local.threads-per-node"))
         memory = memory_limit or config.get("local.memory-limit")
         dashboard = config.get("local.dashboard") if dashboard is None else dashboard
@@ -51,22 +64,27 @@ class LocalGrid:
         try:
             for name, n in regions.items():
                 with config.scheduler_settings():
-                    self.clusters[name] = self._cluster(name, n, threads, memory, dashboard, host, processes)
+                    security = self.throwaway.security(name, client="admin") if tls else None
+                    self.clusters[name] = self._cluster(name, n, threads, memory, dashboard, host, processes, security)
         except BaseException:
             self.close()
             raise
         self.spec = GridSpec(
             regions={name: RegionSpec(name=name, address=c.scheduler_address) for name, c in self.clusters.items()},
+            tls=tls_spec,
             source="<local>",
         )
 
     @staticmethod
-    def _cluster(name: str, n: int, threads: int, memory: Any, dashboard: bool, host: str, processes: bool) -> LocalCluster:
+    def _cluster(
+        name: str, n: int, threads: int, memory: Any, dashboard: bool, host: str, processes: bool, security: Any
+    ) -> LocalCluster:
         return LocalCluster(
             n_workers=n,
             threads_per_worker=threads,
             processes=processes,
-            protocol="tcp://",  # real sockets, also for threaded nodes
+            protocol="tls://" if security else "tcp://",  # real sockets, also for threaded nodes
+            security=security,
             memory_limit=memory,
             host=host,
             # ":0": a free port (the scheduler serves /health and /metrics there too)
@@ -85,6 +103,9 @@ class LocalGrid:
             except Exception:  # noqa: BLE001 - close the rest
                 logging.getLogger("grid.local").debug("error closing cluster", exc_info=True)
         self.clusters = {}
+        if self._tmpdir:
+            shutil.rmtree(self._tmpdir, ignore_errors=True)
+            self._tmpdir = None
 
     def __enter__(self) -> "LocalGrid":
         return self

@@ -151,16 +151,23 @@ def decode(
 
 
 def check_shapes(
-    arrays: Mapping[str, Any], expected: Mapping[str, tuple[tuple[int, ...], str]]
+    arrays: Mapping[str, Any],
+    expected: Mapping[str, tuple[tuple[int, ...], str]],
+    variable: frozenset[str] | set[str] = frozenset(),
 ) -> None:
-    """Raise :class:`WireError` unless ``arrays`` match ``expected`` exactly."""
+    """Raise :class:`WireError` unless ``arrays`` match ``expected`` exactly.
+
+    Arrays named in ``variable`` may change their shape (not their number of
+    dimensions or dtype kind), e.g. per-partition category counts.
+    """
     if set(arrays) != set(expected):
         missing = sorted(set(expected) - set(arrays))
         extra = sorted(set(arrays) - set(expected))
         raise WireError(f"update arrays differ from the model: missing {missing}, unexpected {extra}")
     for name, (shape, kind) in expected.items():
         arr = np.asarray(arrays[name])
-        if tuple(arr.shape) != tuple(shape) or arr.dtype.kind != kind:
+        same_shape = arr.ndim == len(shape) if name in variable else tuple(arr.shape) == tuple(shape)
+        if not same_shape or arr.dtype.kind != kind:
             raise WireError(
                 f"array {name!r} has shape {arr.shape} and dtype kind {arr.dtype.kind!r}; "
                 f"the model expects {tuple(shape)} and {kind!r}"

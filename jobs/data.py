@@ -32,8 +32,9 @@ class Partitions:
 
     Attributes
     ----------
-    parts : list of (X_block, y_block)
-        ``y_block`` is None for unsupervised estimators.
+    parts : list of (X_block, y_block, w_block)
+        ``y_block`` is None for unsupervised estimators, ``w_block`` (sample
+        weights) None unless the job was given ``sample_weight``.
     n_features : int
     classes : ndarray or None
         Sorted labels over all partitions, for classifiers.
@@ -134,6 +135,7 @@ def partition(
     *,
     partition_rows: int | str | None = "auto",
     classification: bool = False,
+    sample_weight: Any = None,
 ) -> Partitions:
     """Validate ``X``/``y`` and cut them into row partitions.
 
@@ -145,6 +147,8 @@ def partition(
         Rows per partition; ignored for dask collections, whose chunks are used.
     classification : bool
         Whether to collect the sorted class labels.
+    sample_weight : array-like, optional
+        One non-negative weight per row, cut like ``X``.
 
     Raises
     ------
@@ -154,19 +158,31 @@ def partition(
     if X is None:
         raise DataError("X is None; pass the training data")
     if _is_dask(X) or _is_dask(y):
+        if sample_weight is not None:
+            raise DataError("sample_weight is not supported with dask collections; add it as a column or pass numpy data")
         xb, yb = _dask_blocks(X, y)
         blocks = [(_to_2d(xp, f"X (chunk {i})"), yp) for i, (xp, yp) in enumerate(zip(xb, yb or [None] * len(xb)))]
+        weights = [None] * len(blocks)
     else:
         Xa = _to_2d(X)
         n = Xa.shape[0]
         step = rows_per_partition(n, partition_rows) if n else 1
         blocks = [(Xa[i : i + step], None if y is None else slice(i, i + step)) for i in range(0, n, step)]
+        slices = [s for _, s in blocks] if y is not None else [slice(i, i + step) for i in range(0, n, step)]
+        weights = [None] * len(blocks)
+        if sample_weight is not None:
+            w = np.asarray(sample_weight, dtype=np.float64)
+            if w.ndim != 1 or w.shape[0] != n:
+                raise DataError(f"sample_weight has shape {w.shape}; pass one weight per row of X ({n})")
+            if not np.isfinite(w).all() or (w < 0).any():
+                raise DataError("sample_weight must be finite and non-negative")
+            weights = [w[s] for s in slices]
         if y is not None:
             ya = _to_1d(y, n)
             blocks = [(xp, ya[s]) for xp, s in blocks]
     parts = []
     n_features = None
-    for i, (xp, yp) in enumerate(blocks):
+    for i, ((xp, yp), wp) in enumerate(zip(blocks, weights)):
         xp = _to_2d(xp, f"X (partition {i})")
         if n_features is None:
             n_features = xp.shape[1]
@@ -178,7 +194,7 @@ def partition(
         if yp is not None:
             yp = _to_1d(yp, xp.shape[0])
         if xp.shape[0]:
-            parts.append((xp, yp))
+            parts.append((xp, yp, wp))
     if not parts:
         raise DataError("X is empty (0 samples); a job needs at least one row of training data")
     if n_features == 0:

@@ -45,6 +45,7 @@ def partial_fit_step(
     classes: np.ndarray | None = None,
     seed: int | None = None,
     epochs: int = 1,
+    sample_weight: Any = None,
 ) -> tuple[State, dict[str, float]]:
     """Run ``epochs`` calls of ``partial_fit`` on one partition from ``state``.
 
@@ -60,6 +61,8 @@ def partial_fit_step(
     kwargs = {}
     if classes is not None:
         kwargs["classes"] = classes
+    if sample_weight is not None:
+        kwargs["sample_weight"] = sample_weight
     for _ in range(int(epochs)):
         if y is None:
             est.partial_fit(X, **kwargs)

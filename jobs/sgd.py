@@ -21,11 +21,16 @@ scikit-learn).
 
 The objective is ``mean_i(sw_i * loss(z_i, y_i)) + alpha * R(W)`` with
 ``R = (1 - l1_ratio) / 2 * ||W||^2 + l1_ratio * ||W||_1``. A step on a
-minibatch ``B`` is::
+minibatch ``B`` with loss gradient ``G`` in the scores is::
 
-    W <- W * (1 - eta * alpha * (1 - l1_ratio)) - eta * X_B.T @ G / |B|
-    W <- soft_threshold(W, eta * alpha * l1_ratio)          # proximal L1 step
-    b <- b - eta * sum(G) / |B|
+    gW = -eta * (X_B.T @ G / |B| + alpha * (1 - l1_ratio) * W)
+    gb = -eta * sum(G) / |B|
+    dW = (gW - center * gb) / scale**2          # preconditioner, see data_geometry
+    W <- W + dW;  b <- b + gb - center @ dW
+    W <- truncate(W, cumulative L1 penalty)     # Tsuruoka et al. (2009)
+
+i.e. plain SGD in the standardised coordinates ``(x - center) / scale`` while
+the model stays in the original units.
 
 State
 -----
@@ -74,6 +79,10 @@ _CURVATURE = {
 _STEP_SAMPLE_ROWS = 2048
 #: power iterations for that estimate
 _POWER_ITERATIONS = 12
+#: ``batch_size="auto"``: ``n_rows // 64`` clipped to this range, so that a
+#: small partition still takes about 64 steps per epoch and a large one
+#: amortises the per-step overhead
+AUTO_BATCH_RANGE = (16, 512)
 #: the ``"adaptive"`` schedule divides the step by this after a plateau
 _ADAPTIVE_DIVISOR = 5.0
 
@@ -101,7 +110,7 @@ class SGDConfig:
     learning_rate: str = "auto"
     eta0: float | None = None
     power_t: float = 0.5
-    batch_size: int = 256
+    batch_size: int | str = "auto"
     fit_intercept: bool = True
     class_weight: Any = None
     tol: float | None = 1e-3
@@ -216,7 +225,7 @@ def config_from_params(params: Mapping[str, Any], *, classification: bool) -> SG
         learning_rate=_choice("learning_rate", p["learning_rate"], LEARNING_RATES),
         eta0=_real("eta0", eta0, low=0.0, low_open=True, allow_none=True),
         power_t=_real("power_t", p["power_t"], low=0.0),
-        batch_size=_integer("batch_size", p["batch_size"], 1),
+        batch_size=_batch_size(p["batch_size"]),
         fit_intercept=_boolean("fit_intercept", p["fit_intercept"]),
         class_weight=check_class_weight(p["class_weight"]) if classification else _no_class_weight(p["class_weight"]),
         tol=_real("tol", p["tol"], low=0.0, allow_none=True),
@@ -226,6 +235,14 @@ def config_from_params(params: Mapping[str, Any], *, classification: bool) -> SG
                                   low_open=True, high_open=True),
         seed=_integer("seed", p["seed"], 0),
     )
+
+
+def _batch_size(value: Any) -> int | str:
+    if isinstance(value, str) and value == "auto":
+        return value
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise SGDParameterError(f"batch_size must be an integer >= 1 or 'auto', got {value!r}")
+    return int(value)
 
 
 def _no_class_weight(value: Any) -> None:
@@ -287,7 +304,8 @@ def encode_targets(cfg: SGDConfig, y: Any, classes: np.ndarray | None, dtype: An
     classes = np.asarray(classes)
     if classes.ndim != 1 or classes.size < 2:
         raise ValueError(
-            f"a classifier needs at least 2 classes, got {classes.tolist()!r}; check the labels of y"
+            f"Classifier can't train when only one class is present: got the classes "
+            f"{classes.tolist()!r}; a classifier needs at least 2 classes"
         )
     idx = np.searchsorted(classes, y)
     idx = np.clip(idx, 0, classes.size - 1)
@@ -375,12 +393,61 @@ def shuffled_rows(n: int, rng: np.random.Generator) -> np.ndarray:
     return rows[rows < n] if n % S else rows
 
 
-def _soft_threshold(W: np.ndarray, thr: float) -> None:
-    """In place: ``W <- sign(W) * max(|W| - thr, 0)``."""
-    shrunk = np.abs(W)
-    shrunk -= thr
-    np.maximum(shrunk, 0.0, out=shrunk)
-    np.copysign(shrunk, W, out=W)
+class _CSRBatches:
+    """Minibatch products on consecutive rows of a CSR matrix, without scipy objects.
+
+    Slicing a scipy matrix per minibatch costs more than the arithmetic; here a
+    minibatch is a slice of ``data``/``indices`` and the products are
+    ``bincount`` reductions (forward: per row; backward: per feature).
+    """
+
+    def __init__(self, X: sp.csr_matrix) -> None:
+        self.data = X.data
+        self.indices = X.indices
+        self.indptr = X.indptr
+        self.row = np.repeat(np.arange(X.shape[0], dtype=np.intp), np.diff(X.indptr))
+        self._batch: tuple[np.ndarray, np.ndarray, np.ndarray, int] | None = None
+
+    def forward(self, start: int, stop: int, W: np.ndarray) -> np.ndarray:
+        a, b = self.indptr[start], self.indptr[stop]
+        vals = self.data[a:b]
+        cols = self.indices[a:b]
+        rows = self.row[a:b] - start
+        m = stop - start
+        self._batch = (vals, cols, rows, m)
+        if W.ndim == 1:
+            return np.bincount(rows, weights=vals * W[cols], minlength=m).astype(W.dtype, copy=False)
+        prod = W[cols] * vals[:, None]
+        return np.stack([np.bincount(rows, weights=prod[:, k], minlength=m) for k in range(W.shape[1])],
+                        axis=1).astype(W.dtype, copy=False)
+
+    def backward(self, NG: np.ndarray, d: int) -> np.ndarray:
+        vals, cols, rows, _ = self._batch
+        if NG.ndim == 1:
+            return np.bincount(cols, weights=vals * NG[rows], minlength=d).astype(NG.dtype, copy=False)
+        per_nz = NG[rows] * vals[:, None]
+        return np.stack([np.bincount(cols, weights=per_nz[:, k], minlength=d) for k in range(NG.shape[1])],
+                        axis=1).astype(NG.dtype, copy=False)
+
+
+def _cumulative_l1(W: np.ndarray, u: Any, q: np.ndarray) -> np.ndarray:
+    """In place: the cumulative L1 penalty of Tsuruoka et al. (2009), vectorised.
+
+    A weight is pulled towards zero by the penalty it could have received
+    so far (``u``, per coordinate) minus the penalty it did receive (``q``),
+    and clipped at zero; ``q`` records what was applied. Weights whose
+    gradient does not consistently push them away from zero stay exactly
+    zero. Returns how much each weight moved.
+    """
+    z = W.copy()
+    u = np.broadcast_to(u, W.shape)
+    pos = W > 0
+    neg = W < 0
+    W[pos] = np.maximum(0.0, W[pos] - (u[pos] + q[pos]))
+    W[neg] = np.minimum(0.0, W[neg] + (u[neg] - q[neg]))
+    moved = W - z
+    q += moved
+    return moved
 
 
 def _take_rows(X: Any, idx: np.ndarray) -> Any:
@@ -400,6 +467,9 @@ def init_state(n_features: int, n_outputs: int) -> State:
     t : samples processed so far (all partitions, all rounds)
     t0 : ``t`` when the current update started (lets a merge count new samples)
     eta_base : step size of ``eta0=None`` (0 until estimated from the data)
+    center, scale : (n_features,) float64, the preconditioner: steps are taken
+        as if the features were ``(x - center) / scale`` (estimated with
+        ``eta_base``; the model itself stays in the original units)
     eta_scale : multiplier of the step (``"adaptive"`` divides it by 5 on a plateau)
     best_loss, no_improve : plateau bookkeeping of ``"adaptive"``
     epoch_loss : mean training loss over the last local epoch (progressive)
@@ -407,6 +477,8 @@ def init_state(n_features: int, n_outputs: int) -> State:
     return {
         "coef": np.zeros((n_outputs, n_features), dtype=np.float64),
         "intercept": np.zeros(n_outputs, dtype=np.float64),
+        "center": np.zeros(n_features, dtype=np.float64),
+        "scale": np.ones(n_features, dtype=np.float64),
         "t": 0.0,
         "t0": 0.0,
         "eta_base": 0.0,
@@ -435,8 +507,14 @@ def check_state(state: Mapping[str, Any], n_features: int, n_outputs: int) -> St
         )
     out = init_state(n_features, n_outputs)
     out["coef"], out["intercept"] = coef, intercept
+    for key in ("center", "scale"):
+        if key in state:
+            value = np.array(state[key], dtype=np.float64, copy=True).ravel()
+            if value.shape != (n_features,):
+                raise ValueError(f"SGD state has {key} of shape {value.shape}; this model needs ({n_features},)")
+            out[key] = value
     for key in STATE_KEYS:
-        if key not in ("coef", "intercept") and key in state:
+        if key not in ("coef", "intercept", "center", "scale") and key in state:
             out[key] = float(np.asarray(state[key]))
     return out
 
@@ -529,65 +607,120 @@ def _binary_neg_grad(cfg: SGDConfig, Z: np.ndarray, Y: np.ndarray) -> tuple[np.n
 # --------------------------------------------------------------------------------------
 # step sizes
 # --------------------------------------------------------------------------------------
-def lipschitz_step(cfg: SGDConfig, X: Any, targets: Targets, w: np.ndarray | None, rng: np.random.Generator) -> float:
-    """The default step: 1 / (curvature of the loss * Lipschitz constant of a minibatch).
+def batch_rows(cfg: SGDConfig, n: int) -> int:
+    """Rows per minibatch on a block of ``n`` rows (resolves ``batch_size="auto"``)."""
+    if cfg.batch_size == "auto":
+        low, high = AUTO_BATCH_RANGE
+        B = min(high, max(low, n // 64))
+    else:
+        B = int(cfg.batch_size)
+    return max(1, min(B, n))
 
-    The Lipschitz constant of a minibatch mean gradient is estimated as
-    ``lambda_max(X_s.T X_s / s) + mean ||x||^2 / batch_size`` on a seeded
-    sample ``X_s`` of at most 2048 rows (power iteration), with a column of
-    ones when the model fits an intercept. On standardised data this gives a
-    step near the largest stable one without any tuning.
+
+def data_geometry(cfg: SGDConfig, X: Any, targets: Targets, w: np.ndarray | None,
+                  rng: np.random.Generator) -> tuple[float, np.ndarray, np.ndarray]:
+    """Preconditioner and default step, from a seeded sample of at most 2048 rows.
+
+    Returns ``(eta_base, center, scale)``. Steps are taken in the coordinates
+    ``x~ = (x - center) / scale`` (weighted mean and standard deviation of the
+    sample; ``center = 0`` and ``scale`` the root mean square without an
+    intercept; ``scale`` at least ``max |x - center| / sqrt(batch)`` so that a
+    rare large value cannot dominate a minibatch), which makes the default
+    step independent of how the features are scaled and shifted.
+
+    ``eta_base = 1 / (curvature * L)`` with ``L = lambda_max(X~.T W X~ / s) +
+    mean(w ||x~||^2) / batch`` (power iteration, the intercept as a column of
+    ones, ``W`` the row weights, ``batch`` rows per minibatch): close to the
+    largest stable step of a minibatch mean gradient. Sparse rows stay sparse
+    (the centring is implicit).
     """
-    n = X.shape[0]
+    n, d = X.shape
     m = min(n, _STEP_SAMPLE_ROWS)
     idx = np.sort(rng.choice(n, size=m, replace=False)) if m < n else np.arange(n)
     Xs = _take_rows(X, idx)
-    ws = None if w is None else np.asarray(w[idx], dtype=np.float64)
-    if sp.issparse(Xs):
-        Xs = Xs.toarray()
-    Xs = np.asarray(Xs, dtype=np.float64)
+    ws = np.ones(m) if w is None else np.asarray(w[idx], dtype=np.float64)
+    wsum = float(ws.sum())
+    if wsum <= 0:
+        ws, wsum = np.ones(m), float(m)
+    sparse = sp.issparse(Xs)
+    Xs = sp.csr_matrix(Xs, dtype=np.float64) if sparse else np.asarray(Xs, dtype=np.float64)
+    mean = np.asarray(Xs.T @ ws).ravel() / wsum
+    second = np.asarray((Xs.multiply(Xs) if sparse else Xs * Xs).T @ ws).ravel() / wsum
     if cfg.fit_intercept:
-        Xs = np.hstack([Xs, np.ones((m, 1))])
-    if ws is not None:
-        Xs = Xs * np.sqrt(ws)[:, None]
-    sq_norms = np.einsum("ij,ij->i", Xs, Xs)
-    v = np.ones(Xs.shape[1]) / math.sqrt(Xs.shape[1])
+        center = mean
+        var = np.maximum(second - mean * mean, 0.0)
+    else:
+        center = np.zeros(d)
+        var = second
+    # a rare feature has a tiny standard deviation but large values: keep every
+    # |x~| <= sqrt(batch) so that one row cannot blow up a minibatch's curvature
+    if sparse:
+        top = np.maximum(np.abs(Xs.max(axis=0).toarray().ravel() - center),
+                         np.abs(Xs.min(axis=0).toarray().ravel() - center))
+    else:
+        top = np.max(np.abs(Xs - center), axis=0)
+    scale = np.maximum(np.sqrt(var), top / math.sqrt(batch_rows(cfg, n)))
+    # constant in the sample (up to rounding): leave that feature's steps unscaled
+    scale[~(scale > 1e-7 * np.sqrt(second))] = 1.0
+    inv = 1.0 / scale
+    root = np.sqrt(ws)
+    c_over_s = center * inv
+
+    def forward(v: np.ndarray) -> np.ndarray:  # X~_w @ v (with the ones column last)
+        z = Xs @ (v[:d] * inv) - float(c_over_s @ v[:d])
+        if cfg.fit_intercept:
+            z = z + v[d]
+        return root * np.asarray(z).ravel()
+
+    def backward(z: np.ndarray) -> np.ndarray:  # X~_w.T @ z
+        zr = root * z
+        g = (np.asarray(Xs.T @ zr).ravel() - center * zr.sum()) * inv
+        return np.append(g, zr.sum()) if cfg.fit_intercept else g
+
+    dim = d + int(cfg.fit_intercept)
+    v = np.ones(dim) / math.sqrt(dim)
     lam = 0.0
     for _ in range(_POWER_ITERATIONS):
-        u = Xs.T @ (Xs @ v) / m
+        u = backward(forward(v)) / wsum
         lam = float(np.linalg.norm(u))
         if lam == 0.0:
             break
         v = u / lam
-    L = lam + float(sq_norms.mean()) / min(cfg.batch_size, n)
+    # mean over rows of w * ||x~||^2: standardised features give about d (+1)
+    mean_sq = float(np.sum(((second - 2 * center * mean + center * center) * inv * inv))) + float(cfg.fit_intercept)
+    L = lam + mean_sq / batch_rows(cfg, n)
     kind = "multinomial" if targets.kind == "multinomial" else cfg.loss
-    L *= _CURVATURE[kind]
-    return 1.0 / max(L, 1e-12)
+    # per unit of weight so far; a minibatch gradient is a mean over rows, not weights
+    L *= _CURVATURE[kind] * (wsum / m)
+    return 1.0 / max(L, 1e-12), center, scale
 
 
-def step_size(cfg: SGDConfig, state: State, t: float) -> float:
+def step_size(cfg: SGDConfig, state: State, t: float, batch: int) -> float:
     """Step size after ``t`` samples.
 
-    * ``"auto"`` (default): ``eta_base / (1 + eta_base * alpha * t / batch_size)``,
+    ``batch`` is the number of rows per minibatch (:func:`batch_rows`).
+
+    * ``"auto"`` (default): ``eta_base / (1 + eta_base * alpha * t / batch)``,
       the classic ``1 / (alpha * t)`` decay of strongly convex SGD started at the
       data-sized step ``eta_base``, combined with iterate averaging in
       :func:`run_epochs`.
     * ``"constant"``: ``eta_base``.
-    * ``"invscaling"``: ``eta_base / (1 + t / batch_size) ** power_t``.
+    * ``"invscaling"``: ``eta_base / (1 + t / batch) ** power_t``.
     * ``"adaptive"``: ``eta_base * eta_scale`` where ``eta_scale`` is divided
       by 5 every time the training loss has not improved by ``tol`` for
       ``n_iter_no_change`` rounds (see :func:`adaptive_update`).
 
     ``eta_base`` is ``eta0`` when given, else the data-sized step of
-    :func:`lipschitz_step`.
+    :func:`data_geometry`. Steps are measured in the preconditioned
+    coordinates ``(x - center) / scale``.
     """
     base = cfg.eta0 if cfg.eta0 is not None else state["eta_base"]
     base *= state["eta_scale"]
     lr = cfg.learning_rate
     if lr == "auto":
-        return base / (1.0 + base * cfg.effective_alpha * t / cfg.batch_size)
+        return base / (1.0 + base * cfg.effective_alpha * t / batch)
     if lr == "invscaling":
-        return base / (1.0 + t / cfg.batch_size) ** cfg.power_t
+        return base / (1.0 + t / batch) ** cfg.power_t
     return base  # constant, adaptive
 
 
@@ -663,9 +796,9 @@ def run_epochs(
     K = targets.n_outputs
     dtype = X.dtype
     sparse = sp.issparse(X)
-    B = max(1, min(cfg.batch_size, n))
-    if state["eta_base"] <= 0.0 and cfg.eta0 is None:
-        state["eta_base"] = lipschitz_step(cfg, X, targets, w, rng)
+    B = batch_rows(cfg, n)
+    if state["eta_base"] <= 0.0:
+        state["eta_base"], state["center"], state["scale"] = data_geometry(cfg, X, targets, w, rng)
     alpha = cfg.effective_alpha
     l1 = cfg.l1_share
     l2 = alpha * (1.0 - l1)
@@ -673,8 +806,14 @@ def run_epochs(
     vector = K == 1
     W = np.ascontiguousarray(state["coef"].T, dtype=dtype)  # (d, K)
     b = state["intercept"].astype(dtype)
+    # preconditioner: a step in (V, c) with x~ = (x - mu) / s, W = V / s, b = c - mu @ W,
+    # is, in the model's own units, dW = (G_W - mu G_b) / s^2 and db = G_b - mu @ dW
+    mu = np.asarray(state["center"], dtype=dtype) if cfg.fit_intercept else np.zeros(d, dtype=dtype)
+    inv_s2 = (1.0 / np.asarray(state["scale"], dtype=np.float64) ** 2).astype(dtype)
     if vector:
         W = W[:, 0].copy()
+    else:
+        inv_s2 = inv_s2[:, None]
     averaging = cfg.learning_rate == "auto"
     Wsum = np.zeros(W.shape, dtype=np.float64) if averaging else None
     bsum = np.zeros(K) if averaging else None
@@ -685,10 +824,12 @@ def run_epochs(
     stats = EpochStats()
     buf = None if sparse else np.empty((B, d), dtype=dtype)
     n_steps = -(-n // B)
+    u = 0.0  # L1 penalty every weight could have received so far
+    q = np.zeros(W.shape, dtype=dtype) if l1a else None  # L1 penalty each weight received
     for epoch in range(int(epochs)):
         rows = shuffled_rows(n, rng)
         stats = EpochStats()
-        Xp = X[rows] if sparse else None
+        csr = _CSRBatches(X[rows]) if sparse else None
         Tp = T[rows]
         wp = None if w is None else w[rows]
         # iterate averaging over the second half of the last epoch ("auto")
@@ -698,12 +839,13 @@ def run_epochs(
             stop = min(start + B, n)
             m = stop - start
             if sparse:
-                Xb = Xp[start:stop]
-            elif m == B:
-                Xb = np.take(X, rows[start:stop], axis=0, out=buf)
+                Z = csr.forward(start, stop, W)
             else:
-                Xb = np.take(X, rows[start:stop], axis=0)
-            Z = Xb @ W
+                if m == B:
+                    Xb = np.take(X, rows[start:stop], axis=0, out=buf)
+                else:
+                    Xb = np.take(X, rows[start:stop], axis=0)
+                Z = Xb @ W
             if vector:
                 Z += b[0]
             else:
@@ -714,18 +856,25 @@ def run_epochs(
             stats.hits += hits
             stats.samples += m
             stats.weight += m if wb is None else float(wb.sum())
-            eta = step_size(cfg, state, t)
+            eta = step_size(cfg, state, t, B)
             NG *= eta / m
+            gW = csr.backward(NG, d) if sparse else Xb.T @ NG  # -eta * gradient in W
             if l2:
-                W *= max(0.0, 1.0 - eta * l2)
-            if sparse:
-                W += (Xb.T @ NG).reshape(W.shape)
-            else:
-                W += Xb.T @ NG
-            if l1a:
-                _soft_threshold(W, eta * l1a)
+                gW -= (eta * l2) * W
             if cfg.fit_intercept:
-                b += NG.sum(axis=0)
+                gb = NG.sum(axis=0)  # -eta * gradient in b
+                gW -= np.multiply.outer(mu, gb) if not vector else mu * gb
+                gW *= inv_s2
+                W += gW
+                b += gb - mu @ gW
+            else:
+                gW *= inv_s2
+                W += gW
+            if l1a:  # cumulative truncated gradient (Tsuruoka et al., 2009), per coordinate
+                u += eta * l1a
+                moved = _cumulative_l1(W, u * inv_s2, q)
+                if cfg.fit_intercept:
+                    b -= mu @ moved
             t += m
             if step >= avg_from:
                 Wsum += W
@@ -734,8 +883,8 @@ def run_epochs(
     if averaging and n_avg:
         W_out = Wsum / n_avg
         b_out = bsum / n_avg
-        if l1a:  # keep L1 solutions sparse: one proximal step on the average
-            _soft_threshold(W_out, step_size(cfg, state, t) * l1a)
+        if l1a:  # keep L1 solutions sparse: the average on the last iterate's support
+            W_out[W == 0] = 0.0
     else:
         W_out, b_out = W.astype(np.float64), b.astype(np.float64)
     state["coef"] = np.ascontiguousarray((W_out.reshape(d, 1) if vector else W_out).T, dtype=np.float64)
@@ -832,7 +981,7 @@ def sgd_step(
     cfg = config_from_params(params, classification=classification)
     X = as_features(X)
     if y is None:
-        raise ValueError("the grid's SGD is supervised and needs y")
+        raise ValueError("the grid's SGD requires y to be passed, but the target y is None")
     dtype = X.dtype
     classes_arr = None if classes is None else np.asarray(classes)
     targets = encode_targets(cfg, y, classes_arr, dtype)
@@ -880,8 +1029,9 @@ def merge_counters(states: list[State], weights: list[float]) -> dict[str, float
     """Combine the schedule counters of partition states (coef/intercept excluded).
 
     ``t`` becomes ``t0 + sum(t_i - t0_i)`` (all samples trained on),
-    ``eta_base`` and ``epoch_loss`` the weighted means; the rest came from the
-    same global state and is kept from the first partition.
+    ``eta_base``, ``center``, ``scale`` and ``epoch_loss`` the weighted means;
+    the rest came from the same global state and is kept from the first
+    partition.
     """
     total = float(sum(weights)) or 1.0
     t0 = float(states[0]["t0"])
@@ -891,6 +1041,11 @@ def merge_counters(states: list[State], weights: list[float]) -> dict[str, float
         "eta_base": sum(float(s["eta_base"]) * wt for s, wt in zip(states, weights)) / total,
         "epoch_loss": sum(float(s["epoch_loss"]) * wt for s, wt in zip(states, weights)) / total,
     }
+    for key in ("center", "scale"):
+        acc = np.zeros(np.shape(states[0][key]))
+        for s, wt in zip(states, weights):
+            acc += (wt / total) * np.asarray(s[key], dtype=np.float64)
+        out[key] = acc
     for key in ("eta_scale", "best_loss", "no_improve"):
         out[key] = float(states[0][key])
     return out

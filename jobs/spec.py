@@ -38,8 +38,8 @@ def plain(value: Any, where: str) -> Any:
         return int(value)
     if isinstance(value, numbers.Real):
         return float(value)
-    if isinstance(value, (list, tuple)):
-        return [plain(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, (list, tuple)):  # tuples stay tuples (e.g. feature_range=(0, 1))
+        return type(value)(plain(v, f"{where}[{i}]") for i, v in enumerate(value))
     if isinstance(value, np.ndarray) and value.dtype.kind in "biuf":
         return value.tolist()
     if isinstance(value, dict):

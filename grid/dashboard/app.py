@@ -15,6 +15,7 @@ scheduler's ``http_application``); nothing in distributed is patched.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import signal
 import weakref
@@ -26,6 +27,7 @@ from bokeh.application import Application
 from bokeh.application.handlers.function import FunctionHandler
 from bokeh.document import Document
 
+from grid import config as grid_config
 from grid.dashboard.components import GridRPCView, Selection, grid_layout, make_components
 
 logger = logging.getLogger("grid.dashboard")
@@ -228,11 +230,10 @@ def _dask_bokeh_app(scheduler: Any) -> Any:
 
 def _peers() -> dict[str, str]:
     """Other regions to show on a scheduler's page: ``grid.dashboard.grid-spec`` in dask.config."""
-    import dask.config
 
     from grid.spec import load_spec
 
-    spec = dask.config.get("grid.dashboard.grid-spec", default=None)
+    spec = grid_config.get("dashboard.grid-spec")
     if not spec:
         return {}
     try:
@@ -242,10 +243,28 @@ def _peers() -> dict[str, str]:
         return {}
 
 
+def _region_of(scheduler: Any) -> str | None:
+    """The region a scheduler serves: its grid plugin's, else its ``grid_info`` handler's answer."""
+    plugin = getattr(scheduler, "plugins", {}).get("grid")
+    if isinstance(getattr(plugin, "region", None), str):
+        return plugin.region
+    handler = scheduler.handlers.get("grid_info")
+    if handler is None:
+        return None
+    from distributed.utils import has_keyword
+
+    reply = handler(comm=None) if has_keyword(handler, "comm") else handler()
+    if inspect.isawaitable(reply):  # a wrapped, asynchronous handler: pass region= instead
+        reply.close()
+        return None
+    return reply.get("region") if isinstance(reply, dict) else None
+
+
 def register_scheduler_page(
     scheduler: Any,
     regions: Mapping[str, str] | None = None,
     *,
+    region: str | None = None,
     interval_ms: int = DEFAULT_INTERVAL_MS,
 ) -> Any:
     """Serve the grid page as ``/grid`` on a scheduler's own Dask dashboard.
@@ -262,6 +281,8 @@ def register_scheduler_page(
         Other regions to show (name to scheduler address). Default: the
         regions of the grid spec named by ``grid.dashboard.grid-spec`` in
         dask.config, if set; else only this scheduler's region.
+    region : str, optional
+        This scheduler's region (default: its grid plugin's ``region``).
     interval_ms : int, default 500
 
     Returns
@@ -273,14 +294,16 @@ def register_scheduler_page(
     if scheduler in _PAGES:
         return None
     dask_app = _dask_bokeh_app(scheduler)
-    if dask_app is None or "grid_info" not in scheduler.handlers:
+    if dask_app is None:
+        return None
+    own = region or _region_of(scheduler)
+    if own is None:
         return None
     from tornado.ioloop import IOLoop
 
     from distributed.dashboard.core import BokehApplication
     from distributed.dashboard.scheduler import template_variables
 
-    own = scheduler.handlers["grid_info"]()["region"]
     peers = dict(regions) if regions is not None else _peers()
     addresses = {own: scheduler.address, **{r: a for r, a in peers.items() if r != own}}
     security = getattr(scheduler, "security", None)

@@ -32,6 +32,7 @@ from typing import Any
 from bokeh.layouts import column, row
 from bokeh.models import (
     ColumnDataSource,
+    CustomJS,
     DataRange1d,
     DataTable,
     Div,
@@ -44,8 +45,8 @@ from bokeh.models import (
     TableColumn,
 )
 from bokeh.plotting import figure
-from dask.utils import format_bytes
 from distributed.dashboard.components import DashboardComponent
+from distributed.utils import has_keyword
 
 #: node states the dashboard always counts (the scheduler may report others too)
 NODE_STATES = ("active", "paused", "quarantined")
@@ -53,6 +54,8 @@ NODE_STATES = ("active", "paused", "quarantined")
 GONE = "gone"
 #: shown for a region whose scheduler did not answer
 UNREACHABLE = "unreachable"
+#: state of the last known nodes of an unreachable region
+UNKNOWN = "unknown"
 
 _FINISHED = ("done", "failed", "cancelled")
 
@@ -88,11 +91,21 @@ def format_duration(seconds: float) -> str:
     return f"{h}h {rest // 60:02d}m"
 
 
+def format_size(n: float) -> str:
+    """Bytes in three significant digits: ``"508 MiB"``, ``"23.5 GiB"``, ``"1.64 KiB"``."""
+    n = max(0.0, _num(n))
+    for unit, size in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= 0.95 * size:
+            value = n / size
+            return f"{value:.3g} {unit}" if value < 1000 else f"{value:.0f} {unit}"
+    return f"{n:.0f} B"
+
+
 def format_memory(used: float, limit: float) -> str:
-    """``"210 MiB / 12 GiB"`` (or just the used bytes when there is no limit)."""
+    """``"508 MiB / 23.5 GiB"`` (or just the used bytes when there is no limit)."""
     if limit and limit > 0:
-        return f"{format_bytes(int(used))} / {format_bytes(int(limit))}"
-    return format_bytes(int(used))
+        return f"{format_size(used)} / {format_size(limit)}"
+    return format_size(used)
 
 
 def _safe_link(url: Any) -> str:
@@ -142,6 +155,7 @@ class GridView:
         self.jobs: list[dict] = []
         self.details: dict[str, dict] = {}
         self.updated: float | None = None
+        self._fresh: set[str] = set()  # jobs whose detail was fetched after the last job list
         self._nodes: dict[str, dict[str, dict]] = {r: {} for r in self.regions}
         self._tasks: dict[str, tuple[float, float]] = {}
         self._rates: dict[str, float] = {}
@@ -189,6 +203,7 @@ class GridView:
 
     def _set_jobs(self, jobs: Iterable[dict]) -> None:
         self.jobs = sorted(jobs, key=lambda j: _num(j.get("submitted")), reverse=True)
+        self._fresh.clear()
         known = {j["id"] for j in self.jobs}
         for job_id in list(self.details):
             if job_id not in known:
@@ -197,6 +212,7 @@ class GridView:
     def _set_detail(self, job_id: str, reply: Any) -> None:
         if isinstance(reply, dict) and reply.get("status") == "OK":
             self.details[job_id] = reply["job"]
+            self._fresh.add(job_id)
         else:
             self.details.pop(job_id, None)
 
@@ -211,8 +227,14 @@ class GridView:
 
     # --- what the components read ---------------------------------------------------
     def nodes(self, region: str) -> list[dict]:
-        """Nodes of ``region``: those reported now, then those gone, by name."""
+        """Nodes of ``region``: those reported now, then those gone, by name.
+
+        While the region is unreachable its last known nodes are listed with
+        state ``unknown``.
+        """
         nodes = list(self._nodes.get(region, {}).values())
+        if region in self.errors:
+            nodes = [n if n.get("state") == GONE else {**n, "state": UNKNOWN, "cpu": 0.0} for n in nodes]
         return sorted(nodes, key=lambda n: (n.get("state") == GONE, str(n.get("name")), n["address"]))
 
     def tasks_per_second(self, region: str) -> float:
@@ -227,10 +249,12 @@ class GridView:
         """The newest summary (or detail) of a job, ``None`` if unknown."""
         if job_id is None:
             return None
+        detail = self.details.get(job_id, {})
         for job in self.jobs:
             if job["id"] == job_id:
-                return {**self.details.get(job_id, {}), **job}
-        return self.details.get(job_id)
+                # whichever was fetched last wins
+                return {**job, **detail} if job_id in self._fresh else {**detail, **job}
+        return detail or None
 
     def history(self, job_id: str | None) -> list[dict]:
         """The rounds of a job fetched by :meth:`refresh_job` (empty if none)."""
@@ -304,6 +328,18 @@ class GridClientView(GridView):
 Handler = Callable[..., Any]
 
 
+async def call_handler(func: Handler, **kwargs: Any) -> Any:
+    """Call a scheduler handler in-process, as distributed dispatches a message to it.
+
+    A handler that takes ``comm`` gets ``comm=None``: the caller is the
+    scheduler's own process (its ``/grid`` page), which sees everything.
+    """
+    result = func(comm=None, **kwargs) if has_keyword(func, "comm") else func(**kwargs)
+    if inspect.isawaitable(result):
+        result = await result
+    return result
+
+
 class GridRPCView(GridView):
     """A :class:`GridView` that asks the schedulers with asynchronous RPC calls.
 
@@ -363,10 +399,7 @@ class GridRPCView(GridView):
     async def _call(self, region: str, handler: str, **kwargs: Any) -> Any:
         try:
             if region in self.local:
-                result = self.local[region][handler](**kwargs)
-                if inspect.isawaitable(result):
-                    result = await result
-                return result
+                return await call_handler(self.local[region][handler], **kwargs)
             pool = await self._get_pool()
             call: Awaitable[Any] = getattr(pool(self.regions[region]), handler)(**kwargs)
             return await asyncio.wait_for(call, self.timeout)
@@ -438,23 +471,37 @@ class Selection:
 # ---------------------------------------------------------------------------------------
 # components
 # ---------------------------------------------------------------------------------------
+#: pixel heights of table parts (Bokeh's DataTable has a fixed height; the tables resize with their rows)
+_HEADER_PX = 28
+_ROW_PX = 25
+
+
 def _table(source: ColumnDataSource, columns: list[TableColumn], **kwargs: Any) -> DataTable:
     kwargs.setdefault("index_position", None)
     kwargs.setdefault("autosize_mode", "none")
-    kwargs.setdefault("row_height", 26)
-    return DataTable(source=source, columns=columns, **kwargs)
+    kwargs.setdefault("row_height", _ROW_PX)
+    kwargs.setdefault("reorderable", False)
+    width = sum(c.width for c in columns) + 14  # room for a vertical scroll bar
+    kwargs.setdefault("width", width)
+    table = DataTable(source=source, columns=columns, **kwargs)
+    # BokehJS 3.9 redraws a DataTable only when its row *indices* change, so new data
+    # with as many rows as before stayed unseen; tell the table's view explicitly.
+    source.js_on_change("data", CustomJS(args={"table": table}, code="table.view.change.emit();"))
+    return table
+
+
+def _table_height(rows: int, visible: tuple[int, int]) -> int:
+    """Height showing ``rows`` rows, at least ``visible[0]``, at most ``visible[1]`` (then it scrolls)."""
+    return _HEADER_PX + _ROW_PX * min(max(rows, visible[0]), visible[1]) + 4
 
 
 def _col(field: str, title: str, width: int, formatter: Any = None) -> TableColumn:
     return TableColumn(field=field, title=title, width=width, formatter=formatter or StringFormatter())
 
 
-def _select_row(source: ColumnDataSource, key: str, value: Any) -> None:
-    """Keep the table's highlighted row on ``value`` after its data was replaced."""
-    values = source.data.get(key, [])
-    indices = [values.index(value)] if value in values else []
-    if list(source.selected.indices) != indices:
-        source.selected.indices = indices
+def _title(text: str, note: str = "") -> str:
+    note = f' <span style="font-weight:400;color:#57606a">{note}</span>' if note else ""
+    return f'<div style="font-size:14px;font-weight:600;margin:6px 0 2px 0">{text}{note}</div>'
 
 
 class GridComponent(DashboardComponent):
@@ -464,10 +511,22 @@ class GridComponent(DashboardComponent):
         super().__init__()
         self.view = view
         self.selection = selection if selection is not None else Selection()
+        self._updating = False
 
     def update(self) -> None:  # type: ignore[override]
         """Copy the view's last snapshot into ``source``."""
         raise NotImplementedError
+
+    def _highlight(self, key: str, value: Any) -> None:
+        """Keep the highlighted row on ``value`` after the data was replaced (not a user's click)."""
+        values = self.source.data.get(key, [])
+        indices = [values.index(value)] if value in values else []
+        if list(self.source.selected.indices) != indices:
+            self._updating = True
+            try:
+                self.source.selected.indices = indices
+            finally:
+                self._updating = False
 
 
 class GridHeader(GridComponent):
@@ -487,7 +546,7 @@ class GridHeader(GridComponent):
 
     def update(self) -> None:
         v = self.view
-        nodes = sum(1 for r in v.regions for n in v.nodes(r) if n.get("state") != GONE)
+        nodes = sum(1 for r in v.info for n in v.nodes(r) if n.get("state") != GONE)
         threads = sum(int(_num(i.get("nthreads"))) for i in v.info.values())
         running = sum(1 for j in v.jobs if j.get("status") == "running")
         updated = time.strftime("%H:%M:%S", time.localtime(v.updated)) if v.updated else "never"
@@ -500,21 +559,21 @@ class GridHeader(GridComponent):
             "updated": [updated],
         }
         down = [r for r in v.regions if r in v.errors]
-        warn = (
-            f' <span style="color:#b00020">Unreachable: {html.escape(", ".join(down))}.</span>' if down else ""
-        )
+        warn = f' <b style="color:#b00020">Unreachable: {html.escape(", ".join(down))}.</b>' if down else ""
         self.root.text = (
-            f'<div style="font-size:20px;font-weight:600;margin:0 0 2px 0">{html.escape(self.title)}</div>'
-            f'<div style="font-size:13px;color:#333">{len(v.regions)} region(s) · {nodes} node(s) · '
-            f"{threads} thread(s) · {running} job(s) running · updated {updated}.{warn}"
-            f' <span style="color:#666">Click a region to list its nodes, a job to plot its rounds.</span></div>'
+            f'<div style="font-size:20px;font-weight:600">{html.escape(self.title)}</div>'
+            f'<div style="font-size:13px;color:#24292f">{len(v.regions)} region(s) · {nodes} node(s) · '
+            f"{threads} thread(s) · {running} job(s) running · updated {updated} (live).{warn}"
+            ' <span style="color:#57606a">Click a region to list its nodes, a job to plot its rounds.</span></div>'
         )
 
 
 class RegionsTable(GridComponent):
-    """One row per region: nodes by state, threads, memory, tasks/s, jobs, dashboard link.
+    """One row per region: nodes by state, threads, memory, tasks/s and its Dask dashboard.
 
     Clicking a row selects the region whose nodes :class:`NodesTable` lists.
+    ``tasks_per_s`` is 0 until the scheduler reports a cumulative
+    ``tasks_done`` (see :meth:`GridView.tasks_per_second`).
     """
 
     FIELDS = (
@@ -522,32 +581,35 @@ class RegionsTable(GridComponent):
         "memory", "memory_limit", "memory_text", "tasks_per_s", "jobs_running", "jobs_total",
         "dashboard", "address",
     )  # fmt: skip
+    VISIBLE_ROWS = (2, 5)
 
-    def __init__(self, view: GridView, selection: Selection | None = None, *, width: int = 700, height: int = 150) -> None:
+    def __init__(self, view: GridView, selection: Selection | None = None) -> None:
         super().__init__(view, selection)
         self.source = ColumnDataSource({k: [] for k in self.FIELDS}, name="grid-regions")
         link = HTMLTemplateFormatter(
-            template='<% if (value) { %><a href="<%- value %>" target="_blank">Dask dashboard</a><% } %>'
+            template='<% if (value) { %><a href="<%- value %>" target="_blank">open</a><% } %>'
+        )
+        status = HTMLTemplateFormatter(
+            template='<span style="color:<%= value == "ok" ? "#1a7f37" : "#b00020" %>"><%- value %></span>'
         )
         columns = [
-            _col("region", "Region", 60),
-            _col("status", "Scheduler", 85),
-            _col("active", "Active", 52, NumberFormatter(format="0")),
-            _col("paused", "Paused", 55, NumberFormatter(format="0")),
-            _col("quarantined", "Quarant.", 62, NumberFormatter(format="0")),
-            _col("gone", "Gone", 45, NumberFormatter(format="0")),
-            _col("threads", "Threads", 58, NumberFormatter(format="0")),
-            _col("memory_text", "Memory used / limit", 140),
-            _col("tasks_per_s", "Tasks/s", 58, NumberFormatter(format="0.0")),
-            _col("jobs_running", "Jobs run.", 62, NumberFormatter(format="0")),
-            _col("dashboard", "Link", 110, link),
+            _col("region", "Region", 54),
+            _col("status", "Scheduler", 78, status),
+            _col("active", "Active", 48, NumberFormatter(format="0")),
+            _col("paused", "Paused", 52, NumberFormatter(format="0")),
+            _col("quarantined", "Quarantined", 80, NumberFormatter(format="0")),
+            _col("gone", "Gone", 42, NumberFormatter(format="0")),
+            _col("threads", "Threads", 56, NumberFormatter(format="0")),
+            _col("memory_text", "Memory used / limit", 124),
+            _col("tasks_per_s", "Tasks/s", 54, NumberFormatter(format="0.0")),
+            _col("dashboard", "Dask dashboard", 96, link),
         ]
-        self.table = _table(self.source, columns, width=width, height=height, name="grid-regions-table")
-        self.root = self.table
+        self.table = _table(self.source, columns, height=_table_height(0, self.VISIBLE_ROWS), name="grid-regions-table")
+        self.root = column(Div(text=_title("Regions", "(nodes by state)"), width=self.table.width), self.table)
         self.source.selected.on_change("indices", self._on_select)
 
     def _on_select(self, attr: str, old: list[int], new: list[int]) -> None:
-        if new:
+        if new and not self._updating:
             regions = self.source.data["region"]
             if new[0] < len(regions):
                 self.selection.region = regions[new[0]]
@@ -560,7 +622,8 @@ class RegionsTable(GridComponent):
             nodes = v.nodes(region)
             counts = {s: 0 for s in (*NODE_STATES, GONE)}
             for n in nodes:
-                counts[n.get("state", "active")] = counts.get(n.get("state", "active"), 0) + 1
+                state = n.get("state", "active")
+                counts[state] = counts.get(state, 0) + 1
             live = [n for n in nodes if n.get("state") != GONE]
             memory = sum(_num(n.get("memory")) for n in live)
             limit = sum(_num(n.get("memory_limit")) for n in live)
@@ -581,7 +644,8 @@ class RegionsTable(GridComponent):
             data["dashboard"].append(_safe_link(info.get("dashboard")) if info else "")
             data["address"].append(address)
         self.source.data = data
-        _select_row(self.source, "region", self.selection.region_name(v))
+        self.table.height = _table_height(len(data["region"]), self.VISIBLE_ROWS)
+        self._highlight("region", self.selection.region_name(v))
 
 
 class NodesTable(GridComponent):
@@ -597,8 +661,9 @@ class NodesTable(GridComponent):
         "name", "address", "state", "cpu", "memory", "memory_limit", "memory_text", "threads",
         "executing", "stored", "tasks_done", "verified", "rejected",
     )  # fmt: skip
+    VISIBLE_ROWS = (2, 5)
 
-    def __init__(self, view: GridView, selection: Selection | None = None, *, width: int = 550, height: int = 150) -> None:
+    def __init__(self, view: GridView, selection: Selection | None = None) -> None:
         super().__init__(view, selection)
         self.source = ColumnDataSource({k: [] for k in self.FIELDS}, name="grid-nodes")
         state = HTMLTemplateFormatter(
@@ -608,17 +673,16 @@ class NodesTable(GridComponent):
             )
         )
         columns = [
-            _col("name", "Node", 110),
-            _col("state", "State", 70, state),
-            _col("cpu", "CPU %", 50, NumberFormatter(format="0")),
-            _col("memory_text", "Memory", 130),
-            _col("executing", "Running", 55, NumberFormatter(format="0")),
-            _col("tasks_done", "Tasks done", 70, NumberFormatter(format="0,0")),
+            _col("name", "Node", 92),
+            _col("state", "State", 62, state),
+            _col("cpu", "CPU %", 46, NumberFormatter(format="0")),
+            _col("memory_text", "Memory used / limit", 124),
+            _col("tasks_done", "Tasks done", 72, NumberFormatter(format="0,0")),
             _col("verified", "Verified", 58, NumberFormatter(format="0,0")),
             _col("rejected", "Rejected", 62, NumberFormatter(format="0,0")),
         ]
-        self.title = Div(text="", width=width, name="grid-nodes-title")
-        self.table = _table(self.source, columns, width=width, height=height - 24, name="grid-nodes-table")
+        self.table = _table(self.source, columns, height=_table_height(0, self.VISIBLE_ROWS), name="grid-nodes-table")
+        self.title = Div(text="", width=self.table.width, name="grid-nodes-title")
         self.root = column(self.title, self.table)
 
     def update(self) -> None:
@@ -640,10 +704,16 @@ class NodesTable(GridComponent):
             for key in ("tasks_done", "verified", "rejected"):
                 data[key].append(int(_num(n.get(key))))
         self.source.data = data
-        where = f" of region <b>{html.escape(region)}</b>" if region else ""
+        self.table.height = _table_height(len(nodes), self.VISIBLE_ROWS)
         error = self.view.errors.get(region or "")
-        note = f' <span style="color:#b00020">(unreachable: {html.escape(error)})</span>' if error else ""
-        self.title.text = f'<div style="font-size:14px;font-weight:600">Nodes{where}{note}</div>'
+        if region is None:
+            note = ""
+        elif error:
+            note = f'<span style="color:#b00020">(unreachable: {html.escape(error)})</span>'
+        else:
+            note = "(gone: left or lost in the last minutes)" if any(s == GONE for s in data["state"]) else ""
+        where = f" of region {html.escape(region)}" if region else ""
+        self.title.text = _title(f"Nodes{where}", note)
 
 
 class JobsTable(GridComponent):
@@ -656,8 +726,9 @@ class JobsTable(GridComponent):
         "id", "owner", "estimator", "status", "round", "rounds_done", "rounds", "loss", "score",
         "elapsed", "elapsed_text", "home", "regions",
     )  # fmt: skip
+    VISIBLE_ROWS = (2, 5)
 
-    def __init__(self, view: GridView, selection: Selection | None = None, *, width: int = 1260, height: int = 170) -> None:
+    def __init__(self, view: GridView, selection: Selection | None = None) -> None:
         super().__init__(view, selection)
         self.source = ColumnDataSource({k: [] for k in self.FIELDS}, name="grid-jobs")
         status = HTMLTemplateFormatter(
@@ -667,36 +738,38 @@ class JobsTable(GridComponent):
             )
         )
         columns = [
-            _col("id", "Job", 150),
-            _col("owner", "Owner", 150),
-            _col("estimator", "Estimator", 150),
-            _col("status", "Status", 75, status),
-            _col("round", "Round", 80),
-            _col("loss", "Loss", 80, NumberFormatter(format="0.0000")),
-            _col("score", "Score", 80, NumberFormatter(format="0.0000")),
-            _col("elapsed_text", "Elapsed", 75),
-            _col("home", "Home", 55),
-            _col("regions", "Regions", 90),
+            _col("id", "Job", 160),
+            _col("owner", "Owner", 200),
+            _col("estimator", "Estimator", 190),
+            _col("status", "Status", 80, status),
+            _col("round", "Round", 96),
+            _col("loss", "Last loss", 90, NumberFormatter(format="0.0000")),
+            _col("score", "Last score", 90, NumberFormatter(format="0.0000")),
+            _col("elapsed_text", "Elapsed", 80),
+            _col("home", "Home region", 90),
+            _col("regions", "Regions", 130),
         ]
+        self.table = _table(self.source, columns, height=_table_height(0, self.VISIBLE_ROWS), name="grid-jobs-table")
         self.title = Div(
-            text='<div style="font-size:14px;font-weight:600">Jobs <span style="font-weight:400;color:#666">'
-            "(newest first; score: accuracy for classifiers, R² for regressors, on the training partitions)"
-            "</span></div>",
-            width=width,
+            text=_title(
+                "Jobs",
+                "(newest first; score: accuracy for classifiers, R² for regressors, on the training partitions)",
+            ),
+            width=self.table.width,
         )
-        self.table = _table(self.source, columns, width=width, height=height - 24, name="grid-jobs-table")
         self.root = column(self.title, self.table)
         self.source.selected.on_change("indices", self._on_select)
 
     def _on_select(self, attr: str, old: list[int], new: list[int]) -> None:
-        if new:
+        if new and not self._updating:
             ids = self.source.data["id"]
             if new[0] < len(ids):
                 self.selection.job = ids[new[0]]
 
     def update(self) -> None:
         data: dict[str, list] = {k: [] for k in self.FIELDS}
-        for j in self.view.jobs:
+        for summary in self.view.jobs:
+            j = self.view.job(summary["id"]) or summary
             done, total = int(_num(j.get("rounds_done"))), int(_num(j.get("rounds")))
             data["id"].append(j["id"])
             data["owner"].append(str(j.get("owner", "")))
@@ -712,7 +785,10 @@ class JobsTable(GridComponent):
             data["home"].append(str(j.get("home", "")))
             data["regions"].append(", ".join(j.get("regions") or []))
         self.source.data = data
-        _select_row(self.source, "id", self.selection.job_id(self.view))
+        self.table.height = _table_height(len(data["id"]), self.VISIBLE_ROWS)
+        # only a picked job is highlighted, so that a click on any row (even the one
+        # followed automatically) picks it
+        self._highlight("id", self.selection.job if self.selection.job_id(self.view) == self.selection.job else None)
 
 
 class JobProgress(GridComponent):
@@ -724,31 +800,35 @@ class JobProgress(GridComponent):
     """
 
     FIELDS = ("round", "loss", "score", "samples", "seconds", "samples_per_s", "bytes_cross_region")
+    LOSS_COLOR = "#d62728"
+    SCORE_COLOR = "#1f77b4"
 
-    def __init__(self, view: GridView, selection: Selection | None = None, *, width: int = 1260, height: int = 300) -> None:
+    def __init__(self, view: GridView, selection: Selection | None = None, *, width: int = 1260, height: int = 270) -> None:
         super().__init__(view, selection)
         self.source = ColumnDataSource({k: [] for k in self.FIELDS}, name="grid-job-rounds")
         self.job_id: str | None = None
         self.summary = Div(text="", width=width, name="grid-job-summary")
-        plot_h = height - 50
         w_loss = int(width * 0.42)
-        w_rest = (width - w_loss - 20) // 2
-        common = dict(height=plot_h, toolbar_location=None, x_axis_label="round")
+        w_rest = (width - w_loss) // 2
+        common: dict[str, Any] = dict(height=height, toolbar_location=None, x_axis_label="round", min_border_left=60)
 
-        self.loss_figure = figure(width=w_loss, title="Loss (left axis) and score (right axis)", name="grid-job-loss", **common)
-        loss = self.loss_figure.line("round", "loss", source=self.source, color="#d62728", line_width=2, legend_label="loss")
-        self.loss_figure.scatter("round", "loss", source=self.source, color="#d62728", size=4)
+        self.loss_figure = figure(
+            width=w_loss, title="Loss (red, left axis) and score (blue, right axis)", name="grid-job-loss", **common
+        )
+        loss = self.loss_figure.line("round", "loss", source=self.source, color=self.LOSS_COLOR, line_width=2)
+        self.loss_figure.scatter("round", "loss", source=self.source, color=self.LOSS_COLOR, size=4)
         self.loss_figure.y_range = DataRange1d(renderers=[loss])
         self.loss_figure.yaxis.axis_label = "loss"
-        self.loss_figure.extra_y_ranges = {"score": DataRange1d()}
+        self.loss_figure.yaxis.axis_label_text_color = self.LOSS_COLOR
+        score_range = DataRange1d()
+        self.loss_figure.extra_y_ranges = {"score": score_range}
         score = self.loss_figure.line(
-            "round", "score", source=self.source, color="#1f77b4", line_width=2, legend_label="score", y_range_name="score"
+            "round", "score", source=self.source, color=self.SCORE_COLOR, line_width=2, y_range_name="score"
         )
-        self.loss_figure.extra_y_ranges["score"].renderers = [score]
-        self.loss_figure.add_layout(LinearAxis(y_range_name="score", axis_label="score"), "right")
-        self.loss_figure.legend.location = "top_center"
-        self.loss_figure.legend.orientation = "horizontal"
-        self.loss_figure.legend.background_fill_alpha = 0.7
+        score_range.renderers = [score]
+        self.loss_figure.add_layout(
+            LinearAxis(y_range_name="score", axis_label="score", axis_label_text_color=self.SCORE_COLOR), "right"
+        )
         self.loss_figure.add_tools(
             HoverTool(tooltips=[("round", "@round"), ("loss", "@loss{0.0000}"), ("score", "@score{0.0000}")], renderers=[loss])
         )
@@ -757,11 +837,12 @@ class JobProgress(GridComponent):
         rate = self.rate_figure.line("round", "samples_per_s", source=self.source, color="#2ca02c", line_width=2)
         self.rate_figure.yaxis.formatter = NumeralTickFormatter(format="0.[0]a")
         self.rate_figure.yaxis.axis_label = "samples/s"
+        self.rate_figure.y_range.start = 0
         self.rate_figure.add_tools(HoverTool(tooltips=[("round", "@round"), ("samples/s", "@samples_per_s{0,0}")], renderers=[rate]))
 
         self.bytes_figure = figure(width=w_rest, title="Bytes crossing regions, per round", name="grid-job-bytes", **common)
         bars = self.bytes_figure.vbar(x="round", top="bytes_cross_region", width=0.8, source=self.source, color="#9467bd")
-        self.bytes_figure.yaxis.formatter = NumeralTickFormatter(format="0.[0] b")
+        self.bytes_figure.yaxis.formatter = NumeralTickFormatter(format="0,0")
         self.bytes_figure.yaxis.axis_label = "bytes"
         self.bytes_figure.y_range.start = 0
         self.bytes_figure.add_tools(
@@ -769,7 +850,6 @@ class JobProgress(GridComponent):
         )
         for fig in (self.loss_figure, self.rate_figure, self.bytes_figure):
             fig.title.text_font_size = "13px"
-            fig.min_border_left = 50
 
         self.root = column(self.summary, row(self.loss_figure, self.rate_figure, self.bytes_figure))
 
@@ -792,13 +872,16 @@ class JobProgress(GridComponent):
         self.summary.text = self._summary(job_id, history, data)
 
     def _summary(self, job_id: str | None, history: list[dict], data: dict[str, list]) -> str:
-        head = '<div style="font-size:14px;font-weight:600">'
         if job_id is None:
-            return head + 'Job rounds <span style="font-weight:400;color:#666">(no job yet: submit one and it appears here)</span></div>'
+            return _title("Rounds of a job", "(no job yet: submit one and its rounds appear here)")
         job = self.view.job(job_id) or {}
-        picked = "picked" if self.selection.job == job_id else "newest running job; click another job to switch"
+        how = (
+            "picked by a click"
+            if self.selection.job == job_id
+            else "shown: the newest running job, else the newest job; click a job above to pick another"
+        )
         parts = [
-            f"status {html.escape(str(job.get('status', '?')))}",
+            f"status <b>{html.escape(str(job.get('status', '?')))}</b>",
             f"round {int(_num(job.get('rounds_done')))}/{int(_num(job.get('rounds')))}",
         ]
         if history:
@@ -806,16 +889,14 @@ class JobProgress(GridComponent):
             crossed = data["bytes_cross_region"]
             parts += [
                 f"last loss {data['loss'][-1]:.4f}",
-                f"score {data['score'][-1]:.4f}",
-                f"{sum(rates) / len(rates):,.0f} samples/s (last {len(rates)} rounds)",
-                f"{format_bytes(int(sum(crossed) / len(crossed)))} across regions per round",
+                f"last score {data['score'][-1]:.4f}",
+                f"{sum(rates) / len(rates):,.0f} samples/s (mean of the last {len(rates)} rounds)",
+                f"{format_size(sum(crossed) / len(crossed))} across regions per round",
             ]
         error = job.get("error")
         if error:
             parts.append(f'<span style="color:#b00020">{html.escape(str(error))}</span>')
-        return (
-            f"{head}Rounds of job {html.escape(job_id)} "
-            f'<span style="font-weight:400;color:#666">({picked})</span></div>'
+        return _title(f"Rounds of job {html.escape(job_id)}", f"({how})") + (
             f'<div style="font-size:13px">{" · ".join(parts)}</div>'
         )
 
@@ -836,24 +917,20 @@ def make_components(view: GridView, selection: Selection | None = None, *, width
         ``header``, ``regions``, ``nodes``, ``jobs`` and ``job``.
     """
     selection = selection if selection is not None else Selection()
-    regions_w = int(width * 0.56)
     return {
         "header": GridHeader(view, selection, width=width),
-        "regions": RegionsTable(view, selection, width=regions_w),
-        "nodes": NodesTable(view, selection, width=width - regions_w - 20),
-        "jobs": JobsTable(view, selection, width=width),
+        "regions": RegionsTable(view, selection),
+        "nodes": NodesTable(view, selection),
+        "jobs": JobsTable(view, selection),
         "job": JobProgress(view, selection, width=width),
     }
 
 
 def grid_layout(components: Mapping[str, GridComponent]) -> Any:
     """The page: header; regions beside nodes; jobs; rounds of the selected job."""
-    regions_title = Div(
-        text='<div style="font-size:14px;font-weight:600">Regions</div>', width=components["regions"].root.width
-    )
     return column(
         components["header"].root,
-        row(column(regions_title, components["regions"].root), components["nodes"].root, spacing=20),
+        row(components["regions"].root, components["nodes"].root, spacing=12),
         components["jobs"].root,
         components["job"].root,
         name="grid-page",

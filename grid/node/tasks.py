@@ -30,12 +30,16 @@ def _state(blob: bytes | None) -> dict | None:
     return arrays
 
 
+def _step_kwargs(weights: Any) -> dict:
+    return {} if weights is None else {"sample_weight": weights}
+
+
 def partition_update(
-    request: dict, state_blob: bytes | None, partition: tuple[Any, Any], round_no: int, index: int
+    request: dict, state_blob: bytes | None, partition: tuple[Any, Any, Any], round_no: int, index: int
 ) -> bytes:
     """One local update of one partition from the global state (average mode)."""
     start = time.perf_counter()
-    X, y = partition
+    X, y, w = partition
     state, metrics = local_step(request["kind"])(
         request["estimator"],
         _state(state_blob),
@@ -44,6 +48,7 @@ def partition_update(
         classes=_classes(request),
         seed=derive_seed(request["seed"], round_no, index),
         epochs=request.get("local_epochs", 1),
+        **_step_kwargs(w),
     )
     metrics["seconds"] = time.perf_counter() - start
     metrics["partition"] = index
@@ -51,14 +56,14 @@ def partition_update(
 
 
 def sequential_step(
-    request: dict, previous: bytes | None, partition: tuple[Any, Any], round_no: int, index: int
+    request: dict, previous: bytes | None, partition: tuple[Any, Any, Any], round_no: int, index: int
 ) -> bytes:
     """Continue the model of the previous partition on this one (sequential mode).
 
     Metrics accumulate along the chain: sample-weighted sums of loss and score.
     """
     start = time.perf_counter()
-    X, y = partition
+    X, y, w = partition
     state, acc = (None, {}) if previous is None else wire.decode(previous)
     if "samples" not in acc:  # first step of this region's chain
         acc = {"samples": 0.0, "loss_sum": 0.0, "score_sum": 0.0, "seconds": 0.0}
@@ -70,6 +75,7 @@ def sequential_step(
         classes=_classes(request),
         seed=derive_seed(request["seed"], round_no, index),
         epochs=1,
+        **_step_kwargs(w),
     )
     n = metrics["samples"]
     acc = {

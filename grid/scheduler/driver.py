@@ -17,6 +17,8 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from distributed import Future
 
 from grid import wire
@@ -44,6 +46,29 @@ async def _maybe_offload(fn: Any, states: list[dict]) -> Any:
     if _nbytes(states) > OFFLOAD_BYTES:
         return await asyncio.get_running_loop().run_in_executor(None, fn)
     return fn()
+
+
+#: per-update metrics that are counts or bookkeeping, not averaged
+_NOT_AVERAGED = frozenset({"samples", "val_samples", "seconds", "compute_seconds", "partition", "updates"})
+
+
+def combine_metrics(metrics: list[dict], weights: list[float]) -> dict[str, float]:
+    """Sample-weighted means of per-update metrics, in the given (partition) order.
+
+    Validation metrics (``val_*``, ``start_val_*``) are weighted by
+    ``val_samples`` where the updates report it.
+    """
+    out: dict[str, float] = {}
+    keys = [k for k in metrics[0] if k not in _NOT_AVERAGED] if metrics else []
+    for key in keys:
+        is_val = key.startswith(("val_", "start_val_"))
+        ws = [(m.get("val_samples", 0.0) if is_val else w) for m, w in zip(metrics, weights)]
+        total = float(sum(ws))
+        if total > 0:
+            out[key] = sum(float(m.get(key, 0.0)) * wi for m, wi in zip(metrics, ws)) / total
+    if any("val_samples" in m for m in metrics):
+        out["val_samples"] = float(sum(m.get("val_samples", 0.0) for m in metrics))
+    return out
 
 
 def merge_rule(request: dict, allowed: Any) -> MergeRule:
@@ -110,15 +135,17 @@ class RegionRun:
                 blobs = await client.gather(futures)
         finally:
             self.release()
-        return await self._reduce(blobs)
+        previous = wire.decode(state_blob)[0] if state_blob is not None else None
+        return await self._reduce(blobs, previous)
 
-    async def _reduce(self, blobs: list[bytes]) -> dict:
+    async def _reduce(self, blobs: list[bytes], previous: dict | None) -> dict:
         limit = self.plugin.max_update_bytes
         decoded = []
         for blob in blobs:
-            arrays, meta = wire.decode(blob, expected=self.layout, max_bytes=limit)
+            arrays, meta = wire.decode(blob, max_bytes=limit)
             if self.layout is None:
                 self.layout = wire.layout(arrays)
+            wire.check_shapes(arrays, self.layout, variable=self.rule.variable_shape)
             decoded.append((arrays, meta))
         states = [d[0] for d in decoded]
         metas = [d[1] for d in decoded]
@@ -134,14 +161,12 @@ class RegionRun:
             }
         else:
             weights = [m["samples"] for m in metas]
-            merged = await _maybe_offload(lambda: self.rule.merge(states, weights, self.aggregate), states)
-            total = float(sum(weights))
-            metrics = {
-                "samples": total,
-                "loss": sum(m.get("loss", 0.0) * m["samples"] for m in metas) / total,
-                "score": sum(m.get("score", 0.0) * m["samples"] for m in metas) / total,
-                "compute_seconds": max(m["seconds"] for m in metas),
-            }
+            merged = await _maybe_offload(
+                lambda: self.rule.merge(states, weights, self.aggregate, previous=previous), states
+            )
+            metrics = combine_metrics(metas, weights)
+            metrics["samples"] = float(sum(weights))
+            metrics["compute_seconds"] = max(m["seconds"] for m in metas)
         metrics["updates"] = len(blobs)
         return {"state": merged, "weight": metrics["samples"], "metrics": metrics}
 
@@ -172,8 +197,11 @@ class JobDriver:
         record = self.record
         record.status = "running"
         record.started = time.time()
-        state_blob: bytes | None = None
         previous_state: dict | None = None
+        init = self.request.get("init_state")
+        if init:  # warm start: round 0 starts from the given state
+            previous_state = {k: np.asarray(v, dtype=np.float64) for k, v in init.items()}
+        state_blob: bytes | None = wire.encode(previous_state) if previous_state else None
         try:
             await self._attach_remote()
             for round_no in range(record.rounds_done, record.rounds):
@@ -188,7 +216,7 @@ class JobDriver:
                     state = states[-1]
                 else:
                     state = await _maybe_offload(
-                        lambda: self.rule.merge(states, weights, weighted_mean), states
+                        lambda: self.rule.merge(states, weights, weighted_mean, previous=previous_state), states
                     )
                     state = self.rule.server_update(previous_state, state, self.request, round_no)
                 previous_state = state
@@ -198,8 +226,7 @@ class JobDriver:
                     {
                         "round": round_no + 1,
                         "samples": total,
-                        "loss": sum(r["metrics"]["loss"] * r["weight"] for r in results) / total,
-                        "score": sum(r["metrics"]["score"] * r["weight"] for r in results) / total,
+                        **combine_metrics([r["metrics"] for r in results], weights),
                         "seconds": time.perf_counter() - started,
                         "compute_seconds": max(r["metrics"]["compute_seconds"] for r in results),
                         "updates": sum(r["metrics"]["updates"] for r in results),

@@ -18,8 +18,11 @@ from distributed import Client
 from distributed.diagnostics.plugin import SchedulerPlugin
 
 from grid import config
+from grid.dashboard.app import register_scheduler_page, unregister_scheduler_page
+from grid.scheduler.access import AccessControl
 from grid.scheduler.datasets import Dataset, DatasetStore
 from grid.scheduler.driver import JobDriver, RegionRun
+from grid.scheduler.metrics import register_metrics, unregister_metrics
 from grid.scheduler.registry import FINISHED, JobRecord, JobRegistry
 from jobs.local import local_step
 from jobs.spec import SpecError, resolve_class
@@ -58,6 +61,7 @@ class GridSchedulerPlugin(SchedulerPlugin):
         self._client: Client | None = None
         self._client_lock: asyncio.Lock | None = None
         self.datasets: DatasetStore
+        self.access = AccessControl(region)
 
     # --- lifecycle ---------------------------------------------------------------------
     async def start(self, scheduler: Any) -> None:
@@ -80,8 +84,21 @@ class GridSchedulerPlugin(SchedulerPlugin):
                 "grid_region_round": self.region_round,
             }
         )
+        if _is_tls(scheduler):
+            crl = config.get("scheduler.crl-file")
+            if crl:
+                from grid.security.certs import RevocationList
+
+                self.access.revocation = RevocationList(crl)
+            self.access.install(scheduler)
+        register_metrics(self)
+        # the grid page on this scheduler's own dashboard (/grid), via distributed's Bokeh app hook
+        register_scheduler_page(scheduler, region=self.region)
 
     async def close(self) -> None:
+        unregister_metrics(self)
+        if self.scheduler is not None:
+            unregister_scheduler_page(self.scheduler)
         for task in list(self.tasks.values()):
             task.cancel()
         if self.tasks:
@@ -105,7 +122,10 @@ class GridSchedulerPlugin(SchedulerPlugin):
             return self._client
 
     # --- handlers: status ------------------------------------------------------------
-    def info(self) -> dict:
+    def remove_worker(self, scheduler: Any, worker: str, **kwargs: Any) -> None:
+        self.access.forget_worker(worker)
+
+    def info(self, comm: Any = None) -> dict:
         """Region, nodes and job counts: what `grid status` and the dashboard show."""
         s = self.scheduler
         workers = []
@@ -113,7 +133,8 @@ class GridSchedulerPlugin(SchedulerPlugin):
             workers.append(
                 {
                     "address": ws.address,
-                    "name": str(ws.name),
+                    "name": self.access.node_name(ws.address) or str(ws.name),
+                    "dask_name": str(ws.name),
                     "host": ws.host,
                     "nthreads": ws.nthreads,
                     "memory_limit": ws.memory_limit,
@@ -140,6 +161,7 @@ class GridSchedulerPlugin(SchedulerPlugin):
     # --- handlers: data --------------------------------------------------------------
     def register_dataset(
         self,
+        comm: Any,
         name: str,
         keys: list[str],
         rows: list[int],
@@ -160,7 +182,7 @@ class GridSchedulerPlugin(SchedulerPlugin):
                     indices=[int(i) for i in indices],
                     n_features=int(n_features),
                     classes=classes,
-                    owner=str(owner),
+                    owner=self.access.owner(comm, owner),
                     job_owned=bool(job_owned),
                 )
             )
@@ -168,8 +190,10 @@ class GridSchedulerPlugin(SchedulerPlugin):
             return _error(exc)
         return {"status": "OK"}
 
-    def drop_dataset(self, name: str) -> dict:
+    def drop_dataset(self, comm: Any, name: str) -> dict:
         dataset = self.datasets.datasets.get(name)
+        if dataset is not None and not self.access.may_see(comm, dataset.owner):
+            return _error(PermissionError(f"dataset {name!r} belongs to {dataset.owner!r}"))
         if dataset is not None and dataset.users:
             active = [j for j in dataset.users if j in self.runs]
             if active:
@@ -177,10 +201,10 @@ class GridSchedulerPlugin(SchedulerPlugin):
         return {"status": "OK", "dropped": self.datasets.drop(name)}
 
     # --- handlers: jobs ---------------------------------------------------------------
-    def submit(self, request: dict, placement: dict, owner: str = "") -> dict:
+    def submit(self, comm: Any, request: dict, placement: dict, owner: str = "") -> dict:
         """Register a job whose home is this region and start its driver."""
         try:
-            record = self._validate_submission(request, placement, owner)
+            record = self._validate_submission(request, placement, self.access.owner(comm, owner))
         except Exception as exc:  # noqa: BLE001
             return _error(exc)
         self.registry.add(record)
@@ -212,7 +236,9 @@ class GridSchedulerPlugin(SchedulerPlugin):
             if not isinstance(where, dict) or "dataset" not in where or "address" not in where:
                 raise ValueError(f"placement of region {region!r} needs 'address' and 'dataset'")
         if self.region in placement:
-            self.datasets.get(placement[self.region]["dataset"])
+            dataset = self.datasets.get(placement[self.region]["dataset"])
+            if dataset.owner and dataset.owner != owner:
+                raise PermissionError(f"dataset {dataset.name!r} belongs to {dataset.owner!r}, not {owner!r}")
         return JobRecord(
             id=self.registry.new_id(),
             owner=str(owner),
@@ -238,23 +264,31 @@ class GridSchedulerPlugin(SchedulerPlugin):
         if event is not None:
             event.set()
 
-    def job(self, job_id: str, history: bool = True) -> dict:
+    def _record(self, comm: Any, job_id: str) -> JobRecord:
+        """The job, if the caller may see it (its owner, an admin, a scheduler)."""
+        record = self.registry.get(job_id)
+        if not self.access.may_see(comm, record.owner):
+            raise PermissionError(f"job {job_id!r} belongs to another user")
+        return record
+
+    def job(self, comm: Any, job_id: str, history: bool = True) -> dict:
         try:
-            record = self.registry.get(job_id)
-        except KeyError as exc:
+            record = self._record(comm, job_id)
+        except (KeyError, PermissionError) as exc:
             return _error(exc)
         out = record.summary()
         if history:
             out["history"] = list(record.history)
         return {"status": "OK", "job": out}
 
-    def jobs(self) -> dict:
-        return {"status": "OK", "jobs": [j.summary() for j in self.registry.all()]}
+    def jobs(self, comm: Any = None) -> dict:
+        visible = [j for j in self.registry.all() if self.access.may_see(comm, j.owner)]
+        return {"status": "OK", "jobs": [j.summary() for j in visible]}
 
-    async def cancel(self, job_id: str, owner: str | None = None) -> dict:
+    async def cancel(self, comm: Any, job_id: str) -> dict:
         try:
-            record = self.registry.get(job_id)
-        except KeyError as exc:
+            record = self._record(comm, job_id)
+        except (KeyError, PermissionError) as exc:
             return _error(exc)
         if record.status in FINISHED:
             return {"status": "OK", "job_status": record.status}
@@ -265,10 +299,10 @@ class GridSchedulerPlugin(SchedulerPlugin):
         record.status = "cancelled"
         return {"status": "OK", "job_status": record.status}
 
-    async def wait(self, job_id: str, timeout: float | None = None) -> dict:
+    async def wait(self, comm: Any, job_id: str, timeout: float | None = None) -> dict:
         try:
-            record = self.registry.get(job_id)
-        except KeyError as exc:
+            record = self._record(comm, job_id)
+        except (KeyError, PermissionError) as exc:
             return _error(exc)
         if record.status not in FINISHED:
             event = self.finished_events.setdefault(job_id, asyncio.Event())
@@ -278,10 +312,10 @@ class GridSchedulerPlugin(SchedulerPlugin):
                 pass
         return {"status": "OK", "job_status": record.status}
 
-    def result(self, job_id: str) -> dict:
+    def result(self, comm: Any, job_id: str) -> dict:
         try:
-            record = self.registry.get(job_id)
-        except KeyError as exc:
+            record = self._record(comm, job_id)
+        except (KeyError, PermissionError) as exc:
             return _error(exc)
         return {
             "status": "OK",
@@ -334,6 +368,10 @@ class GridSchedulerPlugin(SchedulerPlugin):
             "weight": result["weight"],
             "metrics": result["metrics"],
         }
+
+
+def _is_tls(scheduler: Any) -> bool:
+    return str(scheduler.address).startswith("tls://")
 
 
 def _dashboard_link(scheduler: Any) -> str | None:

@@ -14,6 +14,7 @@ import jobs
 from grid import Grid
 from grid.dashboard.components import (
     GONE,
+    UNKNOWN,
     UNREACHABLE,
     GridClientView,
     GridRPCView,
@@ -118,7 +119,11 @@ def test_jobs_table_rows(dash_grid, view):
     assert d["loss"] == [pytest.approx(history[-1]["loss"])]
     assert d["score"] == [pytest.approx(history[-1]["score"])]
     assert d["elapsed"][0] > 0 and d["elapsed_text"][0].endswith("s")
-    assert table.source.selected.indices == [0]  # the shown job is highlighted
+    assert table.source.selected.indices == []  # followed automatically: not highlighted
+    table.source.selected.indices = [0]  # what a click on the row sends
+    assert table.selection.job == job.id
+    table.update()
+    assert table.source.selected.indices == [0]  # a picked job stays highlighted
 
 
 def test_job_progress_points(dash_grid, view):
@@ -160,7 +165,7 @@ def test_rpc_view_matches_and_shows_an_unreachable_region(dash_grid):
     addresses = {r: g.spec.regions[r].address for r in g.regions} | {"ap": dead}
 
     async def main() -> GridRPCView:
-        view = GridRPCView(addresses, timeout=2)
+        view = GridRPCView(addresses, timeout=1)
         try:
             await view.refresh()
             await view.refresh_job(job.id)
@@ -178,6 +183,27 @@ def test_rpc_view_matches_and_shows_an_unreachable_region(dash_grid):
     assert components["jobs"].source.data["id"] == [job.id]
     assert len(components["job"].source.data["round"]) == ROUNDS
     assert "Unreachable: ap" in components["header"].root.text
+
+
+def test_a_region_that_stops_answering_keeps_its_nodes_as_unknown(dash_grid):
+    g, _ = dash_grid
+    view = GridClientView(g)
+    view.refresh()
+    reply = view.info["eu"]
+    view._set_error("eu", "region eu: OSError: timed out")  # what a failed refresh records
+    components = make_components(view, Selection(region="eu"))
+    for c in components.values():
+        c.update()
+    regions = components["regions"].source.data
+    assert regions["status"] == [UNREACHABLE, "ok"] and regions["active"] == [0, 1]
+    assert regions["memory_text"][0] == "-"
+    nodes = components["nodes"].source.data
+    assert nodes["address"] == [w["address"] for w in reply["workers"]] and set(nodes["state"]) == {UNKNOWN}
+    assert "unreachable" in components["nodes"].title.text
+    assert components["header"].source.data["nodes"] == [1]
+    view.refresh()  # it answers again
+    components["regions"].update()
+    assert components["regions"].source.data["status"] == ["ok", "ok"]
 
 
 def test_a_node_that_leaves_shows_as_gone():
@@ -209,9 +235,8 @@ def test_scheduler_grid_page():
 
     async def main() -> tuple[str, str, dict]:
         async with Scheduler(dashboard_address="127.0.0.1:0", plugins=[GridSchedulerPlugin("eu")]) as s:
-            app = register_scheduler_page(s)
-            assert app is not None
-            assert register_scheduler_page(s) is None  # once per scheduler
+            # the grid plugin registered the page in its start(); a second registration is refused
+            assert register_scheduler_page(s) is None
             base = f"http://127.0.0.1:{s.http_server.port}"
             loop = asyncio.get_running_loop()
             page = await loop.run_in_executor(None, lambda: urllib.request.urlopen(base + "/grid", timeout=10).read().decode())

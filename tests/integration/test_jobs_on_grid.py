@@ -25,7 +25,7 @@ def grid_keys(g: Grid, needle: str) -> list[str]:
 def serial_reference(est, X, y, rounds, partition_rows="auto", classes=None):
     parts = partition(X, y, partition_rows=partition_rows)
     for _ in range(rounds):
-        for xp, yp in parts.parts:
+        for xp, yp, _ in parts.parts:
             if classes is None:
                 est.partial_fit(xp, yp)
             else:

@@ -39,7 +39,7 @@ async def place(c, s, name="d1", n=2):
     parts = {}
     for i in range(n):
         X = rng.normal(size=(100, 3))
-        parts[f"grid-part-{name}-{i}"] = (X, (X[:, 0] > 0).astype(int))
+        parts[f"grid-part-{name}-{i}"] = (X, (X[:, 0] > 0).astype(int), None)
     futures = await c.scatter(parts, hash=False)
     reply = await c.scheduler.grid_register_dataset(
         name=name, keys=list(parts), rows=[100] * n, indices=list(range(n)), n_features=3, classes=[0, 1]

@@ -94,7 +94,7 @@ for job, X, y, j in jobs:
     est = job.result(timeout=300)
     ref = SGDClassifier(random_state=j)
     for _ in range(3):
-        for xp, yp in partition(X, y).parts:
+        for xp, yp, _ in partition(X, y).parts:
             ref.partial_fit(xp, yp, classes=[0, 1])
     out.append({{"id": job.id, "diff": float(np.abs(ref.coef_ - est.estimator_.coef_).max())}})
 print("RESULT", json.dumps(out), flush=True)

@@ -30,12 +30,12 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import dask
-import numpy as np
 import psutil
 import pytest
 from click.testing import CliRunner
@@ -321,6 +321,11 @@ def test_units_start_run_a_job_and_retire_gracefully(units: dict[str, Path], tmp
     try:
         scheduler.start()
         wait_for(lambda: "grid scheduler for region eu at" in scheduler.text(), 60, "the scheduler to listen", [scheduler])
+        # what the Helm chart's probes and Prometheus use, on the unit's dashboard address
+        with urllib.request.urlopen(f"http://127.0.0.1:{dash}/health", timeout=10) as r:
+            assert r.read() == b"ok"
+        with urllib.request.urlopen(f"http://127.0.0.1:{dash}/metrics", timeout=10) as r:
+            assert b"dask_scheduler_workers" in r.read()
         for node in nodes:
             node.start()
         g = Grid.connect({"regions": {"eu": address}})
@@ -376,69 +381,14 @@ def test_units_start_run_a_job_and_retire_gracefully(units: dict[str, Path], tmp
             s.kill_all()
 
 
-def _write_tls_files(directory: Path, ca: tuple[object, object], common_name: str) -> None:
-    """``ca.pem``, ``cert.pem``, ``key.pem`` signed by a throw-away CA (what `grid certs issue` writes)."""
-    import datetime
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    ca_cert, ca_key = ca
-    now = datetime.datetime.now(datetime.timezone.utc)
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
-        .issuer_name(ca_cert.subject)  # type: ignore[attr-defined]
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=1))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-        .sign(ca_key, hashes.SHA256())  # type: ignore[arg-type]
-    )
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "ca.pem").write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))  # type: ignore[attr-defined]
-    (directory / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (directory / "key.pem").write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-
-
-def _throwaway_ca() -> tuple[object, object]:
-    import datetime
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    now = datetime.datetime.now(datetime.timezone.utc)
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test grid CA")])
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=1))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    return cert, key
-
-
 def test_tls_scheduler_unit_serves_tls_from_its_credentials(tmp_path: Path) -> None:
     """The TLS unit as shipped: credentials loaded into %d, distributed configured from them."""
     from grid import Grid
     from grid.errors import GridConnectionError
 
-    creds, env_dir, target = tmp_path / "tls", tmp_path / "etc", tmp_path / "units"
+    from grid.security.cli import certs
+
+    creds, env_dir, target, ca = tmp_path / "tls", tmp_path / "etc", tmp_path / "units", tmp_path / "ca"
     install(
         install_systemd_scheduler,
         ["--region", "eu", "--target-dir", str(target), "--env-dir", str(env_dir), "--credentials-dir", str(creds), "--grid-executable", GRID],
@@ -447,9 +397,11 @@ def test_tls_scheduler_unit_serves_tls_from_its_credentials(tmp_path: Path) -> N
     shipped = (ROOT / "deploy" / "systemd" / "grid-scheduler@.service").read_text()
     assert unit.replace(GRID, "/opt/dask-grid/bin/grid").replace(str(env_dir), "/etc/dask-grid").replace(str(creds), "/etc/dask-grid/tls") == shipped
     assert (creds / "scheduler-eu").is_dir() and (creds / "scheduler-eu").stat().st_mode & 0o777 == 0o700
-    ca = _throwaway_ca()
-    _write_tls_files(creds / "scheduler-eu", ca, "scheduler-eu")
-    _write_tls_files(tmp_path / "client", ca, "client")
+    # the certificates, as docs/operations.md says: `grid certs issue ... --out` straight into the unit's directory
+    host = socket.gethostname()  # the unit names %H.pem / %H-key.pem
+    install(certs, ["init", "--dir", str(ca), "--name", "test-grid"])
+    install(certs, ["issue", "scheduler", host, "--region", "eu", "--host", "127.0.0.1", "--dir", str(ca), "--out", str(creds / "scheduler-eu")])
+    install(certs, ["issue", "client", "alice", "--dir", str(ca), "--out", str(tmp_path / "client")])
 
     port, dash = free_port(), free_port()
     (tmp_path / "scheduler-eu.env").write_text(
@@ -472,7 +424,7 @@ def test_tls_scheduler_unit_serves_tls_from_its_credentials(tmp_path: Path) -> N
         g = Grid.connect(
             {
                 "regions": {"eu": f"tls://127.0.0.1:{port}"},
-                "tls": {"ca-file": str(client_dir / "ca.pem"), "cert": str(client_dir / "cert.pem"), "key": str(client_dir / "key.pem")},
+                "tls": {"ca-file": str(client_dir / "ca.pem"), "cert": str(client_dir / "alice.pem"), "key": str(client_dir / "alice-key.pem")},
             }
         )
         assert g.status()["eu"]["address"] == f"tls://127.0.0.1:{port}"

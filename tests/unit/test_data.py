@@ -11,7 +11,7 @@ def test_partitions_depend_on_rows_only():
     y = np.arange(1000) % 2
     p = partition(X, y, partition_rows=300, classification=True)
     assert p.sizes == [300, 300, 300, 100]
-    np.testing.assert_array_equal(np.vstack([a for a, _ in p.parts]), X)
+    np.testing.assert_array_equal(np.vstack([a for a, _, _ in p.parts]), X)
     np.testing.assert_array_equal(p.classes, [0, 1])
     assert rows_per_partition(100_000, "auto") == 12_500
     assert rows_per_partition(100, "auto") == 256

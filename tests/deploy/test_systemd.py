@@ -1,0 +1,211 @@
+"""systemd units: generated from one source, accepted by systemd, hardened, installable.
+
+``systemd-analyze`` (Debian's ``systemd`` package; ``.ci/run`` installs it)
+must be on the machine: these tests fail, not skip, without it.
+``systemd-analyze verify`` checks that the ``ExecStart=`` binary exists, so
+the shipped units (which name ``/opt/dask-grid/bin/grid``) are verified as
+copies that differ only in that path, pointed at this environment's ``grid``;
+the units ``install-systemd`` writes name that executable themselves and are
+verified as written.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from grid import deploy_systemd as ds
+
+ROOT = Path(__file__).resolve().parents[2]
+SHIPPED = ROOT / "deploy" / "systemd"
+GRID = str(Path(sys.executable).parent / "grid")
+
+
+@pytest.fixture(scope="module")
+def analyze() -> str:
+    path = shutil.which("systemd-analyze")
+    if path is None:
+        pytest.fail("systemd-analyze is missing: `apt-get update && apt-get install -y systemd` (.ci/run does this)")
+    return path
+
+
+def verify(analyze: str, *units: Path) -> None:
+    """``systemd-analyze verify``: exit 0 *and* no warning (it warns about bad lines but still exits 0)."""
+    proc = subprocess.run([analyze, "verify", *map(str, units)], capture_output=True, text=True, timeout=120)
+    output = (proc.stdout + proc.stderr).strip()
+    assert proc.returncode == 0 and not output, f"systemd-analyze verify {[u.name for u in units]}:\n{output}"
+
+
+def install(command: object, args: list[str]) -> str:
+    result = CliRunner().invoke(command, args, catch_exceptions=False)  # type: ignore[arg-type]
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def settings(text: str) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        if line and line[0] not in "#;[" and "=" in line:
+            key, _, value = line.partition("=")
+            out.setdefault(key, []).append(value)
+    return out
+
+
+def test_shipped_files_are_the_renderer_output_with_defaults() -> None:
+    expected = ds.example_files()
+    assert sorted(p.name for p in SHIPPED.iterdir()) == sorted(expected)
+    for name, text in expected.items():
+        assert (SHIPPED / name).read_text() == text, f"deploy/systemd/{name} is stale: run `python -m grid.deploy_systemd deploy/systemd`"
+
+
+def test_systemd_analyze_verifies_the_shipped_units(analyze: str, tmp_path: Path) -> None:
+    units = []
+    for unit in sorted(SHIPPED.glob("*.service")):
+        text = unit.read_text()
+        assert ds.DEFAULT_GRID_EXECUTABLE in text
+        copy = tmp_path / unit.name
+        copy.write_text(text.replace(ds.DEFAULT_GRID_EXECUTABLE, GRID))
+        units.append(copy)
+    assert {u.name for u in units} == {"grid-scheduler@.service", "grid-node.service"}
+    verify(analyze, *units)
+
+
+@pytest.mark.parametrize(
+    "scheduler_args, node_args",
+    [
+        ([], []),
+        (["--no-tls", "--port", "9786", "--dashboard-address", "127.0.0.1:9787"], ["--no-tls", "--scheduler", "tcp://10.0.0.1:9786"]),
+        (["--user", "daemon", "--cert-name", "eu-1"], ["--user", "daemon", "--cpu-quota", "50%", "--name", "lab-pc-7", "--nthreads", "4", "--memory-limit", "6GiB"]),
+    ],
+    ids=["defaults", "no-tls", "dedicated-user-and-quota"],
+)
+def test_systemd_analyze_verifies_the_installed_units(
+    analyze: str, tmp_path: Path, scheduler_args: list[str], node_args: list[str]
+) -> None:
+    target, env_dir, creds = tmp_path / "system", tmp_path / "etc", tmp_path / "tls"
+    common = ["--target-dir", str(target), "--env-dir", str(env_dir), "--credentials-dir", str(creds), "--grid-executable", GRID]
+    install(ds.install_systemd_scheduler, ["--region", "eu-west", *common, *scheduler_args])
+    if "--scheduler" not in node_args:
+        node_args = [*node_args, "--scheduler", "tls://eu-west.grid.example.org:8786"]
+    install(ds.install_systemd_node, ["--region", "eu-west", *common, *node_args])
+    scheduler_unit, node_unit = target / "grid-scheduler@.service", target / "grid-node.service"
+    verify(analyze, scheduler_unit, node_unit)
+    assert f"ExecStart={GRID} scheduler" in scheduler_unit.read_text()
+    assert (env_dir / "scheduler-eu-west.env").stat().st_mode & 0o777 == 0o640
+    node_env = (env_dir / "node.env").read_text()
+    assert "GRID_REGION=eu-west" in node_env
+    tls = "--no-tls" not in node_args
+    assert ("LoadCredential=ca.pem:" in node_unit.read_text()) == tls
+    assert (creds / "node").is_dir() == tls
+    if "--cert-name" in scheduler_args:
+        assert f"LoadCredential=cert.pem:{creds}/scheduler-%i/eu-1.pem" in scheduler_unit.read_text()
+    if "--cpu-quota" in node_args:
+        assert settings(node_unit.read_text())["CPUQuota"] == ["50%"]
+        assert "GRID_NODE_NAME=lab-pc-7" in node_env and "GRID_MEMORY_LIMIT=6GiB" in node_env
+        assert settings(node_unit.read_text())["User"] == ["daemon"]
+        # the certificate files are named after the node, as `grid certs issue node lab-pc-7 --out DIR` names them
+        assert settings(node_unit.read_text())["LoadCredential"] == [
+            f"ca.pem:{creds}/node/ca.pem", f"cert.pem:{creds}/node/lab-pc-7.pem", f"key.pem:{creds}/node/lab-pc-7-key.pem"
+        ]
+
+
+def test_units_are_hardened_and_stop_gracefully(analyze: str, tmp_path: Path) -> None:
+    for name in ("grid-scheduler@.service", "grid-node.service"):
+        text = (SHIPPED / name).read_text()
+        s = settings(text)
+        for key, value in {
+            "DynamicUser": "yes",
+            "NoNewPrivileges": "yes",
+            "ProtectSystem": "strict",
+            "ProtectHome": "yes",
+            "PrivateTmp": "yes",
+            "Restart": "on-failure",
+            "KillSignal": "SIGTERM",
+            "KillMode": "mixed",  # SIGTERM to the nanny only, never to its worker process
+            "CapabilityBoundingSet": "",
+        }.items():
+            assert s.get(key) == [value], (name, key, s.get(key))
+        assert [v.split(":")[0] for v in s["LoadCredential"]] == list(ds.TLS_FILES)
+        assert "DASK_DISTRIBUTED__COMM__TLS__CA_FILE=%d/ca.pem" in s["Environment"]
+        copy = tmp_path / name
+        copy.write_text(text.replace(ds.DEFAULT_GRID_EXECUTABLE, GRID))
+        # systemd's own exposure score (0 safest .. 10): "OK" is below 2.5 here
+        proc = subprocess.run(
+            [analyze, "security", "--offline=true", "--threshold=25", str(copy)], capture_output=True, text=True, timeout=120
+        )
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr
+        assert "Overall exposure level" in proc.stdout and "OK" in proc.stdout.splitlines()[-1]
+
+    scheduler = settings((SHIPPED / "grid-scheduler@.service").read_text())
+    assert scheduler["StateDirectory"] == ["dask-grid/scheduler-%i"]
+    assert "DASK_GRID__SCHEDULER__STATE_DIR=%S/dask-grid/scheduler-%i" in scheduler["Environment"]
+    node = settings((SHIPPED / "grid-node.service").read_text())
+    assert node["Nice"] == ["19"] and node["IOSchedulingClass"] == ["idle"] and int(node["CPUWeight"][0]) < 100
+    retire = next(v for v in node["Environment"] if v.startswith("DASK_GRID__NODE__RETIRE_TIMEOUT="))
+    assert int(node["TimeoutStopSec"][0].rstrip("s")) > int(retire.split("=")[1].rstrip("s"))
+
+
+def test_dry_run_prints_every_file_and_writes_nothing(tmp_path: Path) -> None:
+    target, env_dir = tmp_path / "system", tmp_path / "etc"
+    out = install(
+        ds.install_systemd_node,
+        ["--region", "eu", "--scheduler", "tls://eu.example.org:8786", "--target-dir", str(target), "--env-dir", str(env_dir), "--grid-executable", GRID, "--dry-run"],
+    )
+    assert not target.exists() and not env_dir.exists()
+    opts = ds.NodeOptions(scheduler="tls://eu.example.org:8786", grid_executable=GRID, env_dir=str(env_dir))
+    assert ds.render_node_unit(opts).rstrip("\n") in out
+    assert ds.render_node_env(opts).rstrip("\n") in out
+    assert f"# ---- {target / 'grid-node.service'} (mode 644) ----" in out
+    assert "systemctl enable --now grid-node.service" in out
+    out = install(ds.install_systemd_scheduler, ["--region", "us", "--target-dir", str(target), "--env-dir", str(env_dir), "--dry-run"])
+    assert "grid-scheduler@us.service" in out and "GRID_PORT=8786" in out
+    assert not target.exists()
+
+
+def test_reinstall_keeps_an_edited_environment_file_unless_forced(tmp_path: Path) -> None:
+    args = ["--region", "eu", "--target-dir", str(tmp_path / "u"), "--env-dir", str(tmp_path / "e"), "--grid-executable", GRID]
+    install(ds.install_systemd_scheduler, args)
+    env = tmp_path / "e" / "scheduler-eu.env"
+    env.write_text(env.read_text().replace("GRID_PORT=8786", "GRID_PORT=9999"))
+    out = install(ds.install_systemd_scheduler, args)
+    assert "kept" in out and "GRID_PORT=9999" in env.read_text()
+    install(ds.install_systemd_scheduler, [*args, "--force"])
+    assert "GRID_PORT=8786" in env.read_text()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--region", "EU", "--scheduler", "tls://h:1"], "region='EU'"),
+        (["--region", "eu", "--scheduler", "tcp://h:8786"], "must start with tls://"),
+        (["--region", "eu", "--scheduler", "tls://h:8786", "--no-tls"], "TLS is switched off"),
+        (["--region", "eu", "--scheduler", "tls://h:8786", "--memory-limit", "lots"], "memory_limit='lots'"),
+        (["--region", "eu", "--scheduler", "tls://h:8786", "--cpu-quota", "half"], "cpu_quota='half'"),
+        (["--region", "eu", "--scheduler", "tls://h:8786", "--name", "a b"], "name='a b'"),
+        (["--region", "eu", "--scheduler", "tls://h:8786", "--user", "nobody"], "user='nobody' is not allowed"),
+    ],
+)
+def test_bad_node_options_are_refused_with_the_reason(tmp_path: Path, args: list[str], message: str) -> None:
+    result = CliRunner().invoke(ds.install_systemd_node, [*args, "--target-dir", str(tmp_path), "--dry-run"])
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert not any(tmp_path.iterdir())
+
+
+def test_missing_user_is_refused(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        ds.install_systemd_scheduler, ["--region", "eu", "--user", "no-such-grid-user", "--target-dir", str(tmp_path), "--env-dir", str(tmp_path)]
+    )
+    assert result.exit_code == 1 and "does not exist" in result.output
+    assert not any(tmp_path.iterdir())
+
+
+def test_home_install_keeps_home_readable_and_defaults_to_this_environment() -> None:
+    unit = ds.render_node_unit(ds.NodeOptions(grid_executable="/home/ann/.venv/bin/grid"))
+    assert "ProtectHome=read-only" in unit
+    assert ds.running_grid_executable() == GRID and os.access(GRID, os.X_OK)
