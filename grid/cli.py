@@ -130,10 +130,11 @@ def scheduler(
 @click.option("--nthreads", default=1, show_default=True, type=click.IntRange(min=1), help="Threads of this node.")
 @click.option("--memory-limit", default="auto", show_default=True, help="Memory limit, e.g. 4GiB, or 'auto'.")
 @click.option("--name", default=None, help="Node name; default HOST-PID (on TLS grids the certificate name is the identity).")
+@click.option("--community/--no-community", default=True, show_default=True, help="Run only grid job functions (a node owner lends CPU, not a shell).")
 @tls_options
 def node(
     ctx: click.Context, region: str | None, scheduler_address: str | None, nthreads: int, memory_limit: str, name: str | None,
-    tls_ca_file: str | None, tls_cert: str | None, tls_key: str | None,
+    community: bool, tls_ca_file: str | None, tls_cert: str | None, tls_key: str | None,
 ) -> None:
     """Run a node: a Dask worker of one region. SIGTERM retires it gracefully.
 
@@ -148,11 +149,15 @@ def node(
     _logging()
     security = _security("node", tls_ca_file, tls_cert, tls_key)
     try:
-        asyncio.run(
-            run_node(scheduler_address, region, nthreads=nthreads, memory_limit=memory_limit, name=name, security=security)
+        code = asyncio.run(
+            run_node(
+                scheduler_address, region, nthreads=nthreads, memory_limit=memory_limit, name=name,
+                security=security, community=community,
+            )
         )
     except (RuntimeError, OSError) as exc:
         raise click.ClickException(str(exc)) from None
+    sys.exit(code)
 
 
 @main.command()

@@ -24,6 +24,10 @@ class JobCancelled(GridError):
     """The job was cancelled before it finished."""
 
 
+class NodeTaskError(GridError):
+    """A task failed on a node; the message is the node's own text (never its pickle)."""
+
+
 class RemoteError(GridError):
     """A scheduler refused a request; the message is the scheduler's reason."""
 

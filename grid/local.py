@@ -8,6 +8,7 @@ import tempfile
 from collections.abc import Mapping
 from typing import Any
 
+import dask.config
 from distributed import LocalCluster
 
 from grid import config
@@ -63,7 +64,8 @@ class LocalGrid:
         self.clusters: dict[str, LocalCluster] = {}
         try:
             for name, n in regions.items():
-                with config.scheduler_settings():
+                crl = {"grid.scheduler.crl-file": str(self.throwaway.crl_file)} if tls else {}
+                with config.scheduler_settings(), dask.config.set(crl):
                     security = self.throwaway.security(name, client="admin") if tls else None
                     self.clusters[name] = self._cluster(name, n, threads, memory, dashboard, host, processes, security)
         except BaseException:

@@ -38,3 +38,15 @@ def grid2():
         yield g
     finally:
         g.close()
+
+
+@pytest.fixture(scope="module", params=["tcp", "tls"])
+def any_grid(request):
+    """The same in-process grid in plaintext and on mutual TLS (throw-away CA, a client certificate)."""
+    from grid import Grid
+
+    g = Grid.local(regions={"eu": 1, "us": 1}, processes=False, dashboard=False, tls=request.param == "tls")
+    try:
+        yield g
+    finally:
+        g.close()

@@ -19,6 +19,7 @@ from distributed import Nanny
 from distributed.core import rpc
 
 from grid import config
+from grid.node.community import CommunityMode
 
 logger = logging.getLogger("grid.node")
 
@@ -28,9 +29,15 @@ def default_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
+def _connection_args(security: Any) -> dict:
+    from distributed.security import Security
+
+    return (security or Security()).get_connection_args("client")
+
+
 async def check_region(scheduler: str, region: str, security: Any = None, timeout: float = 30) -> None:
     """Refuse to join a scheduler that serves another region (or no grid at all)."""
-    connection_args = security.get_connection_args("client") if security else {}
+    connection_args = _connection_args(security)
     async with rpc(scheduler, connection_args=connection_args, timeout=timeout) as r:
         try:
             info = await r.grid_info()
@@ -49,7 +56,7 @@ async def check_region(scheduler: str, region: str, security: Any = None, timeou
 async def retire(nanny: Nanny, scheduler: str, security: Any = None) -> None:
     """Retire through the scheduler (data copied off first), then close."""
     address = nanny.worker_address
-    connection_args = security.get_connection_args("client") if security else {}
+    connection_args = _connection_args(security)
     if address:
         timeout = config.seconds("node.retire-timeout")
         try:
@@ -61,6 +68,12 @@ async def retire(nanny: Nanny, scheduler: str, security: Any = None) -> None:
     await nanny.close(reason="grid-node-retired")
 
 
+#: exit status of `grid node` when its worker ended without being told to stop
+#: (e.g. the scheduler went away): non-zero, so systemd's Restart=on-failure
+#: brings the node back (EX_TEMPFAIL)
+EXIT_LOST_SCHEDULER = 75
+
+
 async def run_node(
     scheduler: str,
     region: str,
@@ -69,9 +82,18 @@ async def run_node(
     memory_limit: str | int = "auto",
     name: str | None = None,
     security: Any = None,
+    community: bool = True,
+    plugins: tuple = (),
     ready: Any = None,
-) -> None:
-    """Run one node until SIGTERM/SIGINT (retire gracefully) or the nanny ends."""
+) -> int:
+    """Run one node until SIGTERM/SIGINT (retire gracefully) or the nanny ends.
+
+    Returns
+    -------
+    int
+        The process exit status: 0 after a requested stop,
+        :data:`EXIT_LOST_SCHEDULER` when the node ended on its own.
+    """
     await check_region(scheduler, region, security)
     nanny = Nanny(
         scheduler,
@@ -80,6 +102,7 @@ async def run_node(
         name=name or default_name(),
         security=security,
         silence_logs=False,
+        plugins=(*((CommunityMode(),) if community else ()), *plugins),
     )
     await nanny
     logger.info("node %s joined region %s at %s", nanny.worker_address, region, scheduler)
@@ -92,7 +115,9 @@ async def run_node(
     finished = asyncio.ensure_future(nanny.finished())
     stopper = asyncio.ensure_future(stop.wait())
     await asyncio.wait([finished, stopper], return_when=asyncio.FIRST_COMPLETED)
-    if stop.is_set():
+    stopped = stop.is_set()
+    if stopped:
         await retire(nanny, scheduler, security)
     finished.cancel()
     stopper.cancel()
+    return 0 if stopped else EXIT_LOST_SCHEDULER

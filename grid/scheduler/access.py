@@ -56,6 +56,7 @@ NODE_HANDLERS = frozenset(
         "identity",
         "register-worker",
         "register_nanny",
+        "register-client",  # a worker's own client (worker_client, joblib); its graphs stay refused
         "heartbeat_worker",
         "unregister",
         "log_event",

@@ -34,6 +34,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("grid.driver")
 
+#: how often one partition's update is re-issued after nodes sent garbage for it
+MAX_REISSUES = 3
+
 #: states larger than this are merged in a thread, off the scheduler's event loop
 OFFLOAD_BYTES = 1 << 20
 
@@ -120,7 +123,7 @@ class RegionRun:
                         key=f"{prefix}-seq-p{index}",
                     )
                     self._futures.append(future)
-                blobs = [await future]
+                decoded = [await self._checked(client, future, None, None, round_no, state_blob)]
             else:
                 futures = client.map(
                     partition_update,
@@ -132,21 +135,76 @@ class RegionRun:
                     key=[f"{prefix}-p{i}" for i in self.dataset.indices],
                 )
                 self._futures.extend(futures)
-                blobs = await client.gather(futures)
+                try:  # the fast path: one gather for the whole round
+                    decoded = [self._decode(blob) for blob in await client.gather(futures)]
+                except (TypeError, wire.WireError):
+                    # someone sent garbage; a bulk gather fails as a whole, so check the
+                    # updates one by one to blame the right node and re-issue its tasks
+                    decoded = [
+                        await self._checked(client, f, part, index, round_no, state_blob)
+                        for f, part, index in zip(futures, parts, self.dataset.indices)
+                    ]
         finally:
             self.release()
         previous = wire.decode(state_blob)[0] if state_blob is not None else None
-        return await self._reduce(blobs, previous)
+        return await self._reduce(list(decoded), previous)
 
-    async def _reduce(self, blobs: list[bytes], previous: dict | None) -> dict:
-        limit = self.plugin.max_update_bytes
-        decoded = []
-        for blob in blobs:
-            arrays, meta = wire.decode(blob, max_bytes=limit)
-            if self.layout is None:
-                self.layout = wire.layout(arrays)
-            wire.check_shapes(arrays, self.layout, variable=self.rule.variable_shape)
-            decoded.append((arrays, meta))
+    def _decode(self, blob: Any) -> tuple[dict, dict]:
+        """Check one node update: wire format, size, and the model's layout."""
+        arrays, meta = wire.decode(blob, max_bytes=self.plugin.max_update_bytes)
+        if self.layout is None:
+            self.layout = wire.layout(arrays)
+        wire.check_shapes(arrays, self.layout, variable=self.rule.variable_shape)
+        return arrays, meta
+
+    async def _checked(
+        self, client: Any, future: Future, part: Any, index: int | None, round_no: int, state_blob: bytes | None
+    ) -> tuple[dict, dict]:
+        """The decoded update of one task; a node that sent garbage is quarantined and the task re-issued.
+
+        A task that *fails* (the node reports an exception) fails the job with
+        the node's message: that is not a protocol violation, and an honest
+        node would fail the same way.
+        """
+        for attempt in range(MAX_REISSUES + 1):
+            try:
+                return self._decode(await future)
+            except asyncio.CancelledError:
+                if asyncio.current_task() is not None and asyncio.current_task().cancelling():
+                    raise  # the job itself is being cancelled
+                # the result was lost with a node (e.g. one just quarantined): compute it again
+                if part is None or attempt == MAX_REISSUES:
+                    raise
+                future = self._reissue(client, future, part, round_no, index, state_blob, attempt)
+            except (TypeError, wire.WireError) as exc:  # undecodable or not a grid update
+                worker = self.plugin.result_worker(future.key)
+                # never quarantine the last node of a region: a fault everyone shares is ours, not theirs
+                last_node = len(self.plugin.scheduler.workers) <= 1
+                if worker is None or part is None or attempt == MAX_REISSUES or last_node:
+                    raise RuntimeError(
+                        f"job {self.job_id}: an update for partition {index} in round {round_no} was rejected "
+                        f"({exc}) and could not be re-issued"
+                    ) from None
+                self.plugin.verification_rejects += 1
+                await self.plugin.quarantine.add(
+                    worker,
+                    reason=f"sent an invalid update ({type(exc).__name__}: {exc})",
+                    evidence={"job": self.job_id, "round": round_no, "partition": index, "task": str(future.key)},
+                )
+                future = self._reissue(client, future, part, round_no, index, state_blob, attempt)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _reissue(
+        self, client: Any, future: Future, part: Any, round_no: int, index: int | None, state_blob: bytes | None, attempt: int
+    ) -> Future:
+        """Run one partition's update again under a new key (deterministic: same result)."""
+        new = client.submit(
+            partition_update, self.request, state_blob, part, round_no, index, key=f"{future.key}-reissue{attempt + 1}"
+        )
+        self._futures.append(new)
+        return new
+
+    async def _reduce(self, decoded: list[tuple[dict, dict]], previous: dict | None) -> dict:
         states = [d[0] for d in decoded]
         metas = [d[1] for d in decoded]
         if self.request["mode"] == "sequential":
@@ -167,12 +225,13 @@ class RegionRun:
             metrics = combine_metrics(metas, weights)
             metrics["samples"] = float(sum(weights))
             metrics["compute_seconds"] = max(m["seconds"] for m in metas)
-        metrics["updates"] = len(blobs)
+        metrics["updates"] = len(decoded)
         return {"state": merged, "weight": metrics["samples"], "metrics": metrics}
 
     def release(self) -> None:
         """Forget this round's task futures so the scheduler frees their results."""
         futures, self._futures = self._futures, []
+        self.plugin.forget_results([f.key for f in futures])
         for f in futures:
             f.release()
 

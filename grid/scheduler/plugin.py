@@ -19,7 +19,9 @@ from distributed.diagnostics.plugin import SchedulerPlugin
 
 from grid import config
 from grid.dashboard.app import register_scheduler_page, unregister_scheduler_page
+from grid.scheduler import untrusted
 from grid.scheduler.access import AccessControl
+from grid.scheduler.quarantine import Quarantine
 from grid.scheduler.datasets import Dataset, DatasetStore
 from grid.scheduler.driver import JobDriver, RegionRun
 from grid.scheduler.metrics import register_metrics, unregister_metrics
@@ -62,6 +64,9 @@ class GridSchedulerPlugin(SchedulerPlugin):
         self._client_lock: asyncio.Lock | None = None
         self.datasets: DatasetStore
         self.access = AccessControl(region)
+        self.result_workers: dict[str, str] = {}  # grid task key -> node that sent its result
+        self.verification_rejects = 0
+        self.quarantine: Quarantine
 
     # --- lifecycle ---------------------------------------------------------------------
     async def start(self, scheduler: Any) -> None:
@@ -84,6 +89,9 @@ class GridSchedulerPlugin(SchedulerPlugin):
                 "grid_region_round": self.region_round,
             }
         )
+        untrusted.install(scheduler, on_finished=self._result_from)
+        self.quarantine = Quarantine(scheduler, self.access)
+        self.quarantine.install(scheduler)
         if _is_tls(scheduler):
             crl = config.get("scheduler.crl-file")
             if crl:
@@ -118,12 +126,31 @@ class GridSchedulerPlugin(SchedulerPlugin):
                     security=self.scheduler.security,
                     name=f"grid-driver-{self.region}",
                     set_as_default=False,
+                    # node results arrive as msgpack'd bytes (grid.wire); refuse anything that unpickles
+                    serializers=["msgpack"],
+                    deserializers=["msgpack"],
+                    direct_to_workers=True,  # fetch from nodes with our serializers, not via the scheduler
                 )
             return self._client
 
     # --- handlers: status ------------------------------------------------------------
     def remove_worker(self, scheduler: Any, worker: str, **kwargs: Any) -> None:
         self.access.forget_worker(worker)
+
+    def _result_from(self, key: Any, worker: str | None) -> None:
+        if isinstance(key, str) and key.startswith("grid-") and not key.startswith("grid-part-") and worker:
+            self.result_workers[key] = worker
+
+    def result_worker(self, key: str) -> str | None:
+        """The node that sent the result of grid task ``key`` (forgotten once asked)."""
+        return self.result_workers.pop(key, None)
+
+    def forget_results(self, keys: list[str]) -> None:
+        for key in keys:
+            self.result_workers.pop(key, None)
+
+    def node_state(self, ws: Any) -> str:
+        return "paused" if ws.status.name == "paused" else "active"
 
     def info(self, comm: Any = None) -> dict:
         """Region, nodes and job counts: what `grid status` and the dashboard show."""
@@ -141,7 +168,7 @@ class GridSchedulerPlugin(SchedulerPlugin):
                     "memory": ws.memory.process,
                     "cpu": ws.metrics.get("cpu", 0.0),
                     "status": ws.status.name,
-                    "state": "paused" if ws.status.name == "paused" else "active",
+                    "state": self.node_state(ws),
                     "executing": len(ws.processing),
                     "stored": len(ws.has_what),
                 }
@@ -155,6 +182,8 @@ class GridSchedulerPlugin(SchedulerPlugin):
             "nthreads": sum(w["nthreads"] for w in workers),
             "jobs": self.registry.counts(),
             "datasets": [d.info() for d in self.datasets.datasets.values()],
+            "quarantined": self.quarantine.to_list(),
+            "verification_rejects": self.verification_rejects,
             "time": time.time(),
         }
 

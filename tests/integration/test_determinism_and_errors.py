@@ -55,23 +55,27 @@ class Unpicklable:
 def test_bad_input_fails_before_any_work(grid2, classification_data, make, error, words):
     X, y = classification_data
     est, Xb, yb = make(X, y)
+    # earlier jobs may still be releasing their keys: nothing new may appear
+    keys_before = set(scheduled_grid_keys(grid2))
+    names_before = {d["name"] for d in datasets(grid2)}
     with pytest.raises(error) as info:
         grid2.submit(est, Xb, yb)
     for w in words:
         assert w in str(info.value)
-    assert scheduled_grid_keys(grid2) == []
-    assert datasets(grid2) == []
+    assert set(scheduled_grid_keys(grid2)) <= keys_before
+    assert {d["name"] for d in datasets(grid2)} <= names_before
     # the grid keeps serving other jobs
     assert grid2.submit(PartialFit(SGDClassifier(), rounds=1), X, y).result(timeout=60).score(X, y) > 0.5
 
 
 def test_unknown_region(grid2, classification_data):
     X, y = classification_data
+    keys_before = set(scheduled_grid_keys(grid2))
     with pytest.raises(UnknownRegion, match="'mars'.*regions \\['eu', 'us'\\]"):
         grid2.submit(PartialFit(SGDClassifier()), X, y, regions=["mars"])
     with pytest.raises(UnknownRegion, match="mars"):
         grid2.client("mars")
-    assert scheduled_grid_keys(grid2) == []
+    assert set(scheduled_grid_keys(grid2)) <= keys_before
 
 
 def test_unreachable_scheduler_names_region_address_and_timeout():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import pickle
 
 import numpy as np
@@ -33,9 +34,9 @@ def serial_reference(est, X, y, rounds, partition_rows="auto", classes=None):
     return est
 
 
-def test_average_job_trains_and_result_is_plain_sklearn(grid2, classification_data):
+def test_average_job_trains_and_result_is_plain_sklearn(any_grid, classification_data):
     X, y = classification_data
-    job = grid2.submit(PartialFit(SGDClassifier(random_state=0), rounds=5), X, y)
+    job = any_grid.submit(PartialFit(SGDClassifier(random_state=0), rounds=5), X, y)
     fitted = job.result(timeout=60)
     assert job.status == "done"
     assert isinstance(fitted.estimator_, SGDClassifier)
@@ -48,37 +49,37 @@ def test_average_job_trains_and_result_is_plain_sklearn(grid2, classification_da
     restored = pickle.loads(pickle.dumps(fitted))
     np.testing.assert_array_equal(restored.predict(X), fitted.predict(X))
     # data of the job was released with it
-    assert grid_keys(grid2, "grid-part-job-") == []
+    assert grid_keys(any_grid, "grid-part-job-") == []
 
 
 @pytest.mark.parametrize("cls", [SGDClassifier, Perceptron, PassiveAggressiveClassifier])
-def test_sequential_equals_serial_partial_fit(grid2, classification_data, cls):
+def test_sequential_equals_serial_partial_fit(any_grid, classification_data, cls):
     X, y = classification_data
     est = cls(random_state=0)
-    fitted = grid2.submit(PartialFit(est, rounds=3, mode="sequential", partition_rows=700), X, y).result(timeout=60)
+    fitted = any_grid.submit(PartialFit(est, rounds=3, mode="sequential", partition_rows=700), X, y).result(timeout=60)
     ref = serial_reference(cls(random_state=0), X, y, 3, partition_rows=700, classes=np.unique(y))
     np.testing.assert_allclose(fitted.estimator_.coef_, ref.coef_, rtol=0, atol=1e-12)
     np.testing.assert_allclose(fitted.estimator_.intercept_, ref.intercept_, rtol=0, atol=1e-12)
 
 
-def test_regressor_average(grid2):
+def test_regressor_average(any_grid):
     rng = np.random.default_rng(0)
     X = rng.normal(size=(3000, 5))
     y = X @ np.arange(1.0, 6.0) + 0.1 * rng.normal(size=3000)
-    fitted = grid2.submit(PartialFit(SGDRegressor(random_state=0), rounds=5), X, y).result(timeout=60)
+    fitted = any_grid.submit(PartialFit(SGDRegressor(random_state=0), rounds=5), X, y).result(timeout=60)
     assert fitted.score(X, y) > 0.99
 
 
-def test_fit_api_with_grid_argument_and_context(grid2, classification_data):
+def test_fit_api_with_grid_argument_and_context(any_grid, classification_data):
     X, y = classification_data
     est = PartialFit(SGDClassifier(random_state=0), rounds=2)
-    assert est.fit(X, y, grid=grid2) is est
+    assert est.fit(X, y, grid=any_grid) is est
     assert est.score(X, y) > 0.7
     from grid.client import current_grid
 
-    grid2.__enter__()  # `with grid2:` without closing the shared fixture at the end
+    any_grid.__enter__()  # `with any_grid:` without closing the shared fixture at the end
     try:
-        assert current_grid() is grid2
+        assert current_grid() is any_grid
         est2 = PartialFit(SGDClassifier(random_state=0), rounds=2).fit(X, y)
     finally:
         from grid.client import _current
@@ -87,68 +88,93 @@ def test_fit_api_with_grid_argument_and_context(grid2, classification_data):
     np.testing.assert_array_equal(est2.estimator_.coef_, est.estimator_.coef_)
 
 
-def test_reattach_by_id(grid2, classification_data):
+def test_reattach_by_id(any_grid, classification_data):
     X, y = classification_data
-    job = grid2.submit(PartialFit(SGDClassifier(random_state=0), rounds=2), X, y)
-    again = grid2.job(job.id)
+    job = any_grid.submit(PartialFit(SGDClassifier(random_state=0), rounds=2), X, y)
+    again = any_grid.job(job.id)
     fitted = again.result(timeout=60)
     np.testing.assert_array_equal(fitted.estimator_.coef_, job.result().estimator_.coef_)
-    assert any(j["id"] == job.id for j in grid2.jobs())
+    assert any(j["id"] == job.id for j in any_grid.jobs())
     with pytest.raises(KeyError, match="no job"):
-        grid2.job("eu-000000000000")
+        any_grid.job("eu-000000000000")
 
 
-def test_scattered_data_is_reused_and_dropped(grid2, classification_data):
+def test_scattered_data_is_reused_and_dropped(any_grid, classification_data):
     X, y = classification_data
-    data = grid2.scatter(X, y)
+    data = any_grid.scatter(X, y)
     assert data.n_samples == len(X) and set(data.regions) == {"eu", "us"}
-    keys = grid_keys(grid2, data.name)
+    keys = grid_keys(any_grid, data.name)
     assert len(keys) == data.n_partitions
-    a = grid2.submit(PartialFit(SGDClassifier(random_state=0), rounds=2), data).result(timeout=60)
-    b = PartialFit(SGDClassifier(random_state=0), rounds=2).fit(data, grid=grid2)
+    a = any_grid.submit(PartialFit(SGDClassifier(random_state=0), rounds=2), data).result(timeout=60)
+    b = PartialFit(SGDClassifier(random_state=0), rounds=2).fit(data, grid=any_grid)
     np.testing.assert_array_equal(a.estimator_.coef_, b.estimator_.coef_)
     # the same data submitted directly gives the same model: placement does not matter
-    c = grid2.submit(PartialFit(SGDClassifier(random_state=0), rounds=2), X, y).result(timeout=60)
+    c = any_grid.submit(PartialFit(SGDClassifier(random_state=0), rounds=2), X, y).result(timeout=60)
     np.testing.assert_array_equal(a.estimator_.coef_, c.estimator_.coef_)
-    assert grid_keys(grid2, data.name) == keys  # still placed after the jobs
-    grid2.drop(data)
-    wait_for(lambda: grid_keys(grid2, data.name) == [], timeout=10, what="dataset keys released")
+    assert grid_keys(any_grid, data.name) == keys  # still placed after the jobs
+    any_grid.drop(data)
+    wait_for(lambda: grid_keys(any_grid, data.name) == [], timeout=10, what="dataset keys released")
     with pytest.raises(ValueError, match="dropped"):
-        grid2.submit(PartialFit(SGDClassifier()), data)
+        any_grid.submit(PartialFit(SGDClassifier()), data)
 
 
-def test_cancel_stops_within_a_round_and_frees_everything(grid2, classification_data):
+def test_cancel_stops_within_a_round_and_frees_everything(any_grid, classification_data):
     X, y = classification_data
-    job = grid2.submit(PartialFit(SGDClassifier(random_state=0), rounds=10_000), X, y)
+    job = any_grid.submit(PartialFit(SGDClassifier(random_state=0), rounds=10_000), X, y)
     wait_for(lambda: job.info()["rounds_done"] >= 2, timeout=60, what="two rounds")
     assert job.cancel() == "cancelled"
     done_at_cancel = job.info()["rounds_done"]
     assert job.status == "cancelled"
-    wait_for(lambda: grid_keys(grid2, job.id) == [] and grid_keys(grid2, "grid-part-job-") == [], timeout=10, what="keys released")
+    wait_for(lambda: grid_keys(any_grid, job.id) == [] and grid_keys(any_grid, "grid-part-job-") == [], timeout=10, what="keys released")
     assert job.info()["rounds_done"] <= done_at_cancel + 1
     from grid.errors import JobCancelled
 
     with pytest.raises(JobCancelled):
         job.result(timeout=5)
     # the grid keeps serving
-    assert grid2.submit(PartialFit(SGDClassifier(), rounds=1), X, y).result(timeout=60).score(X, y) > 0.5
+    assert any_grid.submit(PartialFit(SGDClassifier(), rounds=1), X, y).result(timeout=60).score(X, y) > 0.5
 
 
-def test_plain_dask_on_a_region(grid2):
+def admin_client(g: Grid, region: str):
+    """A plain dask Client with full rights: the grid's own on plaintext, an admin certificate on TLS."""
+    from distributed import Client
+
+    if g.spec.tls is None:
+        return contextlib.nullcontext(g.client(region))
+    security = g._local.throwaway.admin.security()
+    return Client(g.spec.regions[region].address, security=security, set_as_default=False)
+
+
+def test_plain_dask_on_a_region(any_grid):
     import dask.array as da
 
-    client = grid2.client("eu")
     x = da.ones((1000, 100), chunks=(100, 100))
-    assert client.compute(x.sum()).result() == 100_000
+    with admin_client(any_grid, "eu") as client:
+        assert client.compute(x.sum()).result() == 100_000
 
 
-def test_joblib_gridsearch_on_the_grid(grid2, classification_data):
+@pytest.mark.parametrize("tls", [False, True], ids=["tcp", "tls"])
+def test_joblib_gridsearch_on_the_grid(classification_data, tls):
     from sklearn.model_selection import GridSearchCV
 
     X, y = classification_data
+    # two nodes: with one thread in all, joblib would run the search in this process
+    g = Grid.local(regions={"eu": 2}, processes=False, dashboard=False, tls=tls)
+    try:
+        _joblib_search(g, X, y)
+    finally:
+        g.close()
+
+
+def _joblib_search(any_grid, X, y):
+    from sklearn.model_selection import GridSearchCV
+
     search = GridSearchCV(SGDClassifier(random_state=0), {"alpha": [1e-4, 1e-3, 1e-2]}, cv=3, n_jobs=-1)
-    with grid2.joblib("eu"):
-        search.fit(X, y)
-    assert search.best_score_ > 0.7
-    tasks = grid2.client("eu").run_on_scheduler(lambda dask_scheduler: sum(tp.states["memory"] + tp.states["released"] + tp.states["forgotten"] for tp in dask_scheduler.task_prefixes.values()))
-    assert tasks >= 0
+    with admin_client(any_grid, "eu") as client:
+        from grid.parallel import parallel_config
+
+        with parallel_config(client):
+            search.fit(X, y)
+        assert search.best_score_ > 0.7
+        ran = client.run_on_scheduler(lambda dask_scheduler: sum(tp.state_counts["memory"] + tp.state_counts["forgotten"] + tp.state_counts["released"] for tp in dask_scheduler.task_prefixes.values() if "fit_and_score" in tp.name))
+    assert ran > 0  # the folds ran as tasks on the region's nodes

@@ -1,0 +1,94 @@
+"""Quarantine: nodes that sent what no honest node sends get no more work.
+
+A node lands here when its answer to a grid task breaks the protocol: a
+result that is not a grid wire blob, one that does not decode, is too large,
+or does not match the model's layout. (A task that merely *fails* is not a
+protocol violation: it fails the job with the node's message.) The record
+keeps the reason and the evidence, the node is removed from the scheduler,
+and it is refused when it tries to register again: by its certificate name
+on TLS grids, by its node name on plaintext ones.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+logger = logging.getLogger("grid.quarantine")
+
+
+@dataclass
+class QuarantineRecord:
+    """Why a node is quarantined."""
+
+    identity: str
+    address: str
+    reason: str
+    evidence: dict = field(default_factory=dict)
+    time: float = field(default_factory=time.time)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Quarantine:
+    """Quarantined nodes of one region, by identity."""
+
+    def __init__(self, scheduler: Any, access: Any) -> None:
+        self.scheduler = scheduler
+        self.access = access
+        self.records: dict[str, QuarantineRecord] = {}
+
+    def identity_of(self, address: str) -> str:
+        name = self.access.node_name(address)
+        if name:
+            return name
+        ws = self.scheduler.workers.get(address)
+        return str(ws.name) if ws is not None else address
+
+    def __contains__(self, identity: object) -> bool:
+        return identity in self.records
+
+    async def add(self, address: str, reason: str, evidence: dict | None = None) -> QuarantineRecord:
+        """Quarantine the node at ``address`` and remove it from the scheduler."""
+        identity = self.identity_of(address)
+        record = self.records.get(identity)
+        if record is None:
+            record = self.records[identity] = QuarantineRecord(identity, address, reason, dict(evidence or {}))
+            logger.warning("node %s (%s) quarantined: %s", identity, address, reason)
+        if address in self.scheduler.workers:
+            result = self.scheduler.remove_worker(address=address, stimulus_id=f"grid-quarantine-{time.time()}", close=True)
+            if inspect.isawaitable(result):
+                await result
+        return record
+
+    def install(self, scheduler: Any) -> None:
+        """Refuse the registration of quarantined nodes (wraps ``register-worker``)."""
+        register = scheduler.handlers["register-worker"]
+
+        async def guarded(comm: Any, **msg: Any) -> Any:
+            identity = None
+            try:
+                ident = self.access.identity(comm)
+                identity = ident.name if ident is not None else None
+            except Exception:  # noqa: BLE001 - the access check reports bad certificates itself
+                pass
+            for who in (identity, str(msg.get("name"))):
+                if who in self.records:
+                    reason = self.records[who].reason
+                    logger.warning("refused quarantined node %s: %s", who, reason)
+                    await comm.write({"status": "error", "message": f"node {who!r} is quarantined: {reason}"})
+                    return None
+            params = list(inspect.signature(register).parameters)
+            result = register(comm, **msg) if params and params[0] == "comm" else register(**msg)
+            if inspect.isawaitable(result):
+                result = await result
+            return result
+
+        scheduler.handlers["register-worker"] = guarded
+
+    def to_list(self) -> list[dict]:
+        return [r.to_dict() for r in self.records.values()]
