@@ -15,9 +15,9 @@ from distributed import Client
 from grid import config
 from grid.errors import GridConnectionError, UnknownRegion, check_reply
 from grid.job import Job
-from grid.placement import PlacedData, drop_on, place
+from grid.placement import PlacedData, drop_on, place, place_files
 from grid.spec import GridSpec, load_spec
-from jobs.data import DataError, partition
+from jobs.data import DataError, Files, partition
 
 logger = logging.getLogger("grid.client")
 
@@ -178,6 +178,10 @@ class Grid:
         accept in place of ``X, y``. Free it with :meth:`drop`.
         """
         regions = self._regions_arg(regions)
+        if isinstance(X, Files):
+            if y is not None or sample_weight is not None:
+                raise ValueError("a Files dataset names its target itself (target=...); do not pass y")
+            return place_files(self, X, regions, job_owned=False, owner=self.owner)
         parts = partition(X, y, partition_rows=partition_rows, sample_weight=sample_weight)
         return place(self, parts, regions, job_owned=False, owner=self.owner, replicas=int(config.get("jobs.replicas")))
 
@@ -229,6 +233,11 @@ class Grid:
             for r in X.regions:
                 self._check_region(r)
             data = X
+        elif isinstance(X, Files):
+            if y is not None or sample_weight is not None:
+                raise ValueError("a Files dataset names its target itself (target=...); do not pass y")
+            regions_list = self._regions_arg(regions)
+            data = place_files(self, X, regions_list, job_owned=True, owner=self.owner)
         else:
             regions_list = self._regions_arg(regions)
             parts = partition(
@@ -242,7 +251,13 @@ class Grid:
         home = home or (list(data.regions)[0] if data else regions_list[0])
         self._check_region(home)
         if data is not None and classification and data.classes is None:
-            raise DataError("this classifier needs class labels, but the placed data has a continuous target")
+            if data.job_owned:
+                for r in data.regions:
+                    drop_on(self, r, data.name)
+            raise DataError(
+                "this classifier needs class labels, but the data has none or a continuous target; "
+                "pass y, or name the label column with Files(..., target=...)"
+            )
         if data is None:
             data = place(self, parts, regions_list, job_owned=True, owner=self.owner, replicas=int(config.get("jobs.replicas")))
         if classification:

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from grid.errors import check_reply
-from jobs.data import Partitions, split_counts
+from jobs.data import Files, Partitions, split_counts
 
 
 @dataclass
@@ -148,3 +148,62 @@ def place(
 def drop_on(grid: Any, region: str, name: str) -> None:
     client = grid.client(region)
     client.sync(client.scheduler.grid_drop_dataset, name=name)
+
+
+def place_files(grid: Any, files: Files, regions: list[str], *, job_owned: bool, owner: str) -> PlacedData:
+    """Have the regions' nodes read a file dataset (one partition per file); nothing moves through the client."""
+    paths = files.paths()
+    infos = {r: grid._info(r) for r in regions}
+    threads = [max(1, infos[r]["nthreads"]) if infos[r]["workers"] else 0 for r in regions]
+    counts = split_counts(len(paths), threads)
+    name = f"{'job' if job_owned else 'data'}-{uuid.uuid4().hex[:12]}"
+    placed: dict[str, dict] = {}
+    labels: set = set()
+    n_features = None
+    start = 0
+    try:
+        for region, count in zip(regions, counts):
+            if count == 0:
+                continue
+            indices = list(range(start, start + count))
+            start += count
+            client = grid.client(region)
+            reply = check_reply(
+                client.sync(
+                    client.scheduler.grid_register_files,
+                    name=name,
+                    paths=[paths[i] for i in indices],
+                    indices=indices,
+                    options=files.options(),
+                    owner=owner,
+                    job_owned=job_owned,
+                ),
+                f"reading {files.pattern!r} on region {region!r}",
+            )
+            placed[region] = {
+                "address": grid.spec.regions[region].address,
+                "dataset": name,
+                "partitions": count,
+                "rows": int(reply["rows"]),
+            }
+            if n_features is not None and reply["n_features"] != n_features:
+                raise ValueError(
+                    f"partition {paths[indices[0]]} (read on region {region!r}) has {reply['n_features']} features "
+                    f"but {paths[0]} has {n_features}; every partition needs the same columns"
+                )
+            n_features = reply["n_features"]
+            labels.update(reply.get("labels") or ())
+    except BaseException:
+        for region in placed:
+            drop_on(grid, region, name)
+        raise
+    return PlacedData(
+        name=name,
+        regions=placed,
+        n_samples=sum(v["rows"] for v in placed.values()),
+        n_features=int(n_features or 0),
+        n_partitions=len(paths),
+        classes=sorted(labels) or None,
+        job_owned=job_owned,
+        supervised=files.target is not None,
+    )

@@ -230,3 +230,120 @@ def split_counts(n_parts: int, capacities: Sequence[int]) -> list[int]:
                 counts[j] -= 1
                 counts[i] += 1
     return counts
+
+
+# --- partitioned file datasets: nodes read their partitions themselves -------------------
+FILE_FORMATS = ("npz", "csv", "parquet")
+
+
+@dataclass(frozen=True)
+class Files:
+    """A dataset of files, one partition per file, that the nodes read themselves.
+
+    The data never passes through the client: the client only lists the
+    files; each region's scheduler asks its nodes to read them (and to read
+    them again if every node holding one leaves).
+
+    Parameters
+    ----------
+    pattern : str or list of str
+        A glob (``"data/part-*.parquet"``, ``"s3://bucket/train/*.csv"``) or
+        explicit paths; local paths or fsspec URLs. Sorted, so the partition
+        order is fixed.
+    target : str, optional
+        The target column (csv / parquet) or array name (npz, default ``"y"``);
+        None for unsupervised estimators.
+    features : list of str, optional
+        Feature columns (csv / parquet; default: every column but the target)
+        or the features array name of npz files (default ``"X"``).
+    format : {"npz", "csv", "parquet"}, optional
+        Default: from the file extension.
+    """
+
+    pattern: str | tuple
+    target: str | None = None
+    features: tuple | str | None = None
+    format: str | None = None
+
+    def paths(self) -> list[str]:
+        """The files of the dataset, sorted (globs expanded through fsspec)."""
+        import fsspec
+
+        patterns = [self.pattern] if isinstance(self.pattern, str) else list(self.pattern)
+        out: list[str] = []
+        for pattern in patterns:
+            if any(ch in pattern for ch in "*?["):
+                fs, _, found = fsspec.get_fs_token_paths(pattern)
+                protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+                prefix = "" if protocol in ("file", "local") else f"{protocol}://"
+                out.extend(prefix + p for p in sorted(found))
+            else:
+                out.append(pattern)
+        if not out:
+            raise DataError(f"no file matches {self.pattern!r}; check the path or the glob")
+        for path in out:
+            file_format(path, self.format)
+        return out
+
+    def options(self) -> dict:
+        """Plain reader options, as a job request carries them."""
+        features = list(self.features) if isinstance(self.features, (list, tuple)) else self.features
+        return {"target": self.target, "features": features, "format": self.format}
+
+
+def file_format(path: str, fmt: str | None = None) -> str:
+    fmt = fmt or path.rsplit(".", 1)[-1].lower()
+    if fmt not in FILE_FORMATS:
+        raise DataError(f"{path}: format {fmt!r} is not supported; use one of {list(FILE_FORMATS)} or pass format=")
+    return fmt
+
+
+def read_partition(path: str, target: str | None = None, features: Any = None, format: str | None = None) -> tuple:
+    """Read one file partition as ``(X, y, None)`` and validate it.
+
+    Raises
+    ------
+    DataError
+        Naming the file and the problem (missing target column, non-numeric
+        features, NaN or infinity, no rows).
+    """
+    fmt = file_format(path, format)
+    try:
+        if fmt == "npz":
+            import fsspec
+
+            with fsspec.open(path, "rb") as f:
+                data = np.load(f, allow_pickle=False)
+                xname = features if isinstance(features, str) else "X"
+                yname = target or ("y" if "y" in data.files else None)
+                if xname not in data.files:
+                    raise DataError(f"{path}: no array {xname!r} (has {data.files})")
+                if target and target not in data.files:
+                    raise DataError(f"{path}: the target array {target!r} is missing (has {data.files})")
+                X = data[xname]
+                y = data[yname] if yname else None
+        else:
+            import pandas as pd
+
+            frame = pd.read_csv(path) if fmt == "csv" else pd.read_parquet(path)
+            if target is not None and target not in frame.columns:
+                raise DataError(f"{path}: the target column {target!r} is missing (columns: {list(frame.columns)[:20]})")
+            cols = list(features) if features else [c for c in frame.columns if c != target]
+            missing = [c for c in cols if c not in frame.columns]
+            if missing:
+                raise DataError(f"{path}: feature columns {missing} are missing")
+            X = frame[cols].to_numpy()
+            y = frame[target].to_numpy() if target is not None else None
+    except DataError:
+        raise
+    except (OSError, ValueError, KeyError) as exc:
+        raise DataError(f"{path}: cannot be read as {fmt}: {exc}") from None
+    X = _to_2d(X, f"X of {path}")
+    if X.shape[0] == 0:
+        raise DataError(f"{path}: the partition has no rows")
+    if y is not None:
+        try:
+            y = _to_1d(y, X.shape[0])
+        except DataError as exc:
+            raise DataError(f"{path}: {exc}") from None
+    return X, y, None

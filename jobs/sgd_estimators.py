@@ -75,6 +75,13 @@ class _GridSGD(GridJobMixin, BaseEstimator):
             "seed": int(self.seed),
             "verbose": bool(self.verbose),
         }
+        if self.tol is not None:
+            # the driver stops after n_iter_no_change rounds without an improvement of tol
+            request["stopping"] = {
+                "tol": float(self.tol),
+                "n_iter_no_change": int(self.n_iter_no_change),
+                "metric": "val_loss" if self.early_stopping else "loss",
+            }
         if self.warm_start and hasattr(self, "_sgd_state_"):
             # the driver starts round 0 from this state instead of zeros
             request["init_state"] = {
@@ -283,6 +290,10 @@ class SGDClassifier(ClassifierMixin, _GridSGD):
         Improvement threshold of the ``"adaptive"`` schedule and of early stopping.
     n_iter_no_change : int, default=5
         Rounds without improvement before the adaptive step shrinks / training stops.
+        The driver stops a job after this many rounds whose metric did not fall
+        below the best so far minus ``tol``: the training loss of the round
+        (classifiers: error rate; regressors: MSE), or ``val_loss`` with
+        ``early_stopping=True``. ``tol=None`` runs all ``rounds``.
     validation_fraction : float in (0, 1), default=0.1
         Share of each partition held out (the same rows every round) when
         ``early_stopping=True``.

@@ -15,6 +15,7 @@ import numpy as np
 
 from grid import wire
 import jobs  # noqa: F401  (registers every job kind's local step)
+from jobs.data import read_partition
 from jobs.local import derive_seed, local_step
 
 
@@ -85,3 +86,20 @@ def sequential_step(
         "seconds": acc["seconds"] + time.perf_counter() - start,
     }
     return wire.encode(new_state, acc)
+
+
+def read_file_partition(path: str, options: dict) -> tuple:
+    """Read one file partition on this node (``jobs.data.Files``)."""
+    return read_partition(path, **options)
+
+
+def describe_partition(partition: tuple) -> bytes:
+    """Rows, features and labels of a partition, for the scheduler to check and count."""
+    X, y, _ = partition
+    arrays = {"rows": int(X.shape[0]), "n_features": int(X.shape[1])}
+    if y is not None and (y.dtype.kind in "biuUS" or (y.dtype.kind == "f" and np.all(np.mod(y, 1) == 0))):
+        labels = np.unique(y)
+        if labels.size <= 10_000:
+            arrays["labels"] = labels
+    values = X.data if hasattr(X, "tocsr") else X  # sparse: the stored values
+    return wire.encode(arrays, {"x_kind": values.dtype.kind})

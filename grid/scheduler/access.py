@@ -41,6 +41,7 @@ CLIENT_HANDLERS = frozenset(
         "grid_info",
         "grid_register_dataset",
         "grid_drop_dataset",
+        "grid_register_files",
         "grid_submit",
         "grid_job",
         "grid_jobs",

@@ -74,6 +74,19 @@ def combine_metrics(metrics: list[dict], weights: list[float]) -> dict[str, floa
     return out
 
 
+def should_stop(history: list[dict], stopping: dict | None) -> bool:
+    """scikit-learn's rule, per round: stop after ``n_iter_no_change`` rounds whose
+    ``metric`` did not fall below the best so far minus ``tol``."""
+    if not stopping or stopping.get("tol") is None:
+        return False
+    metric, tol, patience = stopping.get("metric", "loss"), float(stopping["tol"]), int(stopping["n_iter_no_change"])
+    values = [h[metric] for h in history if metric in h]
+    if len(values) <= patience:
+        return False
+    best = min(values[:-patience])
+    return all(v > best - tol for v in values[-patience:])
+
+
 def merge_rule(request: dict, allowed: Any) -> MergeRule:
     return state_rule(resolve_class(request["estimator"]["class"], allowed))
 
@@ -296,6 +309,9 @@ class JobDriver:
                 )
                 record.rounds_done = round_no + 1
                 record.result = state_blob
+                if should_stop(record.history, self.request.get("stopping")):
+                    record.history[-1]["stopped_early"] = True
+                    break
             record.status = "done"
         except asyncio.CancelledError:
             record.status = "cancelled"

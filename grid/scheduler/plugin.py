@@ -14,6 +14,8 @@ import logging
 import time
 from typing import Any
 
+import numpy as np
+
 from distributed import Client
 from distributed.diagnostics.plugin import SchedulerPlugin
 
@@ -78,6 +80,7 @@ class GridSchedulerPlugin(SchedulerPlugin):
                 "grid_info": self.info,
                 "grid_register_dataset": self.register_dataset,
                 "grid_drop_dataset": self.drop_dataset,
+                "grid_register_files": self.register_files,
                 "grid_submit": self.submit,
                 "grid_job": self.job,
                 "grid_jobs": self.jobs,
@@ -218,6 +221,70 @@ class GridSchedulerPlugin(SchedulerPlugin):
         except Exception as exc:  # noqa: BLE001 - report every rejection to the caller
             return _error(exc)
         return {"status": "OK"}
+
+    async def register_files(
+        self,
+        comm: Any,
+        name: str,
+        paths: list[str],
+        indices: list[int],
+        options: dict,
+        owner: str = "",
+        job_owned: bool = False,
+    ) -> dict:
+        """Have this region's nodes read file partitions and hold them as a dataset.
+
+        The read tasks keep their recipe, so a partition whose every holder
+        left is read again. Partitions that disagree are refused with the file
+        named.
+        """
+        from grid import wire
+        from grid.node.tasks import describe_partition, read_file_partition
+
+        try:
+            if len(paths) != len(indices) or not paths:
+                raise ValueError("paths and indices must be non-empty lists of the same length")
+            options = {k: options.get(k) for k in ("target", "features", "format")}
+            client = await self.get_client()
+            parts = [
+                client.submit(read_file_partition, str(p), options, key=f"grid-part-{name}-{i}")
+                for p, i in zip(paths, indices)
+            ]
+            infos = [client.submit(describe_partition, f, key=f"grid-describe-{name}-{i}") for f, i in zip(parts, indices)]
+            try:
+                blobs = await client.gather(infos)
+            except Exception as exc:  # noqa: BLE001 - a file that cannot be read: say which
+                client.cancel(parts)
+                raise ValueError(str(exc)) from None
+            described = [wire.decode(b)[0] for b in blobs]
+            n_features = described[0]["n_features"]
+            for d, path in zip(described, paths):
+                if d["n_features"] != n_features:
+                    client.cancel(parts)
+                    raise ValueError(
+                        f"partition {path} has {d['n_features']} features but {paths[0]} has {n_features}; "
+                        "every partition needs the same columns"
+                    )
+            labels = sorted({v for d in described if "labels" in d for v in np.asarray(d["labels"]).tolist()})
+            self.datasets.register(
+                Dataset(
+                    name=str(name),
+                    keys=[f.key for f in parts],
+                    rows=[int(d["rows"]) for d in described],
+                    indices=[int(i) for i in indices],
+                    n_features=int(n_features),
+                    classes=labels or None,
+                    owner=self.access.owner(comm, owner),
+                    job_owned=bool(job_owned),
+                )
+            )
+            for f in infos:
+                f.release()
+            for f in parts:
+                f.release()  # the dataset holds them now
+        except Exception as exc:  # noqa: BLE001 - every rejection goes back to the caller
+            return _error(exc)
+        return {"status": "OK", "rows": sum(int(d["rows"]) for d in described), "n_features": int(n_features), "labels": labels}
 
     def drop_dataset(self, comm: Any, name: str) -> dict:
         dataset = self.datasets.datasets.get(name)

@@ -78,3 +78,15 @@ def test_linear_merge_is_weighted_mean():
     merged = rule.merge([rule.get_state(a), rule.get_state(b)], [1.0, 3.0])
     np.testing.assert_allclose(merged["coef_"], 0.25 * a.coef_ + 0.75 * b.coef_)
     np.testing.assert_array_equal(merged["classes_"], [0, 1])
+
+
+def test_early_stopping_rule_follows_scikit_learn():
+    from grid.scheduler.driver import should_stop
+
+    stop = {"tol": 0.01, "n_iter_no_change": 2, "metric": "loss"}
+    improving = [{"loss": v} for v in (1.0, 0.8, 0.6, 0.4)]
+    assert not should_stop(improving, stop)
+    flat = [{"loss": v} for v in (1.0, 0.5, 0.499, 0.495)]
+    assert should_stop(flat, stop)
+    assert not should_stop(flat, None) and not should_stop(flat, {**stop, "tol": None})
+    assert not should_stop(flat[:2], stop)
