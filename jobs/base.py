@@ -39,6 +39,44 @@ class GridJobMixin:
     def _from_request(cls, request: dict) -> "GridJobMixin":  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def _needs_y(self) -> bool:
+        """Whether ``fit`` needs a target (classifiers and regressors)."""
+        return True
+
+    def _check_fit_data(self, X: Any, y: Any, sample_weight: Any = None) -> tuple[Any, Any, Any]:
+        """scikit-learn's checks of in-memory data, before any of it moves.
+
+        Dask collections, file datasets and placed datasets are checked by the
+        grid's data layer, partition by partition, instead.
+        """
+        import numpy as np
+        import scipy.sparse as sp
+        from sklearn.utils.multiclass import check_classification_targets
+        from sklearn.utils.validation import _check_sample_weight, check_array, check_X_y
+
+        in_memory = not hasattr(X, "__dask_graph__") and (
+            sp.issparse(X) or isinstance(X, (np.ndarray, list, tuple)) or hasattr(X, "to_numpy")
+            or hasattr(X, "__array__")
+        )
+        if not in_memory or hasattr(y, "__dask_graph__"):
+            return X, y, sample_weight
+        if y is None:
+            if self._needs_y():
+                raise ValueError(f"{type(self).__name__} requires y to be passed, but the target y is None")
+            return check_array(X, accept_sparse="csr", dtype=[np.float64, np.float32]), None, sample_weight
+        X, y = check_X_y(X, y, accept_sparse="csr", dtype=[np.float64, np.float32], y_numeric=not self._is_classifier())
+        if self._is_classifier():
+            check_classification_targets(y)
+            labels = np.unique(y)
+            if labels.size < 2:
+                raise ValueError(
+                    f"Classifier can't train when only one class is present: y has the single class "
+                    f"{labels.tolist()!r}; a classifier needs at least 2 classes"
+                )
+        if sample_weight is not None:
+            sample_weight = _check_sample_weight(sample_weight, X, dtype=np.float64)
+        return X, y, sample_weight
+
     # --- scikit-learn entry point ------------------------------------------------
     def fit(self, X: Any, y: Any = None, *, grid: Any = None, **submit_kwargs: Any) -> "GridJobMixin":
         """Train on the grid and wait for the result.
@@ -60,6 +98,10 @@ class GridJobMixin:
         """
         from grid.client import default_grid  # lazy: jobs math never needs the runtime
 
+        self._job_request()  # parameter errors first, before the data is looked at
+        X, y, sample_weight = self._check_fit_data(X, y, submit_kwargs.pop("sample_weight", None))
+        if sample_weight is not None:
+            submit_kwargs["sample_weight"] = sample_weight
         with default_grid(grid) as g:
             job = g.submit(self, X, y, **submit_kwargs)
             if getattr(self, "verbose", False):

@@ -77,23 +77,28 @@ def _to_2d(X: Any, name: str = "X") -> Any:
     return X
 
 
-def _to_1d(y: Any, n: int) -> np.ndarray:
+def _to_1d(y: Any, n: int, name: str = "y") -> np.ndarray:
     if hasattr(y, "to_numpy"):
         y = y.to_numpy()
     y = np.asarray(y)
     if y.ndim == 2 and y.shape[1] == 1:
         y = y.ravel()
     if y.ndim != 1:
-        raise DataError(f"y must be 1-dimensional, got shape {y.shape}")
+        raise DataError(f"{name} must be 1-dimensional, got shape {y.shape}")
     if y.shape[0] != n:
         raise DataError(
             f"X has {n} samples but y has {y.shape[0]}; pass one target per row of X"
         )
     if y.dtype.kind == "f" and not np.isfinite(y).all():
-        raise DataError("y contains NaN or infinity; drop those rows first")
+        raise DataError(f"{name} contains NaN or infinity; drop those rows first")
     if y.dtype.kind == "O":
         y = y.astype(str)
     return y
+
+
+def _label_kind(y: np.ndarray) -> str:
+    """Numbers and strings cannot be mixed as labels; ints and floats can."""
+    return "text" if y.dtype.kind in "USO" else "number"
 
 
 def _is_dask(obj: Any) -> bool:
@@ -192,7 +197,12 @@ def partition(
                 "every partition needs the same columns"
             )
         if yp is not None:
-            yp = _to_1d(yp, xp.shape[0])
+            yp = _to_1d(yp, xp.shape[0], f"y (partition {i})")
+            if parts and parts[0][1] is not None and _label_kind(yp) != _label_kind(parts[0][1]):
+                raise DataError(
+                    f"y (partition {i}) has labels of dtype {yp.dtype} but partition 0 has {parts[0][1].dtype}; "
+                    "use one label type (e.g. all int or all str) in every partition"
+                )
         if xp.shape[0]:
             parts.append((xp, yp, wp))
     if not parts:

@@ -6,7 +6,8 @@ import numbers
 from typing import Any
 
 import numpy as np
-from sklearn.base import BaseEstimator, MetaEstimatorMixin, clone, is_classifier
+from sklearn.base import BaseEstimator, MetaEstimatorMixin, clone, is_classifier, is_regressor
+from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import check_is_fitted
 
 from jobs.aggregate import AGGREGATORS
@@ -118,6 +119,9 @@ class PartialFit(GridJobMixin, MetaEstimatorMixin, BaseEstimator):
     def _is_classifier(self) -> bool:
         return is_classifier(self.estimator)
 
+    def _needs_y(self) -> bool:
+        return is_classifier(self.estimator) or is_regressor(self.estimator)
+
     @classmethod
     def _from_request(cls, request: dict) -> "PartialFit":
         return cls(
@@ -147,18 +151,22 @@ class PartialFit(GridJobMixin, MetaEstimatorMixin, BaseEstimator):
         check_is_fitted(self, "estimator_")
         return self.estimator_
 
+    @available_if(lambda self: hasattr(self.estimator, "predict"))
     def predict(self, X: Any) -> np.ndarray:
         """Predict with the fitted estimator."""
         return self._fitted().predict(X)
 
+    @available_if(lambda self: hasattr(self.estimator, "predict_proba"))
     def predict_proba(self, X: Any) -> np.ndarray:
         """Class probabilities from the fitted estimator."""
         return self._fitted().predict_proba(X)
 
+    @available_if(lambda self: hasattr(self.estimator, "decision_function"))
     def decision_function(self, X: Any) -> np.ndarray:
         """Decision function of the fitted estimator."""
         return self._fitted().decision_function(X)
 
+    @available_if(lambda self: hasattr(self.estimator, "transform"))
     def transform(self, X: Any) -> Any:
         """Transform with the fitted estimator (scalers, PCA, clustering)."""
         return self._fitted().transform(X)
@@ -179,6 +187,7 @@ class PartialFit(GridJobMixin, MetaEstimatorMixin, BaseEstimator):
             tags.regressor_tags = inner.regressor_tags
             tags.input_tags = inner.input_tags
             tags.target_tags = inner.target_tags
+            tags.transformer_tags = inner.transformer_tags
         except AttributeError:
             pass
         return tags

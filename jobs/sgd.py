@@ -703,7 +703,9 @@ def step_size(cfg: SGDConfig, state: State, t: float, batch: int) -> float:
     * ``"auto"`` (default): ``eta_base / (1 + eta_base * alpha * t / batch)``,
       the classic ``1 / (alpha * t)`` decay of strongly convex SGD started at the
       data-sized step ``eta_base``, combined with iterate averaging in
-      :func:`run_epochs`.
+      :func:`run_epochs`. Known limitation: with a tiny ``alpha`` the decay
+      barely starts, and squared loss on heavy-tailed targets stays noisy
+      (use ``learning_rate="invscaling"`` or ``loss="huber"`` there).
     * ``"constant"``: ``eta_base``.
     * ``"invscaling"``: ``eta_base / (1 + t / batch) ** power_t``.
     * ``"adaptive"``: ``eta_base * eta_scale`` where ``eta_scale`` is divided
@@ -842,7 +844,9 @@ def run_epochs(
                 Z = csr.forward(start, stop, W)
             else:
                 if m == B:
-                    Xb = np.take(X, rows[start:stop], axis=0, out=buf)
+                    # mode='clip': rows are valid by construction, and 'raise' makes numpy
+                    # allocate a temporary per call (slow on workers, whose malloc trims eagerly)
+                    Xb = np.take(X, rows[start:stop], axis=0, out=buf, mode="clip")
                 else:
                     Xb = np.take(X, rows[start:stop], axis=0)
                 Z = Xb @ W

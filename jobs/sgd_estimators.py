@@ -144,7 +144,6 @@ class _GridSGD(GridJobMixin, BaseEstimator):
         self
         """
         self._validate_job_params()
-        X, y, sample_weight = self._check_fit_data(X, y, sample_weight)
         if not self.warm_start:
             for attr in ("_sgd_state_", "_partial_calls_", "coef_", "intercept_", "classes_", "n_iter_", "t_",
                          "history_", "n_features_in_"):
@@ -152,34 +151,6 @@ class _GridSGD(GridJobMixin, BaseEstimator):
         if sample_weight is not None:
             submit_kwargs["sample_weight"] = sample_weight
         return super().fit(X, y, grid=grid, **submit_kwargs)
-
-    def _check_fit_data(self, X: Any, y: Any, sample_weight: Any) -> tuple[Any, Any, Any]:
-        """scikit-learn's checks of in-memory data, before any of it moves.
-
-        Dask collections and placed datasets are checked by the grid's data
-        layer, partition by partition, instead.
-        """
-        in_memory = not hasattr(X, "__dask_graph__") and (
-            sp.issparse(X) or isinstance(X, (np.ndarray, list, tuple)) or hasattr(X, "to_numpy")
-            or hasattr(X, "__array__")
-        )
-        if not in_memory or hasattr(y, "__dask_graph__"):
-            return X, y, sample_weight
-        if y is None:
-            raise ValueError(f"{type(self).__name__} requires y to be passed, but the target y is None")
-        X, y = check_X_y(X, y, accept_sparse="csr", dtype=[np.float64, np.float32],
-                         y_numeric=not self._classification)
-        if self._classification:
-            check_classification_targets(y)
-            labels = np.unique(y)
-            if labels.size < 2:
-                raise ValueError(
-                    f"Classifier can't train when only one class is present: y has the single class "
-                    f"{labels.tolist()!r}; a classifier needs at least 2 classes"
-                )
-        if sample_weight is not None:
-            sample_weight = _check_sample_weight(sample_weight, X, dtype=np.float64)
-        return X, y, sample_weight
 
     # --- local streaming -----------------------------------------------------------
     def partial_fit(self, X: Any, y: Any, classes: Any = None, sample_weight: Any = None) -> "_GridSGD":

@@ -304,12 +304,14 @@ def register_scheduler_page(
     from distributed.dashboard.core import BokehApplication
     from distributed.dashboard.scheduler import template_variables
 
-    peers = dict(regions) if regions is not None else _peers()
-    addresses = {own: scheduler.address, **{r: a for r, a in peers.items() if r != own}}
     security = getattr(scheduler, "security", None)
     handlers = scheduler.handlers
 
     def grid_page(server: Any, extra: dict, doc: Document) -> None:
+        # the other regions are looked up per page view, so a grid spec written
+        # after the scheduler started (e.g. by `grid up`) is picked up
+        peers = dict(regions) if regions is not None else _peers()
+        addresses = {own: scheduler.address, **{r: a for r, a in peers.items() if r != own}}
         view = GridRPCView(addresses, security=security, local={own: handlers})
         grid_document(doc, view, interval_ms=interval_ms, title=f"dask-grid (from region {own})")
         _use_dask_template(doc, extra)

@@ -31,6 +31,15 @@ def _state(blob: bytes | None) -> dict | None:
     return arrays
 
 
+def _aligned(X: Any) -> Any:
+    """X with aligned memory: data scattered by Dask can arrive unaligned, which
+    makes numpy's row gathers an order of magnitude slower. A copy costs one
+    pass over the partition; an SGD epoch costs several."""
+    if isinstance(X, np.ndarray) and not X.flags.aligned:
+        return np.require(X, requirements="CA")
+    return X
+
+
 def _step_kwargs(weights: Any) -> dict:
     return {} if weights is None else {"sample_weight": weights}
 
@@ -41,6 +50,7 @@ def partition_update(
     """One local update of one partition from the global state (average mode)."""
     start = time.perf_counter()
     X, y, w = partition
+    X = _aligned(X)
     state, metrics = local_step(request["kind"])(
         request["estimator"],
         _state(state_blob),
@@ -65,6 +75,7 @@ def sequential_step(
     """
     start = time.perf_counter()
     X, y, w = partition
+    X = _aligned(X)
     state, acc = (None, {}) if previous is None else wire.decode(previous)
     if "samples" not in acc:  # first step of this region's chain
         acc = {"samples": 0.0, "loss_sum": 0.0, "score_sum": 0.0, "seconds": 0.0}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 import numpy as np
+import dask.config
 import pytest
 from sklearn.linear_model import SGDClassifier
 
@@ -105,23 +106,13 @@ def test_dashboard_shows_jobs_rounds_and_a_killed_node(page, tmp_path):
                     g.close()
 
 
-def _register_page(dask_scheduler, regions):  # runs in the scheduler's event loop
-    from grid.dashboard.app import register_scheduler_page
-
-    return register_scheduler_page(dask_scheduler, regions=regions) is not None
-
-
-def _unregister_page(dask_scheduler):
-    from grid.dashboard.app import unregister_scheduler_page
-
-    unregister_scheduler_page(dask_scheduler)
-
-
 def test_grid_page_on_a_scheduler_dashboard(page):
     g = Grid.local(regions={"eu": 1, "us": 1}, processes=False, dashboard=True)
+    spec_file = ARTIFACTS.parent / "test-artifacts-grid.yaml"
+    g.spec.write(str(spec_file))
+    # the plugin registered /grid at start; it reads the regions to show from this setting per page view
+    settings = dask.config.set({"grid.dashboard.grid-spec": str(spec_file)})
     try:
-        us = {"us": g.spec.regions["us"].address}
-        g.client("eu").run_on_scheduler(_register_page, regions=us)
         base = g.status()["eu"]["dashboard"].rsplit("/", 1)[0]
         job = g.submit(jobs.PartialFit(SGDClassifier(random_state=0), rounds=5), *_data(500))
         assert job.wait(60) == "done"
@@ -149,7 +140,6 @@ def test_grid_page_on_a_scheduler_dashboard(page):
         page.screenshot(path=str(ARTIFACTS / "scheduler-grid-page.png"))
         assert not page.errors, page.errors
     finally:
-        try:
-            g.client("eu").run_on_scheduler(_unregister_page)
-        finally:
-            g.close()
+        settings.__exit__(None, None, None)
+        spec_file.unlink(missing_ok=True)
+        g.close()
