@@ -131,10 +131,12 @@ def scheduler(
 @click.option("--memory-limit", default="auto", show_default=True, help="Memory limit, e.g. 4GiB, or 'auto'.")
 @click.option("--name", default=None, help="Node name; default HOST-PID (on TLS grids the certificate name is the identity).")
 @click.option("--community/--no-community", default=True, show_default=True, help="Run only grid job functions (a node owner lends CPU, not a shell).")
+@click.option("--idle-only/--no-idle-only", default=None, help="Pause while other processes use the host's CPU (default: grid.node.idle.enabled).")
+@click.option("--cpu-share", default=None, type=click.FloatRange(min=0, min_open=True, max=1), help="Share of the host's cores this node may use (0 < x <= 1).")
 @tls_options
 def node(
     ctx: click.Context, region: str | None, scheduler_address: str | None, nthreads: int, memory_limit: str, name: str | None,
-    community: bool, tls_ca_file: str | None, tls_cert: str | None, tls_key: str | None,
+    community: bool, idle_only: bool | None, cpu_share: float | None, tls_ca_file: str | None, tls_cert: str | None, tls_key: str | None,
 ) -> None:
     """Run a node: a Dask worker of one region. SIGTERM retires it gracefully.
 
@@ -148,11 +150,21 @@ def node(
 
     _logging()
     security = _security("node", tls_ca_file, tls_cert, tls_key)
+    from grid.node.idle import apply_process_limits, idle_plugin
+
+    plugins: tuple = ()
+    try:
+        if idle_only if idle_only is not None else config.get("node.idle.enabled"):
+            plugins = (idle_plugin(cpu_share=cpu_share),)
+        elif cpu_share is not None:
+            apply_process_limits(cpu_share=cpu_share)  # the worker process inherits it
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
     try:
         code = asyncio.run(
             run_node(
                 scheduler_address, region, nthreads=nthreads, memory_limit=memory_limit, name=name,
-                security=security, community=community,
+                security=security, community=community, plugins=plugins,
             )
         )
     except (RuntimeError, OSError) as exc:

@@ -13,6 +13,7 @@ allowed in every error.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -22,8 +23,8 @@ from typing import Any
 import yaml
 from dask.utils import parse_timedelta
 
-REGION_NAME = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
-ADDRESS = re.compile(r"^(tcp|tls|inproc|ucx|ws|wss)://\S+$")
+REGION_NAME = re.compile(r"^[a-z][a-z0-9-]{0,62}\Z")
+ADDRESS = re.compile(r"^(tcp|tls|inproc|ucx|ws|wss)://\S+\Z")
 REGION_OPTIONS = {"address", "connect-timeout"}
 TLS_KEYS = {"ca-file", "cert", "key"}
 
@@ -108,11 +109,18 @@ def load_spec(spec: str | os.PathLike | Mapping | GridSpec) -> GridSpec:
             raise FileNotFoundError(
                 f"grid spec file {source!r} does not exist; `grid up` writes one, or pass a dict"
             )
-        with open(source) as f:
-            try:
-                spec = yaml.safe_load(f)
-            except yaml.YAMLError as exc:
-                raise SpecError(f"{source}: not valid YAML: {exc}") from None
+        if os.path.isdir(source):
+            raise SpecError(f"{source}: is a directory; pass the grid spec YAML file (`grid up` writes grid.yaml)")
+        with open(source, "rb") as f:
+            raw = f.read()
+        try:
+            spec = yaml.safe_load(raw.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            raise SpecError(f"{source}: not valid YAML: the file is not UTF-8 text ({exc})") from None
+        except RecursionError:
+            raise SpecError(f"{source}: not valid YAML: nested too deeply") from None
+        except yaml.YAMLError as exc:
+            raise SpecError(f"{source}: not valid YAML: {exc}") from None
         base = os.path.dirname(os.path.abspath(source))
     else:
         base = os.getcwd()
@@ -120,7 +128,7 @@ def load_spec(spec: str | os.PathLike | Mapping | GridSpec) -> GridSpec:
         raise SpecError(f"{source}: a grid spec must be a mapping with 'regions', got {type(spec).__name__}")
     unknown = set(spec) - {"regions", "tls"}
     if unknown:
-        raise SpecError(f"{source}: unknown top-level key(s) {sorted(unknown)}; allowed are 'regions' and 'tls'")
+        raise SpecError(f"{source}: unknown top-level key(s) {sorted(unknown, key=repr)}; allowed are 'regions' and 'tls'")
     regions_raw = spec.get("regions")
     if not isinstance(regions_raw, Mapping) or not regions_raw:
         raise SpecError(
@@ -154,7 +162,7 @@ def _region(source: str, name: Any, value: Any) -> RegionSpec:
         raise SpecError(f"{source}: {key} must be an address string or a mapping with 'address', got {value!r}")
     unknown = set(value) - REGION_OPTIONS
     if unknown:
-        raise SpecError(f"{source}: {key} has unknown option(s) {sorted(unknown)}; allowed are {sorted(REGION_OPTIONS)}")
+        raise SpecError(f"{source}: {key} has unknown option(s) {sorted(unknown, key=repr)}; allowed are {sorted(REGION_OPTIONS)}")
     address = value.get("address")
     if not isinstance(address, str) or not ADDRESS.match(address):
         raise SpecError(
@@ -164,10 +172,12 @@ def _region(source: str, name: Any, value: Any) -> RegionSpec:
     timeout = value.get("connect-timeout")
     if timeout is not None:
         try:
+            if isinstance(timeout, bool):
+                raise TypeError(timeout)
             timeout = float(parse_timedelta(timeout))
-        except (ValueError, TypeError, KeyError):
+        except Exception:  # noqa: BLE001 - parse_timedelta raises many types for junk
             raise SpecError(f"{source}: {key}.connect-timeout is {timeout!r}; use a duration like '10s'") from None
-        if timeout <= 0:
+        if not math.isfinite(timeout) or timeout <= 0:
             raise SpecError(f"{source}: {key}.connect-timeout must be positive, got {timeout!r}")
     return RegionSpec(name=name, address=address, connect_timeout=timeout)
 
@@ -177,7 +187,7 @@ def _tls(source: str, value: Any, base: str) -> TLSSpec:
         raise SpecError(f"{source}: 'tls' must be a mapping with {sorted(TLS_KEYS)}, got {value!r}")
     if set(value) != TLS_KEYS:
         raise SpecError(
-            f"{source}: 'tls' has keys {sorted(value)}; it needs exactly {sorted(TLS_KEYS)}"
+            f"{source}: 'tls' has keys {sorted(value, key=repr)}; it needs exactly {sorted(TLS_KEYS)}"
         )
     paths = {}
     for k in sorted(TLS_KEYS):

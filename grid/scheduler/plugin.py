@@ -204,6 +204,17 @@ class GridSchedulerPlugin(SchedulerPlugin):
         job_owned: bool = False,
     ) -> dict:
         try:
+            for arg, value in (("keys", keys), ("rows", rows), ("indices", indices)):
+                if not isinstance(value, (list, tuple)):
+                    raise TypeError(f"{arg} must be a list, got {value!r:.80}")
+            if not keys:
+                raise ValueError("a dataset needs at least one partition (keys is empty)")
+            if any(isinstance(r, bool) or not isinstance(r, int) or r < 1 for r in rows):
+                raise ValueError(f"rows must be integers >= 1, got {rows!r:.80}")
+            if any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in indices) or len(set(indices)) != len(indices):
+                raise ValueError(f"indices must be distinct integers >= 0, got {indices!r:.80}")
+            if isinstance(n_features, bool) or not isinstance(n_features, int) or n_features < 1:
+                raise ValueError(f"n_features must be an integer >= 1, got {n_features!r:.80}")
             if not (len(keys) == len(rows) == len(indices)):
                 raise ValueError("keys, rows and indices must have the same length")
             self.datasets.register(
@@ -287,6 +298,8 @@ class GridSchedulerPlugin(SchedulerPlugin):
         return {"status": "OK", "rows": sum(int(d["rows"]) for d in described), "n_features": int(n_features), "labels": labels}
 
     def drop_dataset(self, comm: Any, name: str) -> dict:
+        if not isinstance(name, str):
+            return _error(TypeError(f"dataset name must be a string, got {name!r:.80}"))
         dataset = self.datasets.datasets.get(name)
         if dataset is not None and not self.access.may_see(comm, dataset.owner):
             return _error(PermissionError(f"dataset {name!r} belongs to {dataset.owner!r}"))
@@ -303,11 +316,14 @@ class GridSchedulerPlugin(SchedulerPlugin):
             record = self._validate_submission(request, placement, self.access.owner(comm, owner))
         except Exception as exc:  # noqa: BLE001
             return _error(exc)
+        try:
+            dataset = self.datasets.get(placement[self.region]["dataset"]) if self.region in placement else None
+            driver = JobDriver(self, record)
+            if dataset is not None:
+                self._attach_local(record.id, request, dataset)
+        except Exception as exc:  # noqa: BLE001
+            return _error(exc)
         self.registry.add(record)
-        dataset = self.datasets.get(placement[self.region]["dataset"]) if self.region in placement else None
-        if dataset is not None:
-            self._attach_local(record.id, request, dataset)
-        driver = JobDriver(self, record)
         self.drivers[record.id] = driver
         self.finished_events[record.id] = asyncio.Event()
         self.tasks[record.id] = asyncio.get_running_loop().create_task(self._run(driver))
@@ -319,8 +335,19 @@ class GridSchedulerPlugin(SchedulerPlugin):
         for key in ("kind", "estimator", "rounds", "mode"):
             if key not in request:
                 raise ValueError(f"job request lacks {key!r}")
+        if not isinstance(request["kind"], str):
+            raise ValueError(f"job request 'kind' must be a string, got {request['kind']!r:.80}")
         local_step(request["kind"])  # raises for an unknown kind
-        resolve_class(request["estimator"].get("class"), self.allowed_modules)
+        if not isinstance(request["estimator"], dict):
+            raise ValueError(f"job request 'estimator' must be a mapping with 'class' and 'params', got {request['estimator']!r:.80}")
+        cls = resolve_class(request["estimator"].get("class"), self.allowed_modules)
+        if not (hasattr(cls, "get_params") and hasattr(cls, "partial_fit")):
+            raise ValueError(f"estimator class {request['estimator'].get('class')!r} is not a scikit-learn estimator with partial_fit")
+        aggregate = request.get("aggregate", "mean")
+        if not isinstance(aggregate, str):
+            raise ValueError(f"job request 'aggregate' must be a string, got {aggregate!r:.80}")
+        from jobs.aggregate import get_aggregator
+        get_aggregator(aggregate)
         rounds = request["rounds"]
         if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
             raise ValueError(f"rounds must be an integer >= 1, got {rounds!r}")
@@ -329,7 +356,9 @@ class GridSchedulerPlugin(SchedulerPlugin):
         if not isinstance(placement, dict) or not placement:
             raise ValueError("a job needs a placement: region -> {address, dataset}")
         for region, where in placement.items():
-            if not isinstance(where, dict) or "dataset" not in where or "address" not in where:
+            if not isinstance(region, str):
+                raise ValueError(f"placement region {region!r} must be a region name (a string)")
+            if not isinstance(where, dict) or not isinstance(where.get("dataset"), str) or not isinstance(where.get("address"), str):
                 raise ValueError(f"placement of region {region!r} needs 'address' and 'dataset'")
         if self.region in placement:
             dataset = self.datasets.get(placement[self.region]["dataset"])
@@ -362,6 +391,8 @@ class GridSchedulerPlugin(SchedulerPlugin):
 
     def _record(self, comm: Any, job_id: str) -> JobRecord:
         """The job, if the caller may see it (its owner, an admin, a scheduler)."""
+        if not isinstance(job_id, str):
+            raise KeyError(f"job id must be a string like 'eu-3f9a1c2b7d41', got {job_id!r:.80}")
         record = self.registry.get(job_id)
         if not self.access.may_see(comm, record.owner):
             raise PermissionError(f"job {job_id!r} belongs to another user")
@@ -433,7 +464,7 @@ class GridSchedulerPlugin(SchedulerPlugin):
             return
         run.close()
         run.dataset.users.discard(job_id)
-        if drop_dataset:
+        if drop_dataset and run.dataset.job_owned:  # the scheduler's record decides, not the client's flag
             self.datasets.drop(run.dataset.name)
 
     def attach(self, job_id: str, request: dict, dataset: str, home: str = "") -> dict:
