@@ -64,8 +64,8 @@ def chromium_path() -> str:
         )
     return path
 
-@pytest.fixture(scope="session")
-def browser() -> Iterator[Any]:
+@pytest.fixture(scope="module")  # not session: Playwright's sync API keeps an event loop running
+def browser() -> Iterator[Any]:   # in this thread, which breaks asyncio.run() in later test modules
     """A headless Chromium browser (Playwright, system executable)."""
     from playwright.sync_api import sync_playwright
 
