@@ -113,7 +113,10 @@ def _dask_blocks(X: Any, y: Any) -> tuple[list[Any], list[Any] | None]:
         if hasattr(obj, "to_delayed"):
             delayed = obj.to_delayed()
             delayed = list(np.asarray(delayed, dtype=object).ravel())
-            return list(dask.compute(*delayed))
+            # computed here with dask's threaded scheduler: a client-side collection must not
+            # depend on which distributed Client happens to be the default (use Files for data
+            # that should never pass through the client)
+            return list(dask.compute(*delayed, scheduler="threads"))
         return [obj]
 
     xb = blocks(X)
