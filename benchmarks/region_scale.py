@@ -1,0 +1,616 @@
+"""One region's limits: many lightweight nodes on one grid scheduler.
+
+One ``distributed.Scheduler`` with the grid plugin runs in its own process
+(created in Python, asyncio, not the CLI), so that its CPU time is the
+scheduler's alone; the job driver lives in that process by design and is
+counted with it. ``K`` node-host processes each run ``--per-process``
+``distributed.Worker`` objects (1 thread each) in one event loop. A real grid
+client (``Grid.connect``) places one partition per node with
+``Grid.scatter(partition_rows=...)`` (tiny partitions: compute is negligible)
+and runs a ``jobs.SGDClassifier`` job of a few rounds.
+
+Measured per round, inside the scheduler process (a benchmark subclass of
+the grid plugin snapshots counters at every round boundary; grid/ is not
+changed):
+
+* scheduler CPU: ``time.process_time`` of the scheduler process (all its
+  threads: event loop, the driver, offload threads);
+* round latency beyond the compute: ``history seconds - compute_seconds``;
+* bytes through the scheduler: distributed's TCP comm ``write``/``read`` are
+  wrapped in the scheduler process and count every payload byte; bytes between
+  the scheduler and the driver's own client (both in this process, a loopback
+  hop no real network sees) are counted apart as "internal";
+* the longest event-loop stall (distributed's own ``tick-duration`` digest).
+
+Sizes run in increasing order and the benchmark stops at the first size that
+fails (workers not up in time, a job error or timeout, lost workers), and says
+why.
+
+    python -m benchmarks.region_scale [--nodes 100,250,500,1000] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import multiprocessing as mp
+import os
+import statistics
+import sys
+import time
+import traceback
+import weakref
+from collections import defaultdict
+from typing import Any
+
+from benchmarks.common import machine, table
+
+MiB = 1 << 20
+
+# ======================================================================================
+# Byte counters on distributed's TCP comms (installed in the process being measured)
+# ======================================================================================
+#: (local address, peer address) -> [bytes in, bytes out, messages in, messages out]
+COMM_BYTES: dict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0, 0, 0])
+_STREAM_KEY: "weakref.WeakKeyDictionary[Any, tuple[str, str]]" = weakref.WeakKeyDictionary()
+_INSTALLED = False
+
+
+def install_comm_counters() -> None:
+    """Count the payload bytes of every TCP/TLS comm message of this process.
+
+    Writes: the byte count ``TCP.write`` returns (frames plus distributed's
+    8-byte length prefix). Reads: every ``read_bytes_rw`` of the stream plus
+    the 8-byte prefix. Keyed by (local, peer) address.
+    """
+    global _INSTALLED
+    if _INSTALLED:
+        return
+    from distributed.comm import tcp
+
+    orig_write, orig_read, orig_read_rw = tcp.TCP.write, tcp.TCP.read, tcp.read_bytes_rw
+
+    async def write(self: Any, msg: Any, serializers: Any = None, on_error: str = "message") -> int:
+        n = await orig_write(self, msg, serializers=serializers, on_error=on_error)
+        c = COMM_BYTES[(self._local_addr, self._peer_addr)]
+        c[1] += n
+        c[3] += 1
+        return n
+
+    async def read(self: Any, deserializers: Any = None) -> Any:
+        key = (self._local_addr, self._peer_addr)
+        if self.stream is not None:
+            _STREAM_KEY[self.stream] = key
+        msg = await orig_read(self, deserializers=deserializers)
+        c = COMM_BYTES[key]
+        c[0] += 8
+        c[2] += 1
+        return msg
+
+    async def read_bytes_rw(stream: Any, n: int) -> Any:
+        key = _STREAM_KEY.get(stream)
+        if key is not None:
+            COMM_BYTES[key][0] += n
+        return await orig_read_rw(stream, n)
+
+    tcp.TCP.write = write
+    tcp.TCP.read = read
+    tcp.read_bytes_rw = read_bytes_rw
+    _INSTALLED = True
+
+
+def comm_totals() -> dict[str, int]:
+    """Bytes and messages in/out of this process, external vs. internal.
+
+    A comm is internal when both of its ends are in this process (its
+    reversed address pair is also known): e.g. the grid driver's own client
+    talking to its scheduler over loopback.
+    """
+    keys = set(COMM_BYTES)
+    out = dict.fromkeys(("ext_in", "ext_out", "ext_msgs_in", "ext_msgs_out", "int_in", "int_out"), 0)
+    for key, (bi, bo, mi, mo) in list(COMM_BYTES.items()):
+        if (key[1], key[0]) in keys:
+            out["int_in"] += bi
+            out["int_out"] += bo
+        else:
+            out["ext_in"] += bi
+            out["ext_out"] += bo
+            out["ext_msgs_in"] += mi
+            out["ext_msgs_out"] += mo
+    return out
+
+
+def quiet_distributed(level: int = logging.ERROR) -> None:
+    """Silence distributed's INFO chatter (call after importing distributed, which sets its levels)."""
+    import distributed  # noqa: F401
+
+    for name in ("distributed", "distributed.scheduler", "distributed.worker", "distributed.core",
+                 "distributed.nanny", "distributed.client", "distributed.comm", "distributed.batched"):
+        logging.getLogger(name).setLevel(level)
+
+
+def rss_mib(pid: int | None = None) -> float:
+    import psutil
+
+    return psutil.Process(pid or os.getpid()).memory_info().rss / MiB
+
+
+def load_line() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"load average {one:.2f}, {five:.2f}, {fifteen:.2f} (uptime; {os.cpu_count()} cores)"
+
+
+# ======================================================================================
+# The scheduler process: the grid plugin, instrumented by subclassing
+# ======================================================================================
+def _instrumented_plugin_class() -> type:
+    from grid.scheduler.driver import RegionRun
+    from grid.scheduler.plugin import GridSchedulerPlugin
+
+    class InstrumentedRegionRun(RegionRun):
+        async def run_round(self, round_no: int, state_blob: bytes | None) -> dict:
+            self.plugin.snapshot("round_start", round_no, self.job_id)
+            try:
+                return await super().run_round(round_no, state_blob)
+            finally:
+                self.plugin.snapshot("region_done", round_no, self.job_id)
+
+    class BenchGridPlugin(GridSchedulerPlugin):
+        """The grid plugin plus counters snapshotted at every round boundary."""
+
+        def __init__(self, region: str) -> None:
+            super().__init__(region)
+            self.snapshots: list[dict] = []
+            self._max_tick = 0.0
+
+        async def start(self, scheduler: Any) -> None:
+            await super().start(scheduler)
+            scheduler.handlers["bench_stats"] = self.bench_stats
+            scheduler.handlers["bench_idle"] = self.bench_idle
+            digest = scheduler.digest_metric
+
+            def digest_metric(name: Any, value: float) -> None:  # the loop's own tick probe
+                if name == "tick-duration" and value > self._max_tick:
+                    self._max_tick = value
+                digest(name, value)
+
+            scheduler.digest_metric = digest_metric
+
+        def _attach_local(self, job_id: str, request: dict, dataset: Any) -> None:
+            self.runs[job_id] = InstrumentedRegionRun(self, job_id, request, dataset)
+            dataset.users.add(job_id)
+
+        async def finish_job(self, record: Any) -> None:
+            self.snapshot("job_done", record.rounds_done, record.id)
+            await super().finish_job(record)
+
+        def snapshot(self, event: str, round_no: int, job_id: str) -> None:
+            snap = {
+                "event": event,
+                "round": round_no,
+                "job": job_id,
+                "wall": time.perf_counter(),
+                "cpu": time.process_time(),
+                "workers": len(self.scheduler.workers),
+                "max_tick": self._max_tick,
+                **comm_totals(),
+            }
+            self._max_tick = 0.0
+            self.snapshots.append(snap)
+
+        def bench_stats(self, comm: Any = None) -> dict:
+            return {
+                "snapshots": list(self.snapshots),
+                "rss_mib": rss_mib(),
+                "workers": len(self.scheduler.workers),
+                "cpu": time.process_time(),
+                **comm_totals(),
+            }
+
+        async def bench_idle(self, comm: Any = None, seconds: float = 3.0) -> dict:
+            """Scheduler CPU and bytes over a measurement window with no job running."""
+            c0, w0, b0 = time.process_time(), time.perf_counter(), comm_totals()
+            await asyncio.sleep(seconds)  # a measurement window, not synchronisation
+            c1, w1, b1 = time.process_time(), time.perf_counter(), comm_totals()
+            return {
+                "cpu_share": (c1 - c0) / (w1 - w0),
+                "bytes_per_s": (b1["ext_in"] + b1["ext_out"] - b0["ext_in"] - b0["ext_out"]) / (w1 - w0),
+                "msgs_per_s": (b1["ext_msgs_in"] - b0["ext_msgs_in"]) / (w1 - w0),
+            }
+
+    return BenchGridPlugin
+
+
+def scheduler_main(conn: Any, region: str, host: str) -> None:
+    """Process target: one grid scheduler (instrumented) until told to stop."""
+    async def main() -> None:
+        from distributed import Scheduler
+
+        from grid import config
+
+        quiet_distributed()
+
+        install_comm_counters()
+        plugin = _instrumented_plugin_class()(region)
+        with config.scheduler_settings():
+            scheduler = Scheduler(host=host, port=0, dashboard=False, dashboard_address=":0", plugins=[plugin])
+            await scheduler
+        try:
+            conn.send({"address": scheduler.address, "pid": os.getpid(), "rss_mib": rss_mib()})
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(None, conn.recv)  # "stop"
+        finally:
+            await scheduler.close()
+
+    try:
+        asyncio.run(main())
+    except Exception:  # noqa: BLE001 - report to the parent, which decides
+        conn.send({"error": traceback.format_exc()})
+
+
+# ======================================================================================
+# Node hosts: many in-process workers per process
+# ======================================================================================
+#: distributed settings of node-host processes: per-worker housekeeping that
+#: only exists because many workers share one process here (system monitor,
+#: statistical profiler, 20 ms loop-tick probe) is slowed down or switched
+#: off; heartbeats and every scheduler-facing message are left as they are.
+NODE_HOST_CONFIG = {
+    "distributed.admin.tick.interval": "1s",
+    "distributed.admin.system-monitor.interval": "30s",
+    "distributed.admin.system-monitor.gil.enabled": False,
+    "distributed.worker.profile.enabled": False,
+    "distributed.comm.timeouts.connect": "60s",
+}
+
+
+class ErrorCounter(logging.Handler):
+    """Counts distributed's ERROR records in a node host (and keeps the first few)."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.ERROR)
+        self.count = 0
+        self.first: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.count += 1
+        if len(self.first) < 3:
+            self.first.append(f"{record.name}: {record.getMessage()[:160]}")
+
+
+def node_host_main(conn: Any, address: str, names: list[str], host: str, batch: int) -> None:
+    """Process target: ``len(names)`` workers (1 thread each) in one event loop.
+
+    Answers "stats" (RSS, distributed errors logged so far) and "stop" on its pipe.
+    """
+    import warnings
+
+    import dask
+
+    dask.config.set(NODE_HOST_CONFIG)
+    # hundreds of workers creating their scratch directories at once on a loaded box
+    warnings.filterwarnings("ignore", message="Creating scratch directories is taking")
+
+    async def main() -> None:
+        from distributed import Worker
+
+        quiet_distributed()
+        errors = ErrorCounter()
+        dlog = logging.getLogger("distributed")
+        for h in list(dlog.handlers):  # counted, not printed: the parent reports them
+            dlog.removeHandler(h)
+        dlog.addHandler(errors)
+        dlog.propagate = False
+        for name in ("asyncio", "tornado"):  # e.g. accept() failing with EMFILE, once per event loop turn
+            other = logging.getLogger(name)
+            other.addHandler(errors)
+            other.propagate = False
+        import grid.node.tasks  # noqa: F401 - what partition tasks import, loaded once up front
+
+        base = rss_mib()
+        workers: list[Any] = []
+        try:
+            for i in range(0, len(names), batch):
+                group = [
+                    Worker(address, nthreads=1, memory_limit=0, name=name, host=host, dashboard=False)
+                    for name in names[i : i + batch]
+                ]
+                workers.extend(group)
+                await asyncio.gather(*[w.start() for w in group])
+            conn.send({"ready": len(workers), "pid": os.getpid(), "base_rss_mib": base, "rss_mib": rss_mib()})
+            loop = asyncio.get_running_loop()
+            while True:
+                msg = await loop.run_in_executor(None, conn.recv)
+                if msg != "stats":
+                    break
+                conn.send({"rss_mib": rss_mib(), "errors": errors.count, "first_errors": list(errors.first),
+                           "fds": len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else -1,
+                           "fd_limit": __import__("resource").getrlimit(__import__("resource").RLIMIT_NOFILE)[0],
+                           "running": sum(w.status.name == "running" for w in workers)})
+        finally:
+            await asyncio.wait_for(asyncio.gather(*[w.close(timeout=5) for w in workers], return_exceptions=True), 60)
+
+    try:
+        asyncio.run(main())
+    except Exception:  # noqa: BLE001
+        try:
+            conn.send({"error": traceback.format_exc()})
+        except Exception:  # noqa: BLE001 - the parent may be gone
+            pass
+
+
+def host_stats(procs: "Processes", timeout: float = 60.0) -> list[dict]:
+    """Ask every node host for its RSS and the errors its workers logged so far."""
+    out = []
+    for proc, conn in procs.children:
+        if proc.name.startswith("node-host"):
+            conn.send("stats")
+            out.append(procs.receive(conn, timeout, proc.name))
+    return out
+
+
+class Processes:
+    """Child processes started by a benchmark, stopped (and if need be killed) by id."""
+
+    def __init__(self) -> None:
+        self.ctx = mp.get_context("spawn")
+        self.children: list[tuple[Any, Any]] = []  # (process, parent end of its pipe)
+
+    def start(self, target: Any, *args: Any, name: str | None = None) -> tuple[Any, Any]:
+        parent, child = self.ctx.Pipe()
+        proc = self.ctx.Process(target=target, args=(child, *args), daemon=True, name=name)
+        proc.start()
+        child.close()
+        self.children.append((proc, parent))
+        return proc, parent
+
+    @staticmethod
+    def receive(conn: Any, timeout: float, what: str) -> dict:
+        if not conn.poll(timeout):
+            raise TimeoutError(f"{what}: no answer within {timeout:g}s")
+        msg = conn.recv()
+        if "error" in msg:
+            raise RuntimeError(f"{what} failed:\n{msg['error']}")
+        return msg
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """Stop the children: all but the first at once, then the first (the scheduler).
+
+        Each is asked to stop through its pipe and joined; one that does not
+        exit in time is terminated, then killed, by its own process handle.
+        """
+        phases = [self.children[1:], self.children[:1]]
+        for phase in phases:
+            for proc, conn in phase:
+                try:
+                    conn.send("stop")
+                except (OSError, ValueError):
+                    pass
+            deadline = time.monotonic() + timeout
+            for proc, conn in phase:
+                proc.join(max(0.1, deadline - time.monotonic()))
+                if proc.is_alive():
+                    proc.terminate()
+                    proc.join(5)
+                if proc.is_alive():
+                    proc.kill()
+                    proc.join(5)
+                conn.close()
+        self.children = []
+
+
+def start_nodes(procs: Processes, address: str, n: int, per_process: int, host: str = "127.0.0.1",
+                prefix: str = "node", timeout: float = 600.0) -> list[dict]:
+    """Start ``n`` workers in ``ceil(n / per_process)`` host processes; wait until all are up."""
+    names = [f"{prefix}-{i:06d}" for i in range(n)]
+    conns = []
+    for i in range(0, n, per_process):
+        _, conn = procs.start(node_host_main, address, names[i : i + per_process], host, 25,
+                              name=f"node-host-{i // per_process}")
+        conns.append(conn)
+    deadline = time.monotonic() + timeout
+    return [
+        procs.receive(conn, max(1.0, deadline - time.monotonic()), f"node host {k}") for k, conn in enumerate(conns)
+    ]
+
+
+def wait_for_workers(client: Any, n: int, timeout: float) -> None:
+    """Wait until ``n`` workers are registered (distributed polls the scheduler)."""
+    client.wait_for_workers(n, timeout=timeout)
+
+
+# ======================================================================================
+# One size
+# ======================================================================================
+def per_round(snapshots: list[dict], history: list[dict], job_id: str) -> list[dict]:
+    """Per-round deltas between the scheduler's snapshots at round boundaries."""
+    snaps = [s for s in snapshots if s["job"] == job_id]
+    starts = {s["round"]: s for s in snaps if s["event"] == "round_start"}
+    region_done = {s["round"]: s for s in snaps if s["event"] == "region_done"}
+    end = next(s for s in snaps if s["event"] == "job_done")
+    rows = []
+    for h in history:
+        r = h["round"] - 1
+        a = starts[r]
+        b = starts.get(r + 1, end)
+        rows.append(
+            {
+                "round": h["round"],
+                "seconds": h["seconds"],
+                "compute": h["compute_seconds"],
+                "overhead": h["seconds"] - h["compute_seconds"],
+                "region_seconds": region_done[r]["wall"] - a["wall"],
+                "cpu": b["cpu"] - a["cpu"],
+                "bytes_in": b["ext_in"] - a["ext_in"],
+                "bytes_out": b["ext_out"] - a["ext_out"],
+                "msgs": (b["ext_msgs_in"] - a["ext_msgs_in"]) + (b["ext_msgs_out"] - a["ext_msgs_out"]),
+                "internal": (b["int_in"] - a["int_in"]) + (b["int_out"] - a["int_out"]),
+                "max_tick": max(region_done[r]["max_tick"], b["max_tick"]),
+                "workers": b["workers"],
+                "updates": h["updates"],
+            }
+        )
+    return rows
+
+
+def run_size(n: int, args: argparse.Namespace) -> dict:
+    """Start a region of ``n`` nodes, train, measure, tear down. Never raises."""
+    import numpy as np
+    from sklearn.datasets import make_classification
+
+    from grid import Grid
+    from jobs import SGDClassifier
+
+    out: dict[str, Any] = {"nodes": n, "hosts": -(-n // args.per_process), "status": "ok"}
+    procs = Processes()
+    step = "scheduler start"
+    try:
+        t0 = time.perf_counter()
+        _, sconn = procs.start(scheduler_main, "eu", "127.0.0.1")
+        sched = procs.receive(sconn, 60, "scheduler")
+        address = sched["address"]
+        step = "node start"
+        hosts = start_nodes(procs, address, n, args.per_process, timeout=args.timeout)
+        out["node_rss_mib"] = sum(h["rss_mib"] for h in hosts)
+        out["host_base_mib"] = statistics.mean(h["base_rss_mib"] for h in hosts)
+        out["per_node_mib"] = (out["node_rss_mib"] - out["host_base_mib"] * len(hosts)) / n
+        step = "connect"
+        g = Grid.connect({"regions": {"eu": address}}, timeout=60)
+        try:
+            client = g.client("eu")
+            wait_for_workers(client, n, args.timeout)
+            out["startup_s"] = time.perf_counter() - t0
+            step = "scatter"
+            X, y = make_classification(
+                n_samples=n * args.rows, n_features=args.features, n_informative=min(10, args.features),
+                random_state=0,
+            )
+            t1 = time.perf_counter()
+            data = g.scatter(X.astype(np.float64), y, partition_rows=args.rows)
+            out["scatter_s"] = time.perf_counter() - t1
+            assert data.n_partitions == n, (data.n_partitions, n)
+            step = "idle measurement"
+            idle = client.sync(client.scheduler.bench_idle, seconds=args.idle_window)
+            out["idle_cpu_share"] = idle["cpu_share"]
+            out["idle_bytes_per_s"] = idle["bytes_per_s"]
+            out["idle_msgs_per_s"] = idle["msgs_per_s"]
+            step = "job"
+            est = SGDClassifier(rounds=args.rounds, seed=0)
+            job = g.submit(est, data)
+            job.result(timeout=args.timeout)
+            history = job.history
+            stats = client.sync(client.scheduler.bench_stats)
+            hstats = host_stats(procs)
+            out["node_errors"] = sum(h["errors"] for h in hstats)
+            out["first_node_errors"] = [e for h in hstats for e in h["first_errors"]][:3]
+            out["node_rss_mib"] = sum(h["rss_mib"] for h in hstats)
+            out["per_node_mib"] = (out["node_rss_mib"] - out["host_base_mib"] * len(hosts)) / n
+            out["sched_rss_mib"] = stats["rss_mib"]
+            out["rounds"] = per_round(stats["snapshots"], history, job.id)
+            lost = [r for r in out["rounds"] if r["workers"] < n]
+            if lost:
+                out["status"] = f"lost workers: {min(r['workers'] for r in lost)} of {n} left during the job"
+            elif out["node_errors"]:
+                out["status"] = f"{out['node_errors']} node errors, e.g. {out['first_node_errors'][0]}"
+            g.drop(data)
+        finally:
+            g.close()
+    except Exception as exc:  # noqa: BLE001 - the failure is the measurement
+        out["status"] = f"failed at {step}: {type(exc).__name__}: {str(exc).strip().splitlines()[-1][:200]}"
+    finally:
+        procs.stop()
+    return out
+
+
+def summarise(res: dict) -> dict:
+    rounds = res.get("rounds") or []
+    steady = rounds[1:] or rounds  # round 1 also pays one-off costs (first graph, layouts)
+    med = lambda key: statistics.median(r[key] for r in steady) if steady else float("nan")  # noqa: E731
+    n = res["nodes"]
+    return {
+        "round_s": med("seconds"),
+        "compute_s": med("compute"),
+        "overhead_s": med("overhead"),
+        "cpu_s": med("cpu"),
+        "cpu_ms_per_task": 1000 * med("cpu") / n if steady else float("nan"),
+        "kib_in": med("bytes_in") / 1024,
+        "kib_out": med("bytes_out") / 1024,
+        "bytes_per_task": (med("bytes_in") + med("bytes_out")) / n if steady else float("nan"),
+        "msgs_per_task": med("msgs") / n if steady else float("nan"),
+        "max_tick_ms": 1000 * max((r["max_tick"] for r in rounds), default=float("nan")),
+        "first_round_s": rounds[0]["seconds"] if rounds else float("nan"),
+    }
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--nodes", default="100,250,500,1000", help="comma-separated node counts, run in order")
+    parser.add_argument("--quick", action="store_true", help="a fast check: 50 and 100 nodes, 3 rounds")
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--per-process", type=int, default=50, help="workers per node-host process")
+    parser.add_argument("--rows", type=int, default=32, help="rows per partition (one partition per node)")
+    parser.add_argument("--features", type=int, default=20)
+    parser.add_argument("--idle-window", type=float, default=5.0, help="seconds of idle scheduler measured")
+    parser.add_argument("--timeout", type=float, default=900.0, help="seconds for startup and for the job")
+    parser.add_argument("--per-round", action="store_true", help="also print every round of every size")
+    args = parser.parse_args(argv)
+    sizes = [int(s) for s in args.nodes.split(",") if s.strip()]
+    if args.quick:
+        sizes, args.rounds, args.idle_window = [50, 100], 3, 2.0
+    quiet_distributed()
+    print(f"One region: 1 grid scheduler (own process) + N nodes ({args.per_process} in-process workers per host "
+          f"process, 1 thread each); one {args.rows} x {args.features} partition per node; "
+          f"jobs.SGDClassifier, {args.rounds} rounds", flush=True)
+    print(f"machine: {machine()}")
+    print(f"before: {load_line()}", flush=True)
+    results = []
+    for n in sizes:
+        t = time.perf_counter()
+        res = run_size(n, args)
+        res["wall_s"] = time.perf_counter() - t
+        results.append(res)
+        print(f"  {n} nodes: {res['status']} ({res['wall_s']:.0f}s)", flush=True)
+        if res["status"] != "ok":
+            break
+    print(f"after: {load_line()}")
+    rows = []
+    for res in results:
+        s = summarise(res)
+        rows.append(
+            (
+                res["nodes"], res["hosts"], res.get("startup_s", float("nan")), res.get("scatter_s", float("nan")),
+                s["first_round_s"], s["round_s"], s["compute_s"], s["overhead_s"], s["cpu_s"], s["cpu_ms_per_task"],
+                s["kib_in"], s["kib_out"], s["bytes_per_task"], s["msgs_per_task"], s["max_tick_ms"],
+                100 * res.get("idle_cpu_share", float("nan")), res.get("sched_rss_mib", float("nan")),
+                res.get("per_node_mib", float("nan")), res.get("node_rss_mib", float("nan")) / 1024,
+                res.get("node_errors", "-"), res["status"],
+            )
+        )
+    print()
+    print("Per round: median of rounds 2.. (round 1 also builds the job's partition handles and layouts)")
+    print(
+        table(
+            ["nodes", "host procs", "startup s", "scatter s", "round 1 s", "round s", "compute s",
+             "beyond compute s", "sched CPU s", "sched CPU ms/task", "KiB in", "KiB out", "bytes/task",
+             "msgs/task", "max loop stall ms", "idle sched CPU %", "sched RSS MiB", "MiB/node", "node hosts GiB", "node errors", "status"],
+            rows,
+        )
+    )
+    if args.per_round:
+        detail = []
+        for res in results:
+            for r in res.get("rounds") or []:
+                detail.append(
+                    (res["nodes"], r["round"], r["seconds"], r["compute"], r["overhead"], r["region_seconds"],
+                     r["cpu"], r["bytes_in"] / 1024, r["bytes_out"] / 1024, r["internal"] / 1024,
+                     1000 * r["max_tick"], r["workers"])
+                )
+        print()
+        print(table(["nodes", "round", "seconds", "compute s", "beyond compute s", "region run_round s",
+                     "sched CPU s", "KiB in", "KiB out", "KiB internal", "max stall ms", "workers"], detail))
+    return results
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() is not None else 1)
