@@ -49,14 +49,9 @@ def _security(role: str, ca: str | None, cert: str | None, key: str | None) -> A
         return None
     if not all(given):
         raise click.UsageError("TLS needs all three of --tls-ca-file, --tls-cert and --tls-key")
-    from distributed.security import Security
+    from grid.security.certs import security_for
 
-    slots = {"scheduler": ("scheduler", "client"), "node": ("worker", "client")}[role]
-    args: dict[str, Any] = {"tls_ca_file": ca, "require_encryption": True}
-    for slot in slots:
-        args[f"tls_{slot}_cert"] = cert
-        args[f"tls_{slot}_key"] = key
-    return Security(**args)
+    return security_for(role, ca, cert, key)
 
 
 def _connect(grid_file: str) -> Any:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import signal
 import socket
 from typing import Any
 
@@ -20,6 +19,7 @@ from distributed.core import rpc
 
 from grid import config
 from grid.node.community import CommunityMode
+from grid.signals import serve_until_signal
 
 logger = logging.getLogger("grid.node")
 
@@ -106,18 +106,7 @@ async def run_node(
     )
     await nanny
     logger.info("node %s joined region %s at %s", nanny.worker_address, region, scheduler)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    if ready is not None:
-        ready(nanny)
-    finished = asyncio.ensure_future(nanny.finished())
-    stopper = asyncio.ensure_future(stop.wait())
-    await asyncio.wait([finished, stopper], return_when=asyncio.FIRST_COMPLETED)
-    stopped = stop.is_set()
+    stopped = await serve_until_signal(nanny, ready)
     if stopped:
         await retire(nanny, scheduler, security)
-    finished.cancel()
-    stopper.cancel()
     return 0 if stopped else EXIT_LOST_SCHEDULER

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import signal
 from typing import Any
 
 from distributed import Scheduler
 
 from grid import config
 from grid.scheduler.plugin import GridSchedulerPlugin
+from grid.signals import serve_until_signal
 
 logger = logging.getLogger("grid.scheduler")
 
@@ -38,15 +37,5 @@ async def run_scheduler(
         )
     await scheduler
     logger.info("grid scheduler for region %s at %s", region, scheduler.address)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    if ready is not None:
-        ready(scheduler)
-    finished = asyncio.ensure_future(scheduler.finished())
-    stopper = asyncio.ensure_future(stop.wait())
-    await asyncio.wait([finished, stopper], return_when=asyncio.FIRST_COMPLETED)
+    await serve_until_signal(scheduler, ready)
     await scheduler.close(reason="grid-scheduler-stopped")
-    finished.cancel()
-    stopper.cancel()

@@ -286,15 +286,25 @@ class IssuedCert:
         -------
         distributed.security.Security
         """
-        from distributed.security import Security
+        return security_for(self.identity.role, self.ca_path, self.cert_path, self.key_path, **kwargs)
 
-        slots = {"scheduler": ("scheduler", "client"), "node": ("worker", "client")}.get(self.identity.role, ("client",))
-        args: dict[str, Any] = {"tls_ca_file": str(self.ca_path), "require_encryption": True}
-        for slot in slots:
-            args[f"tls_{slot}_cert"] = str(self.cert_path)
-            args[f"tls_{slot}_key"] = str(self.key_path)
-        args.update(kwargs)
-        return Security(**args)
+
+def security_for(role: str, ca_file: Any, cert: Any, key: Any, **kwargs: Any) -> Any:
+    """A ``distributed.security.Security`` presenting one certificate in the slots ``role`` needs.
+
+    Schedulers fill the scheduler and client slots (their driver dials its own
+    scheduler and other regions), nodes the worker and client slots (the node
+    agent dials its scheduler as a client), clients and admins the client slot.
+    """
+    from distributed.security import Security
+
+    slots = {"scheduler": ("scheduler", "client"), "node": ("worker", "client")}.get(role, ("client",))
+    args: dict[str, Any] = {"tls_ca_file": str(ca_file), "require_encryption": True}
+    for slot in slots:
+        args[f"tls_{slot}_cert"] = str(cert)
+        args[f"tls_{slot}_key"] = str(key)
+    args.update(kwargs)
+    return Security(**args)
 
 
 @dataclass(frozen=True)
