@@ -187,8 +187,12 @@ def up(regions_text: str, grid_file: str, threads_per_node: int | None) -> None:
         local.spec.write(grid_file)
         click.echo(f"grid spec written to {os.path.abspath(grid_file)}")
         for name, cluster in local.clusters.items():
-            click.echo(f"region {name}: scheduler {cluster.scheduler_address}  nodes {len(cluster.workers)}  dashboard {cluster.dashboard_link}")
-        click.echo(f"connect with: Grid.connect({grid_file!r})   stop with Ctrl-C")
+            grid_page = cluster.dashboard_link.rsplit("/", 1)[0] + "/grid"
+            click.echo(
+                f"region {name}: scheduler {cluster.scheduler_address}  nodes {len(cluster.workers)}  "
+                f"dashboard {cluster.dashboard_link}  grid page {grid_page}"
+            )
+        click.echo(f"connect with: Grid.connect({grid_file!r})   grid dashboard: grid dashboard --grid {grid_file}   stop with Ctrl-C")
         sys.stdout.flush()
         while not stop.wait(0.5):
             pass

@@ -57,7 +57,8 @@ def run_demo(rows: int = 1_000_000, regions: dict[str, int] | None = None, echo:
         echo(f"embedded grid up in {time.perf_counter() - t0:.1f}s: " + ", ".join(
             f"{r} ({n} node{'s' if n != 1 else ''})" for r, n in regions.items()))
         for region, link in grid.dashboard_links().items():
-            echo(f"  dashboard of region {region}: {link}")
+            grid_page = link.rsplit("/", 1)[0] + "/grid" if link else None
+            echo(f"  region {region}: grid dashboard {grid_page}  (Dask's own: {link})")
         for problem in problems:
             X_train, y_train = problem["train"]
             X_test, y_test = problem["test"]

@@ -199,6 +199,7 @@ class RegionRun:
                         f"({exc}) and could not be re-issued"
                     ) from None
                 self.plugin.verification_rejects += 1
+                self.plugin.rejected[worker] = self.plugin.rejected.get(worker, 0) + 1
                 await self.plugin.quarantine.add(
                     worker,
                     reason=f"sent an invalid update ({type(exc).__name__}: {exc})",

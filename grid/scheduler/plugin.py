@@ -68,6 +68,9 @@ class GridSchedulerPlugin(SchedulerPlugin):
         self.access = AccessControl(region)
         self.result_workers: dict[str, str] = {}  # grid task key -> node that sent its result
         self.verification_rejects = 0
+        self.rejected: dict[str, int] = {}  # node address -> updates refused from it
+        self.tasks_done: dict[str, int] = {}  # node address -> tasks it finished (any client's)
+        self.tasks_done_total = 0
         self.quarantine: Quarantine
 
     # --- lifecycle ---------------------------------------------------------------------
@@ -139,8 +142,12 @@ class GridSchedulerPlugin(SchedulerPlugin):
     # --- handlers: status ------------------------------------------------------------
     def remove_worker(self, scheduler: Any, worker: str, **kwargs: Any) -> None:
         self.access.forget_worker(worker)
+        self.tasks_done.pop(worker, None)
 
     def _result_from(self, key: Any, worker: str | None) -> None:
+        if worker:
+            self.tasks_done[worker] = self.tasks_done.get(worker, 0) + 1
+            self.tasks_done_total += 1
         if isinstance(key, str) and key.startswith("grid-") and not key.startswith("grid-part-") and worker:
             self.result_workers[key] = worker
 
@@ -174,6 +181,8 @@ class GridSchedulerPlugin(SchedulerPlugin):
                     "state": self.node_state(ws),
                     "executing": len(ws.processing),
                     "stored": len(ws.has_what),
+                    "tasks_done": self.tasks_done.get(ws.address, 0),
+                    "rejected": self.rejected.get(ws.address, 0),
                 }
             )
         return {
@@ -187,6 +196,7 @@ class GridSchedulerPlugin(SchedulerPlugin):
             "datasets": [d.info() for d in self.datasets.datasets.values()],
             "quarantined": self.quarantine.to_list(),
             "verification_rejects": self.verification_rejects,
+            "tasks_done": self.tasks_done_total,
             "time": time.time(),
         }
 

@@ -99,8 +99,9 @@ def test_nodes_table_rows(dash_grid, view):
     assert d["threads"] == [worker["nthreads"]]
     assert d["memory_limit"] == [worker["memory_limit"]]
     assert 0 <= d["cpu"][0] <= 100 * worker["nthreads"] + 100
-    # not reported by grid_info yet: shown as 0
-    assert d["tasks_done"] == [0] and d["verified"] == [0] and d["rejected"] == [0]
+    # tasks the node finished (the module's jobs ran on it), no refused updates, no verification yet
+    assert d["tasks_done"] == [worker["tasks_done"]] and worker["tasks_done"] > 0
+    assert d["rejected"] == [0] and d["verified"] == [0]
 
 
 def test_jobs_table_rows(dash_grid, view):
