@@ -66,6 +66,32 @@ def _label_classes(parts: Partitions) -> list | None:
     return uniq.tolist()
 
 
+def dataset_name(job_owned: bool) -> str:
+    return f"{'job' if job_owned else 'data'}-{uuid.uuid4().hex[:12]}"
+
+
+def region_shares(grid: Any, regions: list[str], n_parts: int) -> tuple[dict, list[tuple[str, list[int]]]]:
+    """Each region's contiguous range of partition indices, in proportion to its threads.
+
+    Returns the regions' ``grid_info`` replies and ``[(region, indices), ...]``
+    (regions that get no partition are left out).
+    """
+    infos = {r: grid._info(r) for r in regions}
+    threads = [max(1, infos[r]["nthreads"]) if infos[r]["workers"] else 0 for r in regions]
+    for r, t in zip(regions, threads):
+        if t == 0:
+            raise RuntimeError(
+                f"region {r!r} has no nodes; start one with `grid node --region {r} --scheduler ...` "
+                "or leave the region out with regions=[...]"
+            )
+    shares, start = [], 0
+    for region, count in zip(regions, split_counts(n_parts, threads)):
+        if count:
+            shares.append((region, list(range(start, start + count))))
+            start += count
+    return infos, shares
+
+
 def place(
     grid: Any,
     parts: Partitions,
@@ -76,26 +102,14 @@ def place(
     replicas: int = 2,
 ) -> PlacedData:
     """Scatter partitions onto the regions' nodes and register them as one dataset."""
-    infos = {r: grid._info(r) for r in regions}
-    threads = [max(1, infos[r]["nthreads"]) if infos[r]["workers"] else 0 for r in regions]
-    for r, t in zip(regions, threads):
-        if t == 0:
-            raise RuntimeError(
-                f"region {r!r} has no nodes; start one with `grid node --region {r} --scheduler ...` "
-                "or leave the region out with regions=[...]"
-            )
-    counts = split_counts(len(parts), threads)
-    name = f"{'job' if job_owned else 'data'}-{uuid.uuid4().hex[:12]}"
+    infos, shares = region_shares(grid, regions, len(parts))
+    name = dataset_name(job_owned)
     classes = _label_classes(parts)
     placed_regions: dict[str, dict] = {}
-    start = 0
     registered: list[str] = []
     try:
-        for region, count in zip(regions, counts):
-            if count == 0:
-                continue
-            indices = list(range(start, start + count))
-            start += count
+        for region, indices in shares:
+            count = len(indices)
             client = grid.client(region)
             workers = [w["address"] for w in infos[region]["workers"]]
             r = max(1, min(replicas, len(workers)))
@@ -153,20 +167,14 @@ def drop_on(grid: Any, region: str, name: str) -> None:
 def place_files(grid: Any, files: Files, regions: list[str], *, job_owned: bool, owner: str) -> PlacedData:
     """Have the regions' nodes read a file dataset (one partition per file); nothing moves through the client."""
     paths = files.paths()
-    infos = {r: grid._info(r) for r in regions}
-    threads = [max(1, infos[r]["nthreads"]) if infos[r]["workers"] else 0 for r in regions]
-    counts = split_counts(len(paths), threads)
-    name = f"{'job' if job_owned else 'data'}-{uuid.uuid4().hex[:12]}"
+    _, shares = region_shares(grid, regions, len(paths))
+    name = dataset_name(job_owned)
     placed: dict[str, dict] = {}
     labels: set = set()
     n_features = None
-    start = 0
     try:
-        for region, count in zip(regions, counts):
-            if count == 0:
-                continue
-            indices = list(range(start, start + count))
-            start += count
+        for region, indices in shares:
+            count = len(indices)
             client = grid.client(region)
             reply = check_reply(
                 client.sync(
