@@ -22,7 +22,14 @@ D  A with the results gathered straight from the nodes (``gather(direct=True)``;
 E  A with every node pushing its result blob over the node's already-open
    worker->scheduler stream (``Worker.batched_send`` to a scheduler stream
    handler) instead of being gathered: no per-partition request/response
-then combinations of the winners.
+F  no task graph: one ``client.run`` per round (the scheduler's ``broadcast``:
+   one request and one reply per node, arguments serialised once), each node
+   updating the partitions it holds
+and combinations (D+C, E+C, B+E+C).
+
+Variants that use node-to-node transfers (B) run last and stop when a node
+host nears its open-file limit; a variant whose round fails or times out is
+reported with its reason and dropped.
 
 Per round it reports wall time by phase (submit: ``client.map`` returns;
 run: until every task is finished; gather; decode+check; merge; encode), the
@@ -153,21 +160,13 @@ MERGES = {"loop": merge_loop, "stack": merge_stack, "tree": merge_tree}
 class Variant:
     name: str
     state: str = "embed"  # "embed" | "broadcast"
-    results: str = "gather"  # "gather" | "direct" | "push"
+    results: str = "gather"  # "gather" | "direct" | "push" | "run"
     merge: str = "loop"  # "loop" | "stack"
     blob: bytes | None = None
     previous: dict | None = None
     rounds: list[dict] = field(default_factory=list)
     status: str = "ok"
     fds_per_node: float = float("nan")
-
-    def describe(self) -> str:
-        return {
-            "embed": "state in every task", "broadcast": "state broadcast once",
-        }[self.state] + ", " + {
-            "gather": "gather via scheduler", "direct": "gather direct", "push": "results pushed on worker stream",
-            "run": "no tasks: client.run on the nodes",
-        }[self.results] + ", " + {"loop": "loop merge", "stack": "stacked merge"}[self.merge]
 
 
 VARIANTS = [
