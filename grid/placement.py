@@ -106,7 +106,6 @@ def place(
     name = dataset_name(job_owned)
     classes = _label_classes(parts)
     placed_regions: dict[str, dict] = {}
-    registered: list[str] = []
     try:
         for region, indices in shares:
             count = len(indices)
@@ -135,7 +134,6 @@ def place(
                 job_owned=job_owned,
             )
             check_reply(reply, f"placing data on region {region!r}")
-            registered.append(region)
             del futures  # the scheduler holds the keys now
             placed_regions[region] = {
                 "address": grid.spec.regions[region].address,
@@ -144,7 +142,7 @@ def place(
                 "rows": int(sum(parts.sizes[i] for i in indices)),
             }
     except BaseException:
-        for region in registered:
+        for region in placed_regions:
             drop_on(grid, region, name)
         raise
     return PlacedData(

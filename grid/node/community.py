@@ -22,6 +22,8 @@ from typing import Any
 
 from distributed.diagnostics.plugin import WorkerPlugin
 
+from grid.handlers import call_handler
+
 logger = logging.getLogger("grid.node")
 
 #: modules whose functions a community node runs
@@ -78,19 +80,13 @@ class CommunityMode(WorkerPlugin):
                 worker.handlers[op] = self._guard(op, worker.handlers[op])
 
     def _guard(self, op: str, handler: Any) -> Any:
-        import inspect
-
         async def guarded(comm: Any = None, **msg: Any) -> Any:
             if not self._trusted(comm):
                 raise PermissionError(
                     f"node {self.worker.name!r} runs in community mode: {op!r} is accepted only from its "
                     "scheduler (admin certificates go through the scheduler)"
                 )
-            params = list(inspect.signature(handler).parameters)
-            result = handler(comm, **msg) if params and params[0] == "comm" else handler(**msg)
-            if inspect.isawaitable(result):
-                result = await result
-            return result
+            return await call_handler(handler, comm, msg)
 
         return guarded
 

@@ -25,6 +25,8 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from grid.handlers import call_handler
+
 logger = logging.getLogger("grid.access")
 
 #: roles with full Dask: operators and the schedulers themselves (their drivers)
@@ -118,8 +120,6 @@ class AccessControl:
                 scheduler.stream_handlers[op] = self._guard_stream(op, scheduler.stream_handlers[op], scheduler)
 
     def _guard(self, op: str, handler: Callable) -> Callable:
-        expects_comm = _expects_comm(handler)
-
         async def guarded(comm: Any, **msg: Any) -> Any:
             try:
                 identity = self.identity(comm)
@@ -135,10 +135,7 @@ class AccessControl:
                 self.worker_identities[msg.get("address", "")] = identity
             if op == "register-client" and identity is not None:
                 self.client_identities[msg.get("client", "")] = identity
-            result = handler(comm, **msg) if expects_comm else handler(**msg)
-            if inspect.isawaitable(result):
-                result = await result
-            return result
+            return await call_handler(handler, comm, msg)
 
         guarded.__name__ = getattr(handler, "__name__", op)
         return guarded
@@ -220,10 +217,3 @@ class AccessControl:
         identity = self.worker_identities.get(address)
         return identity.name if identity is not None else None
 
-
-def _expects_comm(func: Callable) -> bool:
-    try:
-        params = inspect.signature(func).parameters
-    except (TypeError, ValueError):
-        return False
-    return bool(params) and next(iter(params)) == "comm"

@@ -17,6 +17,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from grid.handlers import call_handler
+
 logger = logging.getLogger("grid.quarantine")
 
 
@@ -82,11 +84,7 @@ class Quarantine:
                     logger.warning("refused quarantined node %s: %s", who, reason)
                     await comm.write({"status": "error", "message": f"node {who!r} is quarantined: {reason}"})
                     return None
-            params = list(inspect.signature(register).parameters)
-            result = register(comm, **msg) if params and params[0] == "comm" else register(**msg)
-            if inspect.isawaitable(result):
-                result = await result
-            return result
+            return await call_handler(register, comm, msg)
 
         scheduler.handlers["register-worker"] = guarded
 
