@@ -78,10 +78,14 @@ def main() -> None:
 @click.option("--protocol", default=None, help="tcp or tls (default: from the address or tcp).")
 @click.option("--scheduler-file", default=None, help="Write the scheduler's address (JSON) here once it listens.")
 @click.option("--crl-file", default=None, type=click.Path(dir_okay=False), help="Revocation list (`grid certs crl`) checked on every call.")
+@click.option(
+    "--state-dir", default=None, type=click.Path(file_okay=False),
+    help="Keep the job registry, round checkpoints and results here, so jobs survive a restart (grid.scheduler.state-dir).",
+)
 @tls_options
 def scheduler(
     ctx: click.Context, region: str | None, host: str | None, port: int, dashboard_address: str, protocol: str | None, scheduler_file: str | None,
-    crl_file: str | None, tls_ca_file: str | None, tls_cert: str | None, tls_key: str | None,
+    crl_file: str | None, state_dir: str | None, tls_ca_file: str | None, tls_cert: str | None, tls_key: str | None,
 ) -> None:
     """Run the scheduler of one region (a Dask scheduler with the grid plugin).
 
@@ -104,6 +108,8 @@ def scheduler(
         protocol = protocol or "tls"
     if crl_file:
         dask.config.set({"grid.scheduler.crl-file": crl_file})
+    if state_dir:
+        dask.config.set({"grid.scheduler.state-dir": os.path.abspath(state_dir)})
     dash = None if dashboard_address.lower() == "none" else dashboard_address
 
     def ready(s: Any) -> None:
@@ -220,7 +226,12 @@ def status(grid_file: str, as_json: bool) -> None:
         jobs = ", ".join(f"{k} {v}" for k, v in info["jobs"].items() if v)
         click.echo(f"region {region}  {info['address']}  nodes {len(info['workers'])}  threads {info['nthreads']}  jobs: {jobs or 'none'}")
         for w in info["workers"]:
-            click.echo(f"  {w['name']:<28} {w['state']:<12} threads {w['nthreads']}  cpu {w['cpu']:5.1f}%  mem {w['memory'] / 2**20:8.1f} MiB  {w['address']}")
+            click.echo(
+                f"  {w['name']:<28} {w['state']:<12} threads {w['nthreads']}  cpu {w['cpu']:5.1f}%  "
+                f"mem {w['memory'] / 2**20:8.1f} MiB  verified {w.get('verified', 0)}  {w['address']}"
+            )
+        for q in info.get("quarantined", []):
+            click.echo(f"  {q['identity']:<28} {'quarantined':<12} {q['reason']}  (evidence: {json.dumps(q['evidence'], default=str)})")
 
 
 @main.command()

@@ -16,6 +16,7 @@ from grid import config
 from grid.errors import GridConnectionError, UnknownRegion, check_reply
 from grid.job import Job
 from grid.placement import PlacedData, drop_on, place, place_files
+from grid.scheduler.verify import check_request
 from grid.spec import GridSpec, load_spec
 from jobs.data import DataError, Files, partition
 
@@ -202,6 +203,8 @@ class Grid:
         regions: str | list[str] | None = None,
         home: str | None = None,
         sample_weight: Any = None,
+        verify: int | None = None,
+        partial_participation: bool = False,
     ) -> Job:
         """Submit a training job and return at once.
 
@@ -217,6 +220,15 @@ class Grid:
             Region whose scheduler runs the job (default: the first region used).
         sample_weight : array-like, optional
             One weight per row of ``X``, cut into partitions with it.
+        verify : int, optional
+            Nodes that compute each partition update (default
+            ``grid.jobs.verify``, 1). With 2 or more, an update is accepted only
+            when that many distinct nodes agree; a node in the minority is
+            quarantined (see docs/reliability.md). ``mode="average"`` only.
+        partial_participation : bool, default=False
+            Skip, for one round, a region that misses the round's deadline
+            instead of waiting for it; the round's weights then leave it out
+            and the history names it. Makes the model depend on timing.
         """
         if not hasattr(estimator, "_job_request"):
             raise TypeError(
@@ -224,6 +236,9 @@ class Grid:
                 f"jobs.PartialFit({type(estimator).__name__}(...))"
             )
         request = estimator._job_request()  # validates every parameter
+        request["verify"] = int(config.get("jobs.verify")) if verify is None else verify
+        request["partial_participation"] = partial_participation
+        check_request(request, region="", usable_nodes=None)  # node counts are the schedulers' to check
         classification = estimator._is_classifier()
         if isinstance(X, PlacedData):
             if y is not None or sample_weight is not None:
@@ -297,15 +312,54 @@ class Grid:
 
     # --- joblib ----------------------------------------------------------------------------
     @contextlib.contextmanager
-    def joblib(self, region: str | None = None, **kwargs: Any) -> Iterator[None]:
+    def joblib(
+        self,
+        region: str | None = None,
+        *,
+        scatter: list | tuple | None = None,
+        cache: bool = True,
+        warm: bool = True,
+        **kwargs: Any,
+    ) -> Iterator[None]:
         """Run joblib (and scikit-learn's ``n_jobs``) on one region's nodes.
 
-        Large arguments are scattered to the nodes once (joblib's dask backend
-        does this for arrays); ``kwargs`` go to ``joblib.parallel_config``.
+        ``with g.joblib(scatter=[X, y]): GridSearchCV(..., n_jobs=-1).fit(X, y)``.
+        ``n_jobs=-1`` means every thread of the region (at least 2, so that a
+        one-thread region still runs the tasks on its node).
+
+        Parameters
+        ----------
+        region : str, optional
+            The region whose nodes run the tasks (default: the first).
+        scatter : list of objects, optional
+            Arguments the tasks see again and again (the training ``X``,
+            ``y``): placed on every node of the region before the block and
+            passed to the tasks as futures.
+        cache : bool, default True
+            Keep the ``scatter`` data on the nodes for later blocks on the same
+            data (matched by its dask token, i.e. its content) until the grid
+            closes; False releases it when the block exits.
+        warm : bool, default True
+            Prepare the nodes for the block (import scikit-learn; lift the
+            malloc thresholds Dask pins, until the block exits). Best effort.
+        **kwargs
+            ``joblib.parallel_config`` arguments (``n_jobs``, ``verbose``, ...)
+            and joblib dask backend arguments (``wait_for_workers_timeout``,
+            ``Client.submit`` keywords). See :func:`grid.parallel.parallel_config`.
+
+        Raises
+        ------
+        UnknownRegion
+            When ``region`` is not a region of this grid.
+        PermissionError
+            On a TLS grid whose certificate is not an admin's (plain Dask tasks
+            need one).
         """
         from grid.parallel import parallel_config
 
-        with parallel_config(self.client(region), **kwargs):
+        if region is not None and not isinstance(region, str):
+            raise TypeError(f"region must be a region name (str), got {type(region).__name__}; this grid has regions {self.regions}")
+        with parallel_config(self.client(region), scatter=scatter, cache=cache, warm=warm, **kwargs):
             yield
 
     # --- lifecycle -------------------------------------------------------------------------

@@ -6,7 +6,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from grid import wire
-from grid.errors import JobCancelled, JobFailed, check_reply
+from grid.errors import GridConnectionError, JobCancelled, JobFailed, check_reply
 from grid.scheduler.registry import FINISHED
 from jobs.base import job_estimator_from_request
 
@@ -37,7 +37,15 @@ class Job:
 
     def _call(self, op: str, **kwargs: Any) -> dict:
         client = self.grid.client(self.home)
-        reply = client.sync(getattr(client.scheduler, op), job_id=self.id, **kwargs)
+        try:
+            reply = client.sync(getattr(client.scheduler, op), job_id=self.id, **kwargs)
+        except OSError as exc:  # CommClosedError, refused, timed out: the scheduler went away
+            raise GridConnectionError(
+                f"job {self.id}: lost the connection to the scheduler of region {self.home!r} "
+                f"({type(exc).__name__}: {exc}). A scheduler restarted with a state directory "
+                f"(grid.scheduler.state-dir) keeps the job: reconnect with Grid.connect(spec) and "
+                f"reattach with g.job({self.id!r})"
+            ) from exc
         return check_reply(reply, f"job {self.id}")
 
     def info(self) -> dict:

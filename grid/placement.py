@@ -4,7 +4,11 @@ Partitions are split across regions in proportion to their threads, in
 contiguous ranges (so global partition order is region order, then partition
 order). Inside a region, partition ``j`` goes to ``replicas`` consecutive
 workers in name order, so losing one node loses no data where the region has
-two or more. The region's scheduler then holds the keys for the dataset.
+two or more. The region's scheduler then holds the keys for the dataset, and
+its replica policy (``grid/scheduler/replicas.py``) keeps that many copies
+through churn. A node that leaves while its region is being placed on (the
+scatter to it fails) makes the region's placement start again with the nodes
+listed anew (``PLACE_ATTEMPTS``).
 """
 
 from __future__ import annotations
@@ -66,6 +70,10 @@ def _label_classes(parts: Partitions) -> list | None:
     return uniq.tolist()
 
 
+#: how often placing a region's partitions is tried when nodes leave while it happens
+PLACE_ATTEMPTS = 3
+
+
 def dataset_name(job_owned: bool) -> str:
     return f"{'job' if job_owned else 'data'}-{uuid.uuid4().hex[:12]}"
 
@@ -110,31 +118,47 @@ def place(
         for region, indices in shares:
             count = len(indices)
             client = grid.client(region)
-            workers = [w["address"] for w in infos[region]["workers"]]
-            r = max(1, min(replicas, len(workers)))
-            groups: dict[tuple[str, ...], dict[str, Any]] = {}
-            keys = []
-            for j, index in enumerate(indices):
-                holders = tuple(workers[(j + k) % len(workers)] for k in range(r))
-                key = f"grid-part-{name}-{index}"
-                groups.setdefault(holders, {})[key] = parts.parts[index]
-                keys.append(key)
-            futures = []
-            for holders, data in groups.items():
-                futures.extend(client.scatter(data, workers=list(holders), broadcast=True, hash=False).values())
-            reply = client.sync(
-                client.scheduler.grid_register_dataset,
-                name=name,
-                keys=keys,
-                rows=[parts.sizes[i] for i in indices],
-                indices=indices,
-                n_features=parts.n_features,
-                classes=classes,
-                owner=owner,
-                job_owned=job_owned,
-            )
+            keys = [f"grid-part-{name}-{index}" for index in indices]
+            held: list = []  # futures of every attempt, released only once the dataset holds the keys
+            for attempt in range(PLACE_ATTEMPTS):
+                workers = [w["address"] for w in infos[region]["workers"]]
+                r = max(1, min(replicas, len(workers)))
+                groups: dict[tuple[str, ...], dict[str, Any]] = {}
+                for j, (index, key) in enumerate(zip(indices, keys)):
+                    holders = tuple(workers[(j + k) % len(workers)] for k in range(r))
+                    groups.setdefault(holders, {})[key] = parts.parts[index]
+                try:
+                    for holders, data in groups.items():
+                        held.extend(client.scatter(data, workers=list(holders), broadcast=True, hash=False).values())
+                    reply = client.sync(
+                        client.scheduler.grid_register_dataset,
+                        name=name,
+                        keys=keys,
+                        rows=[parts.sizes[i] for i in indices],
+                        indices=indices,
+                        n_features=parts.n_features,
+                        classes=classes,
+                        owner=owner,
+                        job_owned=job_owned,
+                    )
+                except OSError:  # a node left while we scattered to it (distributed closes the comm)
+                    reply = None
+                except KeyError as exc:  # ... or before: the scheduler no longer knows its address
+                    if not (exc.args and exc.args[0] in workers):
+                        raise
+                    reply = None
+                # a node that left between the listing and the scatter, or took a partition with
+                # it before the dataset held the keys: list the nodes again and place once more
+                churned = reply is None or (reply.get("status") != "OK" and "not on this scheduler" in str(reply.get("message")))
+                if not churned or attempt == PLACE_ATTEMPTS - 1:
+                    break
+                infos[region] = grid._info(region)
+                if not infos[region]["workers"]:
+                    raise RuntimeError(f"region {region!r} has no nodes left to place data on")
+            if reply is None:
+                raise OSError(f"placing data on region {region!r}: nodes kept leaving ({PLACE_ATTEMPTS} attempts)")
             check_reply(reply, f"placing data on region {region!r}")
-            del futures  # the scheduler holds the keys now
+            del held  # the scheduler holds the keys now
             placed_regions[region] = {
                 "address": grid.spec.regions[region].address,
                 "dataset": name,

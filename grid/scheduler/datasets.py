@@ -5,6 +5,8 @@ the region has two nodes) and registers the partition keys here. The
 scheduler then *desires* those keys on behalf of the dataset, the way
 distributed's publish extension does, so the data outlives the client that
 placed it and many jobs can reuse it. Dropping the dataset releases the keys.
+The scheduler's replica policy (:mod:`grid.scheduler.replicas`) reads the
+keys from here and keeps ``grid.jobs.replicas`` copies of each through churn.
 """
 
 from __future__ import annotations
@@ -81,11 +83,19 @@ class DatasetStore:
         return True
 
     def lost(self, name: str) -> list[str]:
-        """Keys of the dataset that no node holds any more."""
+        """Keys of the dataset that no node holds any more and nothing can make again.
+
+        A partition the scheduler can recompute is not lost: a
+        ``jobs.data.Files`` partition is a read task with its recipe
+        (``run_spec``), so when its every holder vanished the scheduler reads
+        the file again and the round waits for it. Scattered data
+        (``Grid.scatter``) has no recipe: once its last holder is gone it is
+        lost.
+        """
         dataset = self.get(name)
         out = []
         for key in dataset.keys:
             ts = self.scheduler.tasks.get(key)
-            if ts is None or not ts.who_has:
+            if ts is None or (not ts.who_has and ts.run_spec is None):
                 out.append(key)
         return out

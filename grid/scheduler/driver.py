@@ -14,15 +14,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import statistics
 import time
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from dask.utils import parse_timedelta
 from distributed import Future
 
-from grid import wire
-from grid.node.tasks import partition_update, sequential_step
+from grid import config, wire
+from grid.node.tasks import sequential_step
+from grid.scheduler import recovery
+from grid.scheduler.attempts import RoundAttempts
 from jobs.aggregate import get_aggregator, weighted_mean
 from jobs.merge import MergeRule, state_rule
 from jobs.spec import resolve_class
@@ -33,9 +37,6 @@ if TYPE_CHECKING:
     from grid.scheduler.registry import JobRecord
 
 logger = logging.getLogger("grid.driver")
-
-#: how often one partition's update is re-issued after nodes sent garbage for it
-MAX_REISSUES = 3
 
 #: states larger than this are merged in a thread, off the scheduler's event loop
 OFFLOAD_BYTES = 1 << 20
@@ -51,8 +52,11 @@ async def _maybe_offload(fn: Any, states: list[dict]) -> Any:
     return fn()
 
 
+#: per-round counts of what the round engine did about churn, stragglers and verification (summed)
+ROUND_COUNTS = ("reissued", "speculative", "replicas", "quarantined")
+
 #: per-update metrics that are counts or bookkeeping, not averaged
-_NOT_AVERAGED = frozenset({"samples", "val_samples", "seconds", "compute_seconds", "partition", "updates"})
+_NOT_AVERAGED = frozenset({"samples", "val_samples", "seconds", "compute_seconds", "partition", "updates", *ROUND_COUNTS})
 
 
 def combine_metrics(metrics: list[dict], weights: list[float]) -> dict[str, float]:
@@ -103,120 +107,97 @@ class RegionRun:
         self.aggregate = get_aggregator(request.get("aggregate", "mean"))
         self._futures: list[Future] = []
         self._parts: list[Future] | None = None  # made once: each Future costs a message
+        self._client: Any = None
+        self._current: asyncio.Task | None = None
         self.layout: dict | None = None
+        #: seconds from the start of the last round to each partition's accepted update (straggler deadlines)
+        self.last_round_seconds: list[float] = []
 
     @property
     def n_partitions(self) -> int:
         return len(self.dataset.keys)
 
-    async def run_round(self, round_no: int, state_blob: bytes | None) -> dict:
-        """Run one round on this region; return the regional aggregate and metrics."""
-        client = await self.plugin.get_client()
+    @property
+    def parts(self) -> list[Future]:
+        """Handles of the dataset's partitions, made once (each Future costs a message)."""
         if self._parts is None:
-            self._parts = [Future(key, client) for key in self.dataset.keys]
-        parts = self._parts
+            self._parts = [Future(key, self._client) for key in self.dataset.keys]
+        return self._parts
+
+    async def run_round(self, round_no: int, state_blob: bytes | None) -> dict:
+        """Run one round on this region; return the regional aggregate and metrics.
+
+        A round still running here (its region was skipped by the home
+        scheduler's partial participation) is cancelled first.
+        """
+        previous = self._current
+        if previous is not None and not previous.done():
+            previous.cancel()
+            await asyncio.gather(previous, return_exceptions=True)
+        # the round runs as its own task: the caller's task may be a pooled comm's handler that outlives it
+        self._current = asyncio.ensure_future(self._round(round_no, state_blob))
+        try:
+            return await self._current
+        except asyncio.CancelledError:
+            self._current.cancel()
+            raise
+
+    async def _round(self, round_no: int, state_blob: bytes | None) -> dict:
+        self._client = await self.plugin.get_client()
+        self._check_not_lost()
+        try:
+            if self.request["mode"] == "sequential":
+                decoded, counts = [await self._sequential(round_no, state_blob)], {}
+            else:
+                decoded, counts = await RoundAttempts(self, self._client, round_no, state_blob).run_round()
+        except Exception:
+            self._check_not_lost()  # a partition lost mid-round: say so, not which task noticed it
+            raise
+        previous_state = wire.decode(state_blob)[0] if state_blob is not None else None
+        result = await self._reduce(list(decoded), previous_state)
+        result["metrics"].update(counts)
+        return result
+
+    def _check_not_lost(self) -> None:
         lost = self.plugin.datasets.lost(self.dataset.name)
         if lost:
             raise RuntimeError(
                 f"region {self.plugin.region!r} lost {len(lost)} partition(s) of job {self.job_id} "
                 f"(every node holding them left); resubmit the job"
             )
+
+    async def _sequential(self, round_no: int, state_blob: bytes | None) -> tuple[dict, dict]:
+        """The state moves node to node in partition order; one chain per round."""
         prefix = f"grid-{self.job_id}-r{round_no}"
+        future = None
         try:
-            if self.request["mode"] == "sequential":
-                future = None
-                for part, index in zip(parts, self.dataset.indices):
-                    future = client.submit(
-                        sequential_step,
-                        self.request,
-                        state_blob if future is None else future,
-                        part,
-                        round_no,
-                        index,
-                        key=f"{prefix}-seq-p{index}",
-                    )
-                    self._futures.append(future)
-                decoded = [await self._checked(client, future, None, None, round_no, state_blob)]
-            else:
-                futures = client.map(
-                    partition_update,
-                    [self.request] * len(parts),
-                    [state_blob] * len(parts),
-                    parts,
-                    [round_no] * len(parts),
-                    self.dataset.indices,
-                    key=[f"{prefix}-p{i}" for i in self.dataset.indices],
+            for part, index in zip(self.parts, self.dataset.indices):
+                future = self._client.submit(
+                    sequential_step,
+                    self.request,
+                    state_blob if future is None else future,
+                    part,
+                    round_no,
+                    index,
+                    key=f"{prefix}-seq-p{index}",
                 )
-                self._futures.extend(futures)
-                try:  # the fast path: one gather for the whole round
-                    decoded = [self._decode(blob) for blob in await client.gather(futures)]
-                except (TypeError, wire.WireError):
-                    # someone sent garbage; a bulk gather fails as a whole, so check the
-                    # updates one by one to blame the right node and re-issue its tasks
-                    decoded = [
-                        await self._checked(client, f, part, index, round_no, state_blob)
-                        for f, part, index in zip(futures, parts, self.dataset.indices)
-                    ]
+                self._futures.append(future)
+            try:
+                return self.decode(await future)
+            except (TypeError, wire.WireError) as exc:
+                raise RuntimeError(
+                    f"job {self.job_id}: the sequential update of round {round_no} was rejected ({exc})"
+                ) from None
         finally:
             self.release()
-        previous = wire.decode(state_blob)[0] if state_blob is not None else None
-        return await self._reduce(list(decoded), previous)
 
-    def _decode(self, blob: Any) -> tuple[dict, dict]:
+    def decode(self, blob: Any) -> tuple[dict, dict]:
         """Check one node update: wire format, size, and the model's layout."""
         arrays, meta = wire.decode(blob, max_bytes=self.plugin.max_update_bytes)
         if self.layout is None:
             self.layout = wire.layout(arrays)
         wire.check_shapes(arrays, self.layout, variable=self.rule.variable_shape)
         return arrays, meta
-
-    async def _checked(
-        self, client: Any, future: Future, part: Any, index: int | None, round_no: int, state_blob: bytes | None
-    ) -> tuple[dict, dict]:
-        """The decoded update of one task; a node that sent garbage is quarantined and the task re-issued.
-
-        A task that *fails* (the node reports an exception) fails the job with
-        the node's message: that is not a protocol violation, and an honest
-        node would fail the same way.
-        """
-        for attempt in range(MAX_REISSUES + 1):
-            try:
-                return self._decode(await future)
-            except asyncio.CancelledError:
-                if asyncio.current_task() is not None and asyncio.current_task().cancelling():
-                    raise  # the job itself is being cancelled
-                # the result was lost with a node (e.g. one just quarantined): compute it again
-                if part is None or attempt == MAX_REISSUES:
-                    raise
-                future = self._reissue(client, future, part, round_no, index, state_blob, attempt)
-            except (TypeError, wire.WireError) as exc:  # undecodable or not a grid update
-                worker = self.plugin.result_worker(future.key)
-                # never quarantine the last node of a region: a fault everyone shares is ours, not theirs
-                last_node = len(self.plugin.scheduler.workers) <= 1
-                if worker is None or part is None or attempt == MAX_REISSUES or last_node:
-                    raise RuntimeError(
-                        f"job {self.job_id}: an update for partition {index} in round {round_no} was rejected "
-                        f"({exc}) and could not be re-issued"
-                    ) from None
-                self.plugin.verification_rejects += 1
-                self.plugin.rejected[worker] = self.plugin.rejected.get(worker, 0) + 1
-                await self.plugin.quarantine.add(
-                    worker,
-                    reason=f"sent an invalid update ({type(exc).__name__}: {exc})",
-                    evidence={"job": self.job_id, "round": round_no, "partition": index, "task": str(future.key)},
-                )
-                future = self._reissue(client, future, part, round_no, index, state_blob, attempt)
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    def _reissue(
-        self, client: Any, future: Future, part: Any, round_no: int, index: int | None, state_blob: bytes | None, attempt: int
-    ) -> Future:
-        """Run one partition's update again under a new key (deterministic: same result)."""
-        new = client.submit(
-            partition_update, self.request, state_blob, part, round_no, index, key=f"{future.key}-reissue{attempt + 1}"
-        )
-        self._futures.append(new)
-        return new
 
     async def _reduce(self, decoded: list[tuple[dict, dict]], previous: dict | None) -> dict:
         states = [d[0] for d in decoded]
@@ -245,9 +226,7 @@ class RegionRun:
     def release(self) -> None:
         """Forget this round's task futures so the scheduler frees their results."""
         futures, self._futures = self._futures, []
-        self.plugin.forget_results([f.key for f in futures])
-        for f in futures:
-            f.release()
+        self.plugin.release_futures(futures)
 
     def close(self) -> None:
         """Release everything this run holds (round results and partition handles)."""
@@ -260,24 +239,39 @@ class RegionRun:
 class JobDriver:
     """Runs one job's rounds from its home scheduler."""
 
-    def __init__(self, plugin: "GridSchedulerPlugin", record: "JobRecord") -> None:
+    def __init__(self, plugin: "GridSchedulerPlugin", record: "JobRecord", resume: bytes | None = None) -> None:
         self.plugin = plugin
         self.record = record
         self.request = record.request
         self.rule = merge_rule(self.request, plugin.allowed_modules)
+        #: the checkpointed state to continue from after a scheduler restart (rounds_done is the record's)
+        self.resume = resume
+        #: what the last round adds to the history (region weights, skipped regions)
+        self.round_extra: dict[str, Any] = {}
+        #: recent regional round times (seconds), for the partial-participation deadline
+        self.region_seconds: list[float] = []
 
     async def run(self) -> None:
         record = self.record
         record.status = "running"
-        record.started = time.time()
+        record.started = record.started or time.time()  # a resumed job keeps its first start
+        recovery.save_record(self.plugin, record)
         previous_state: dict | None = None
         init = self.request.get("init_state")
         if init:  # warm start: round 0 starts from the given state
             previous_state = {k: np.asarray(v, dtype=np.float64) for k, v in init.items()}
         state_blob: bytes | None = wire.encode(previous_state) if previous_state else None
+        if self.resume is not None:  # the exact bytes of the last checkpoint: the nodes see what they would have
+            state_blob = self.resume
+            previous_state = wire.decode(state_blob)[0]
         try:
             await self._attach_remote()
             for round_no in range(record.rounds_done, record.rounds):
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    # a cancel (of the job, or of every job as the scheduler stops) that a
+                    # round swallowed (Python 3.11's asyncio.wait_for can) still ends the job here
+                    raise asyncio.CancelledError
                 started = time.perf_counter()
                 if self.request["mode"] == "sequential":
                     results, crossed = await self._sequential_round(round_no, state_blob)
@@ -303,8 +297,10 @@ class JobDriver:
                         "seconds": time.perf_counter() - started,
                         "compute_seconds": max(r["metrics"]["compute_seconds"] for r in results),
                         "updates": sum(r["metrics"]["updates"] for r in results),
+                        **{k: sum(int(r["metrics"].get(k, 0)) for r in results) for k in ROUND_COUNTS},
                         "regions": len(results),
                         "bytes_cross_region": crossed,
+                        **self.round_extra,
                         "time": time.time(),
                     }
                 )
@@ -313,6 +309,7 @@ class JobDriver:
                 if should_stop(record.history, self.request.get("stopping")):
                     record.history[-1]["stopped_early"] = True
                     break
+                await recovery.checkpoint(self.plugin, record, state_blob)  # a restart resumes after this round
             record.status = "done"
         except asyncio.CancelledError:
             record.status = "cancelled"
@@ -342,10 +339,54 @@ class JobDriver:
         return {"state": arrays, "weight": reply["weight"], "metrics": reply["metrics"]}, crossed
 
     async def _parallel_round(self, round_no: int, blob: bytes | None) -> tuple[list[dict], int]:
-        replies = await asyncio.gather(
-            *[self._region_round(r, where, round_no, blob) for r, where in self._regions()]
-        )
-        return [r for r, _ in replies], sum(c for _, c in replies)
+        calls = {
+            region: asyncio.ensure_future(self._region_round(region, where, round_no, blob))
+            for region, where in self._regions()
+        }
+        try:
+            skipped = await self._wait_regions(calls) if self.request.get("partial_participation") else []
+            replies = {region: await call for region, call in calls.items() if region not in skipped}
+        finally:
+            for call in calls.values():  # one region failed (or the job was cancelled): stop the others
+                call.cancel()
+        self.round_extra = {
+            "region_weights": {region: reply["weight"] for region, (reply, _) in replies.items()},
+            **({"skipped_regions": skipped} if skipped else {}),
+        }
+        return [r for r, _ in replies.values()], sum(c for _, c in replies.values())
+
+    async def _wait_regions(self, calls: dict[str, asyncio.Future]) -> list[str]:
+        """Partial participation: wait for the regions until the round's deadline; return the skipped ones.
+
+        The deadline is ``grid.scheduler.partial-participation.multiplier``
+        times the median of the regions' past round times (in the first
+        round: the time of the first region to finish), and never less than
+        its ``minimum``. At least one region always takes part. A skipped
+        region's round is cancelled; its next round starts from the new
+        global state.
+        """
+        settings = config.get("scheduler.partial-participation")
+        multiplier = float(settings["multiplier"])
+        minimum = float(parse_timedelta(settings["minimum"]))
+        started = time.monotonic()
+        finished: list[float] = []  # seconds into the round at which each region answered
+        for call in calls.values():
+            call.add_done_callback(lambda _: finished.append(time.monotonic() - started))
+        pending = set(calls.values())
+        while pending:
+            past = self.region_seconds or finished[:1]
+            deadline = max(minimum, multiplier * statistics.median(past)) if past else None
+            timeout = None if deadline is None else max(0.0, deadline - (time.monotonic() - started))
+            done, pending = await asyncio.wait(pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            if not done:
+                break  # the deadline passed
+        self.region_seconds = (self.region_seconds + finished)[-20:]  # recent rounds only
+        skipped = [region for region, call in calls.items() if call in pending]
+        for region in skipped:
+            calls[region].cancel()
+            logger.info("job %s: region %s missed the round deadline and is skipped this round", self.record.id, region)
+        await asyncio.gather(*(calls[r] for r in skipped), return_exceptions=True)
+        return skipped
 
     async def _sequential_round(self, round_no: int, blob: bytes | None) -> tuple[list[dict], int]:
         results, crossed = [], 0

@@ -18,16 +18,21 @@ import numpy as np
 
 from distributed import Client
 from distributed.diagnostics.plugin import SchedulerPlugin
+from distributed.protocol.pickle import dumps
 
 from grid import config
 from grid.dashboard.app import register_scheduler_page, unregister_scheduler_page
-from grid.scheduler import untrusted
+from grid.scheduler import replicas, untrusted
 from grid.scheduler.access import AccessControl
 from grid.scheduler.quarantine import Quarantine
 from grid.scheduler.datasets import Dataset, DatasetStore
 from grid.scheduler.driver import JobDriver, RegionRun
 from grid.scheduler.metrics import register_metrics, unregister_metrics
 from grid.scheduler.registry import FINISHED, JobRecord, JobRegistry
+from grid.scheduler import recovery
+from grid.scheduler.state import StateDir
+from grid.scheduler.verify import Reliability, check_request
+from grid.node.align import PLUGIN_NAME as ALIGN_PLUGIN, AlignPartitions
 from jobs.local import local_step
 from jobs.spec import SpecError, resolve_class
 
@@ -66,12 +71,17 @@ class GridSchedulerPlugin(SchedulerPlugin):
         self._client_lock: asyncio.Lock | None = None
         self.datasets: DatasetStore
         self.access = AccessControl(region)
-        self.result_workers: dict[str, str] = {}  # grid task key -> node that sent its result
+        self.result_workers: dict[str, list[str]] = {}  # grid task key -> nodes that computed it, in order
         self.verification_rejects = 0
         self.rejected: dict[str, int] = {}  # node address -> updates refused from it
         self.tasks_done: dict[str, int] = {}  # node address -> tasks it finished (any client's)
         self.tasks_done_total = 0
         self.quarantine: Quarantine
+        self.state: StateDir | None = None  # grid.scheduler.state-dir: durable jobs (recovery.py)
+        self.closing = False
+        self.files_ready: dict[str, asyncio.Task] = {}  # Files datasets read again after a restart
+        verify = config.get("scheduler.verify")
+        self.reliability = Reliability(int(verify["trust-after"]), float(verify["replication-floor"]))
 
     # --- lifecycle ---------------------------------------------------------------------
     async def start(self, scheduler: Any) -> None:
@@ -98,6 +108,10 @@ class GridSchedulerPlugin(SchedulerPlugin):
         untrusted.install(scheduler, on_finished=self._result_from)
         self.quarantine = Quarantine(scheduler, self.access)
         self.quarantine.install(scheduler)
+        # keep grid.jobs.replicas copies of every dataset partition (docs/reliability.md#churn)
+        self.replica_policy = replicas.install(self, scheduler)
+        # partitions arrive unaligned through Dask's comms: each node copies them once (grid/node/align.py)
+        await scheduler.register_worker_plugin(None, dumps(AlignPartitions()), name=ALIGN_PLUGIN, idempotent=True)
         if _is_tls(scheduler):
             crl = config.get("scheduler.crl-file")
             if crl:
@@ -105,12 +119,21 @@ class GridSchedulerPlugin(SchedulerPlugin):
 
                 self.access.revocation = RevocationList(crl)
             self.access.install(scheduler)
+        state_dir = config.get("scheduler.state-dir")
+        if state_dir:  # reload jobs, quarantine and Files datasets; resume what can resume
+            self.state = StateDir(state_dir, self.region)
+            recovery.recover(self)
         register_metrics(self)
         # the grid page on this scheduler's own dashboard (/grid), via distributed's Bokeh app hook
         register_scheduler_page(scheduler, region=self.region)
 
     async def close(self) -> None:
+        self.closing = True  # drivers stopped now keep their durable state for the restart (finish_job)
+        for task in self.files_ready.values():
+            task.cancel()
         unregister_metrics(self)
+        if self.scheduler is not None:
+            replicas.uninstall(self.scheduler, getattr(self, "replica_policy", None))
         if self.scheduler is not None:
             unregister_scheduler_page(self.scheduler)
         for task in list(self.tasks.values()):
@@ -149,15 +172,25 @@ class GridSchedulerPlugin(SchedulerPlugin):
             self.tasks_done[worker] = self.tasks_done.get(worker, 0) + 1
             self.tasks_done_total += 1
         if isinstance(key, str) and key.startswith("grid-") and not key.startswith("grid-part-") and worker:
-            self.result_workers[key] = worker
+            self.result_workers.setdefault(key, []).append(worker)
 
-    def result_worker(self, key: str) -> str | None:
-        """The node that sent the result of grid task ``key`` (forgotten once asked)."""
-        return self.result_workers.pop(key, None)
+    def result_workers_of(self, key: str) -> list[str]:
+        """The nodes that computed grid task ``key``, in order (a lost result is computed again)."""
+        return self.result_workers.get(key, [])
 
     def forget_results(self, keys: list[str]) -> None:
         for key in keys:
             self.result_workers.pop(key, None)
+
+    def release_futures(self, futures: list) -> None:
+        """Drop the driver's hold on grid task results so the scheduler frees them."""
+        self.forget_results([f.key for f in futures])
+        for f in futures:
+            f.release()
+
+    def node_count(self) -> int:
+        """Nodes of this region (running or paused; quarantined ones are gone)."""
+        return len(self.scheduler.workers)
 
     def node_state(self, ws: Any) -> str:
         return "paused" if ws.status.name == "paused" else "active"
@@ -183,6 +216,7 @@ class GridSchedulerPlugin(SchedulerPlugin):
                     "stored": len(ws.has_what),
                     "tasks_done": self.tasks_done.get(ws.address, 0),
                     "rejected": self.rejected.get(ws.address, 0),
+                    "verified": self.reliability.get(self.quarantine.identity_of(ws.address)).valid,
                 }
             )
         return {
@@ -303,6 +337,7 @@ class GridSchedulerPlugin(SchedulerPlugin):
                 f.release()
             for f in parts:
                 f.release()  # the dataset holds them now
+            recovery.save_recipe(self, self.datasets.get(str(name)), paths, options)
         except Exception as exc:  # noqa: BLE001 - every rejection goes back to the caller
             return _error(exc)
         return {"status": "OK", "rows": sum(int(d["rows"]) for d in described), "n_features": int(n_features), "labels": labels}
@@ -317,7 +352,9 @@ class GridSchedulerPlugin(SchedulerPlugin):
             active = [j for j in dataset.users if j in self.runs]
             if active:
                 return _error(ValueError(f"dataset {name!r} is in use by job(s) {sorted(active)}"))
-        return {"status": "OK", "dropped": self.datasets.drop(name)}
+        dropped = self.datasets.drop(name)
+        recovery.forget_recipe(self, name)
+        return {"status": "OK", "dropped": dropped}
 
     # --- handlers: jobs ---------------------------------------------------------------
     def submit(self, comm: Any, request: dict, placement: dict, owner: str = "") -> dict:
@@ -334,6 +371,7 @@ class GridSchedulerPlugin(SchedulerPlugin):
         except Exception as exc:  # noqa: BLE001
             return _error(exc)
         self.registry.add(record)
+        recovery.save_record(self, record)
         self.drivers[record.id] = driver
         self.finished_events[record.id] = asyncio.Event()
         self.tasks[record.id] = asyncio.get_running_loop().create_task(self._run(driver))
@@ -353,6 +391,8 @@ class GridSchedulerPlugin(SchedulerPlugin):
         cls = resolve_class(request["estimator"].get("class"), self.allowed_modules)
         if not (hasattr(cls, "get_params") and hasattr(cls, "partial_fit")):
             raise ValueError(f"estimator class {request['estimator'].get('class')!r} is not a scikit-learn estimator with partial_fit")
+        in_region = isinstance(placement, dict) and self.region in placement
+        check_request(request, self.region, self.node_count() if in_region else None)
         aggregate = request.get("aggregate", "mean")
         if not isinstance(aggregate, str):
             raise ValueError(f"job request 'aggregate' must be a string, got {aggregate!r:.80}")
@@ -390,11 +430,15 @@ class GridSchedulerPlugin(SchedulerPlugin):
 
     async def finish_job(self, record: JobRecord) -> None:
         """Free what a finished job held: its region runs, remote shares and own data."""
+        if self.closing and self.state is not None:
+            # the scheduler stops, not the job: its record, checkpoint and data stay for the restart
+            return
         driver = self.drivers.pop(record.id, None)
         self._detach_local(record.id, drop_dataset=bool(record.placement.get(self.region, {}).get("job_owned")))
         if driver is not None:
             await driver.detach_remote()
         self.tasks.pop(record.id, None)
+        await recovery.persist_finished(self, record)
         event = self.finished_events.get(record.id)
         if event is not None:
             event.set()
@@ -434,6 +478,7 @@ class GridSchedulerPlugin(SchedulerPlugin):
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
         record.status = "cancelled"
+        recovery.save_record(self, record)
         return {"status": "OK", "job_status": record.status}
 
     async def wait(self, comm: Any, job_id: str, timeout: float | None = None) -> dict:
@@ -454,17 +499,25 @@ class GridSchedulerPlugin(SchedulerPlugin):
             record = self._record(comm, job_id)
         except (KeyError, PermissionError) as exc:
             return _error(exc)
+        state = recovery.load_result(self, record) if record.status == "done" else None
+        if record.status == "done" and state is None:
+            return _error(RuntimeError(
+                f"the result of job {job_id} is lost: its file in the state directory is missing or corrupt; resubmit the job"
+            ))
         return {
             "status": "OK",
             "job_status": record.status,
             "error": record.error,
-            "state": record.result if record.status == "done" else None,
+            "state": state,
             "history": list(record.history),
             "request": record.request,
         }
 
     # --- handlers: this region's share of a job (called by the job's home) ---------
     def _attach_local(self, job_id: str, request: dict, dataset: Dataset) -> None:
+        previous = self.runs.pop(job_id, None)
+        if previous is not None:  # attached again by a home scheduler that restarted
+            previous.close()
         self.runs[job_id] = RegionRun(self, job_id, request, dataset)
         dataset.users.add(job_id)
 
@@ -476,10 +529,12 @@ class GridSchedulerPlugin(SchedulerPlugin):
         run.dataset.users.discard(job_id)
         if drop_dataset and run.dataset.job_owned:  # the scheduler's record decides, not the client's flag
             self.datasets.drop(run.dataset.name)
+            recovery.forget_recipe(self, run.dataset.name)
 
     def attach(self, job_id: str, request: dict, dataset: str, home: str = "") -> dict:
         try:
             resolve_class(request["estimator"]["class"], self.allowed_modules)
+            check_request(request, self.region, self.node_count())
             self._attach_local(job_id, request, self.datasets.get(dataset))
         except (KeyError, SpecError, ValueError, TypeError) as exc:
             return _error(exc)

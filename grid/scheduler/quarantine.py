@@ -35,14 +35,44 @@ class QuarantineRecord:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, data: dict) -> "QuarantineRecord":
+        """The record :meth:`to_dict` wrote.
+
+        Raises
+        ------
+        KeyError, TypeError, ValueError
+            If ``data`` is not such a record.
+        """
+        evidence = data.get("evidence") or {}
+        if not isinstance(evidence, dict):
+            raise TypeError(f"evidence must be a mapping, got {evidence!r:.80}")
+        return cls(
+            identity=str(data["identity"]),
+            address=str(data["address"]),
+            reason=str(data["reason"]),
+            evidence=evidence,
+            time=float(data.get("time", 0.0)),
+        )
+
 
 class Quarantine:
-    """Quarantined nodes of one region, by identity."""
+    """Quarantined nodes of one region, by identity.
 
-    def __init__(self, scheduler: Any, access: Any) -> None:
+    With a state directory (``store``, a :class:`grid.scheduler.state.StateDir`)
+    every new record is saved to ``quarantine.json`` at once, and
+    :meth:`load` reads them back at start, so a restarted scheduler keeps
+    refusing the nodes it quarantined before.
+    """
+
+    #: the state file's name (``<state-dir>/<region>/quarantine.json``)
+    STATE_NAME = "quarantine"
+
+    def __init__(self, scheduler: Any, access: Any, store: Any = None) -> None:
         self.scheduler = scheduler
         self.access = access
         self.records: dict[str, QuarantineRecord] = {}
+        self.store = store
 
     def identity_of(self, address: str) -> str:
         name = self.access.node_name(address)
@@ -61,6 +91,7 @@ class Quarantine:
         if record is None:
             record = self.records[identity] = QuarantineRecord(identity, address, reason, dict(evidence or {}))
             logger.warning("node %s (%s) quarantined: %s", identity, address, reason)
+            self.save()
         if address in self.scheduler.workers:
             result = self.scheduler.remove_worker(address=address, stimulus_id=f"grid-quarantine-{time.time()}", close=True)
             if inspect.isawaitable(result):
@@ -82,7 +113,10 @@ class Quarantine:
                 if who in self.records:
                     reason = self.records[who].reason
                     logger.warning("refused quarantined node %s: %s", who, reason)
-                    await comm.write({"status": "error", "message": f"node {who!r} is quarantined: {reason}"})
+                    # "time" too: distributed's worker reads it before it looks at the status
+                    await comm.write(
+                        {"status": "error", "time": time.time(), "message": f"node {who!r} is quarantined: {reason}"}
+                    )
                     return None
             return await call_handler(register, comm, msg)
 
@@ -90,3 +124,39 @@ class Quarantine:
 
     def to_list(self) -> list[dict]:
         return [r.to_dict() for r in self.records.values()]
+
+    def to_dict(self) -> dict:
+        """Plain data of every record (what ``quarantine.json`` holds)."""
+        return {"records": self.to_list()}
+
+    def load(self, data: Any) -> int:
+        """Take over records saved by :meth:`to_dict`; return how many.
+
+        ``None`` (no file yet) loads nothing; a malformed record is logged
+        and skipped, never fatal: the scheduler must start.
+        """
+        if data is None:
+            return 0
+        items = data.get("records") if isinstance(data, dict) else None
+        if not isinstance(items, list):
+            logger.warning("quarantine state is not {'records': [...]}; ignoring it")
+            return 0
+        loaded = 0
+        for item in items:
+            try:
+                record = QuarantineRecord.from_dict(item)
+            except (AttributeError, KeyError, TypeError, ValueError) as exc:
+                logger.warning("quarantine record %r is not valid (%s); ignoring it", item, exc)
+                continue
+            self.records.setdefault(record.identity, record)
+            loaded += 1
+        return loaded
+
+    def save(self) -> None:
+        """Write every record to the state directory, if there is one (a failure is logged)."""
+        if self.store is None:
+            return
+        try:
+            self.store.save_json(self.STATE_NAME, self.to_dict())
+        except (OSError, TypeError, ValueError) as exc:
+            logger.warning("quarantine not saved to %s (%s); it is kept in memory only", self.store, exc)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,6 +72,9 @@ class JobRegistry:
         self.region = region
         self.keep_finished = keep_finished
         self._jobs: OrderedDict[str, JobRecord] = OrderedDict()
+        #: called with the id of each finished job the registry forgets (the state
+        #: directory deletes its files, so the disk keeps what memory keeps)
+        self.on_forget: Callable[[str], None] | None = None
 
     def new_id(self) -> str:
         return f"{self.region}-{uuid.uuid4().hex[:12]}"
@@ -105,3 +109,5 @@ class JobRegistry:
         finished = [j for j in self._jobs.values() if j.status in FINISHED]
         for job in finished[: max(0, len(finished) - self.keep_finished)]:
             del self._jobs[job.id]
+            if self.on_forget is not None:
+                self.on_forget(job.id)

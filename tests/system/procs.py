@@ -37,12 +37,15 @@ class Processes:
         with open(self.logs[proc.pid], errors="replace") as f:
             return f.read()
 
-    def scheduler(self, region: str) -> tuple[subprocess.Popen, str]:
+    def scheduler(self, region: str, port: int = 0, args: tuple[str, ...] = (), name: str | None = None) -> tuple[subprocess.Popen, str]:
+        """Start `grid scheduler` (on ``port``, 0 for any, with extra ``args``); wait until it listens."""
         path = os.path.join(self.workdir, f"scheduler-{region}.json")
+        if os.path.exists(path):  # left by a scheduler that was killed: wait for the new one's
+            os.remove(path)
         proc = self.spawn(
-            [GRID, "scheduler", "--region", region, "--host", "127.0.0.1", "--port", "0",
-             "--dashboard-address", "127.0.0.1:0", "--scheduler-file", path],
-            f"scheduler-{region}",
+            [GRID, "scheduler", "--region", region, "--host", "127.0.0.1", "--port", str(port),
+             "--dashboard-address", "127.0.0.1:0", "--scheduler-file", path, *args],
+            name or f"scheduler-{region}",
         )
         wait_for(lambda: os.path.exists(path) or proc.poll() is not None, timeout=60, what=f"scheduler {region}")
         if proc.poll() is not None:

@@ -1,0 +1,495 @@
+"""One round of partition updates on one region: issue, wait, speculate, verify, re-issue.
+
+A round of an ``average`` job needs one accepted update per partition. Nodes
+are volunteers, so the region's scheduler does not simply wait for one task
+per partition; :class:`RoundAttempts` runs the round as BOINC runs a
+workunit and Spark runs a stage:
+
+* **Issue.** Without verification every partition gets one task in a single
+  graph (``client.map``), placed by Dask next to the data. With ``verify=N``
+  each partition gets ``N`` tasks pinned to ``N`` distinct nodes (holders of
+  the partition first), unless the node chosen first has earned trust (see
+  :class:`grid.scheduler.verify.Reliability`): then one task, as BOINC's
+  adaptive replication does.
+* **Verify.** An update is accepted when ``N`` replicas agree within
+  ``grid.scheduler.verify.rtol`` / ``atol``; a disagreement sends one more
+  replica to a further node to settle it by majority, up to
+  ``max-replicas``. Nodes in the minority are quarantined with the evidence.
+* **Stragglers.** Once ``speculation.quantile`` of the partitions are done,
+  a partition whose task has run longer than ``speculation.multiplier`` times
+  the median completion time (and at least ``speculation.minimum``) gets a
+  speculative copy on another node holding its data; the previous round's
+  median sets the same deadline from the start of a round. The first valid
+  answer wins and the others are cancelled. Updates are deterministic, so
+  which copy wins never changes the model.
+* **Lost tasks.** A task pinned to a node that left, or lost with a node just
+  quarantined, is issued again elsewhere; a node that sends something that is
+  not a grid update is quarantined and its task re-issued.
+
+Every result is decoded and checked (``grid.wire``) before it is compared or
+used. The counts (re-issues, speculative copies, extra replicas, quarantined
+nodes) go into the round's metrics and from there into the job's history.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import random
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from distributed import Future
+from distributed.protocol.serialize import Serialized, deserialize
+from distributed.worker import get_data_from_worker
+
+from grid import config, wire
+from grid.node.tasks import partition_update
+from grid.scheduler import recovery
+from grid.scheduler.verify import Update, difference, quorum
+
+if TYPE_CHECKING:
+    from grid.scheduler.driver import RegionRun
+
+logger = logging.getLogger("grid.driver")
+
+#: how often one partition's update is re-issued after its tasks were lost or garbage
+MAX_REISSUES = 3
+
+#: how often a round wakes up to look for tasks stuck on nodes that left (seconds)
+POLL_SECONDS = 0.5
+
+
+@dataclass
+class Attempt:
+    """One task computing one partition's update."""
+
+    future: Future
+    worker: str | None  # the node it is pinned to; None: Dask places it
+    started: float
+    kind: str  # "first", "replica", "speculative" or "reissue"
+    settled: bool = False  # its outcome (result, error, loss) has been taken
+
+
+@dataclass
+class PartitionRound:
+    """One partition's attempts and results in this round."""
+
+    position: int  # position in the dataset's partition list
+    index: int  # global partition index
+    needed: int  # agreeing results needed (1, or verify)
+    attempts: list[Attempt] = field(default_factory=list)
+    results: list[tuple[str | None, Update]] = field(default_factory=list)  # (node address, update)
+    identities: dict[str, str] = field(default_factory=dict)  # node address -> identity, taken on arrival
+    accepted: Update | None = None
+    reissues: int = 0
+    speculated: bool = False
+
+    @property
+    def pending(self) -> list[Attempt]:
+        return [a for a in self.attempts if not a.settled]
+
+    def workers(self) -> set[str]:
+        return {a.worker for a in self.attempts if a.worker} | {w for w, _ in self.results if w}
+
+
+def _consume(task: asyncio.Future) -> None:
+    """Retrieve a finished fetch's exception so asyncio does not log it as never retrieved."""
+    if not task.cancelled():
+        task.exception()
+
+
+def _seconds(value: Any) -> float:
+    from dask.utils import parse_timedelta
+
+    return float(parse_timedelta(value))
+
+
+class RoundAttempts:
+    """Runs one ``average``-mode round of one job on this region.
+
+    Parameters
+    ----------
+    run : RegionRun
+        The job's share of this region (request, dataset, plugin).
+    client : distributed.Client
+        The plugin's asynchronous client of this scheduler.
+    round_no : int
+    state_blob : bytes or None
+        The global state the updates start from (grid wire format).
+    """
+
+    def __init__(self, run: "RegionRun", client: Any, round_no: int, state_blob: bytes | None) -> None:
+        self.run = run
+        self.plugin = run.plugin
+        self.client = client
+        self.round_no = round_no
+        self.state_blob = state_blob
+        self.verify = int(run.request.get("verify", 1) or 1)
+        self.prefix = f"grid-{run.job_id}-r{round_no}"
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.fetchers: list[asyncio.Task] = []
+        self.futures: list[Future] = []
+        self.to_cancel: list[Future] = []
+        self.started = time.monotonic()
+        self.done_seconds: list[float] = []
+        self.load: dict[str, int] = {}
+        self.counts = {"reissued": 0, "speculative": 0, "replicas": 0, "quarantined": 0}
+        self.rng = random.Random(f"{run.job_id}-{round_no}")  # adaptive replication draws
+        spec = config.get("scheduler.speculation")
+        self.speculate = bool(spec["enabled"])
+        self.quantile = float(spec["quantile"])
+        self.multiplier = float(spec["multiplier"])
+        self.minimum = _seconds(spec["minimum"])
+        ver = config.get("scheduler.verify")
+        self.rtol, self.atol = float(ver["rtol"]), float(ver["atol"])
+        self.max_replicas = max(self.verify, int(ver["max-replicas"]))
+        parts = run.dataset
+        self.partitions = [PartitionRound(pos, index, 1) for pos, index in enumerate(parts.indices)]
+
+    # --- the round ---------------------------------------------------------------------
+    async def run_round(self) -> tuple[list[Update], dict[str, int]]:
+        """Return the accepted update of every partition (in partition order) and the counts."""
+        getter: asyncio.Future | None = None
+        try:
+            self._issue_first()
+            undecided = len(self.partitions)
+            while undecided:
+                # asyncio.wait, not wait_for: on Python 3.11 wait_for can swallow the job's cancellation
+                getter = getter or asyncio.ensure_future(self.queue.get())
+                done, _ = await asyncio.wait({getter}, timeout=self._next_wakeup())
+                if not done:
+                    self._tend()
+                    await self._cancel()
+                    continue
+                pr, attempt, outcome = getter.result()
+                getter = None
+                attempt.settled = True
+                if pr.accepted is not None:
+                    continue  # a slower copy of a partition already decided
+                if await self._handle(pr, attempt, outcome):
+                    undecided -= 1
+                    self.done_seconds.append(time.monotonic() - self.started)
+                    for other in pr.pending:  # the first valid answer wins: stop the other copies
+                        other.settled = True
+                        self.to_cancel.append(other.future)
+                self._tend()
+                await self._cancel()
+        finally:
+            for task in [*self.fetchers, *([getter] if getter else [])]:
+                task.cancel()
+            self.to_cancel.extend(f for pr in self.partitions for a in pr.pending for f in [a.future])
+            await self._cancel()
+            self.release()
+        self.run.last_round_seconds = list(self.done_seconds)
+        if self.verify > 1:
+            recovery.save_reliability(self.plugin)
+        return [pr.accepted for pr in self.partitions], self.counts  # type: ignore[misc]
+
+    async def _cancel(self) -> None:
+        """Cancel the tasks no longer needed (their pending fetches then end too)."""
+        futures, self.to_cancel = self.to_cancel, []
+        if futures:
+            await self.client.cancel(futures, reason="grid: not needed any more")
+
+    def release(self) -> None:
+        futures, self.futures = self.futures, []
+        self.plugin.release_futures(futures)
+
+    # --- issuing tasks -------------------------------------------------------------------
+    def _issue_first(self) -> None:
+        parts = self.run.parts
+        if self.verify == 1:
+            # the common case: one graph for the whole round, Dask places each task by its data
+            futures = self.client.map(
+                partition_update,
+                [self.run.request] * len(parts),
+                [self.state_blob] * len(parts),
+                parts,
+                [self.round_no] * len(parts),
+                self.run.dataset.indices,
+                key=[f"{self.prefix}-p{pr.index}" for pr in self.partitions],
+            )
+            for pr, future in zip(self.partitions, futures):
+                self._track(pr, Attempt(future, None, time.monotonic(), "first"))
+            return
+        reliability = self.plugin.reliability
+        for pr in self.partitions:
+            first = self._choose(pr)
+            if first is None:
+                raise self._too_few_nodes(pr)
+            trusted = not reliability.should_replicate(self.plugin.quarantine.identity_of(first), self.rng)
+            pr.needed = 1 if trusted else self.verify
+            self._submit(pr, first, "first")
+            for _ in range(pr.needed - 1):
+                self._add_replica(pr)
+
+    def _submit(self, pr: PartitionRound, worker: str | None, kind: str) -> None:
+        n = len(pr.attempts)
+        key = f"{self.prefix}-p{pr.index}" + (f"-{kind[0]}{n}" if n else "")
+        future = self.client.submit(
+            partition_update,
+            self.run.request,
+            self.state_blob,
+            self.run.parts[pr.position],
+            self.round_no,
+            pr.index,
+            key=key,
+            workers=[worker] if worker else None,
+            # a pinned task must run there: replicas of one update need distinct nodes
+            allow_other_workers=False,
+        )
+        if worker:
+            self.load[worker] = self.load.get(worker, 0) + 1
+        self._track(pr, Attempt(future, worker, time.monotonic(), kind))
+
+    def _track(self, pr: PartitionRound, attempt: Attempt) -> None:
+        pr.attempts.append(attempt)
+        self.futures.append(attempt.future)
+        self.fetchers.append(asyncio.create_task(self._fetch(pr, attempt)))
+
+    async def _fetch(self, pr: PartitionRound, attempt: Attempt) -> None:
+        # shielded: the client batches concurrent fetches into one shared request, and
+        # cancelling one waiter (the round ending) must not cancel that request for the others
+        fetch = asyncio.ensure_future(attempt.future.result())
+        fetch.add_done_callback(_consume)
+        try:
+            outcome: Any = await asyncio.shield(fetch)
+        except asyncio.CancelledError as exc:
+            if asyncio.current_task().cancelling():  # type: ignore[union-attr]
+                raise  # the round itself is over; the fetch ends when its future is cancelled
+            outcome = exc  # the future was cancelled or lost: a result to replace
+        except Exception as exc:  # noqa: BLE001 - the round decides what a failure means
+            outcome = exc
+        self.queue.put_nowait((pr, attempt, outcome))
+
+    def _usable(self) -> list[str]:
+        """Nodes that may get a task now: running (not paused), not quarantined."""
+        return [addr for addr, ws in self.plugin.scheduler.workers.items() if ws.status.name == "running"]
+
+    def _choose(self, pr: PartitionRound, exclude: set[str] = frozenset()) -> str | None:  # type: ignore[assignment]
+        """The least-loaded usable node not yet used for this partition, holders of its data first."""
+        ts = self.plugin.scheduler.tasks.get(self.run.dataset.keys[pr.position])
+        holders = {ws.address for ws in ts.who_has} if ts is not None and ts.who_has else set()
+        used = pr.workers() | set(exclude)
+        for attempt in pr.pending:  # where Dask put the unpinned ones: a copy must go elsewhere
+            task = self.plugin.scheduler.tasks.get(attempt.future.key)
+            if task is not None and task.processing_on is not None:
+                used.add(task.processing_on.address)
+        candidates = [w for w in self._usable() if w not in used]
+        if not candidates:  # a paused node will run it when it resumes (or the deadline moves it on)
+            candidates = [w for w in self.plugin.scheduler.workers if w not in used]
+        if not candidates:
+            return None
+        return min(candidates, key=lambda w: (w not in holders, self.load.get(w, 0), w))
+
+    def _add_replica(self, pr: PartitionRound, kind: str = "replica") -> bool:
+        worker = self._choose(pr)
+        if worker is None:
+            return False
+        self._submit(pr, worker, kind)
+        if kind == "replica":
+            self.counts["replicas"] += 1
+        return True
+
+    def _too_few_nodes(self, pr: PartitionRound) -> RuntimeError:
+        return RuntimeError(
+            f"job {self.run.job_id}: verify={self.verify} needs {pr.needed} agreeing results from distinct nodes "
+            f"for partition {pr.index} in round {self.round_no}, but region {self.plugin.region!r} has only "
+            f"{len(self._usable())} usable node(s) and {len(pr.results)} result(s) so far; add nodes or lower verify"
+        )
+
+    def _reissue(self, pr: PartitionRound, attempt: Attempt, why: str) -> None:
+        if pr.reissues >= MAX_REISSUES:
+            raise RuntimeError(
+                f"job {self.run.job_id}: the update of partition {pr.index} in round {self.round_no} was "
+                f"{why} {MAX_REISSUES + 1} times and could not be re-issued"
+            )
+        pr.reissues += 1
+        self.counts["reissued"] += 1
+        if self.verify == 1:  # any node will do: Dask places it by its data (quarantined nodes are gone)
+            self._submit(pr, None, "reissue")
+        elif not self._add_replica(pr, kind="reissue"):  # replicas must stay on distinct nodes
+            raise self._too_few_nodes(pr)
+
+    # --- results -------------------------------------------------------------------------
+    async def _handle(self, pr: PartitionRound, attempt: Attempt, outcome: Any) -> bool:
+        """Take one task's outcome; return True when the partition is decided."""
+        if isinstance(outcome, asyncio.CancelledError):
+            if not pr.pending:  # lost (e.g. with a node just quarantined) and no other copy runs
+                self._reissue(pr, attempt, "lost")
+            return False
+        if isinstance(outcome, (TypeError, wire.WireError)):  # undecodable or not a grid update
+            return await self._reject(pr, attempt, outcome)
+        if isinstance(outcome, BaseException):
+            # the node reports the task failed: an honest node would fail the same way
+            raise outcome
+        try:
+            update = self.run.decode(outcome)
+        except (TypeError, wire.WireError) as exc:
+            return await self._reject(pr, attempt, exc)
+        computed_by = self.plugin.result_workers_of(attempt.future.key)
+        worker = computed_by[-1] if computed_by else attempt.worker
+        self._add_result(pr, worker, update)
+        return await self._decide(pr)
+
+    async def _reject(self, pr: PartitionRound, attempt: Attempt, exc: BaseException) -> bool:
+        """A fetch brought garbage: find the node that sent it, quarantine it, use a good copy.
+
+        A client's fetch does not say which node a result came from (and a
+        result lost with a node is computed again elsewhere), so every node
+        holding the key is asked on its own; only a node that itself sends
+        garbage is blamed. Returns True when the partition is decided.
+        """
+        blob, sender, guilty = await self._probe(attempt.future.key)
+        if guilty is not None:
+            # never quarantine the last node of a region: a fault everyone shares is ours, not theirs
+            if len(self.plugin.scheduler.workers) <= 1:
+                raise RuntimeError(
+                    f"job {self.run.job_id}: an update for partition {pr.index} in round {self.round_no} was "
+                    f"rejected ({exc}) and could not be re-issued"
+                ) from None
+            self.plugin.verification_rejects += 1
+            self.plugin.rejected[guilty] = self.plugin.rejected.get(guilty, 0) + 1
+            await self._quarantine(
+                guilty,
+                f"sent an invalid update ({type(exc).__name__}: {exc})",
+                {"job": self.run.job_id, "round": self.round_no, "partition": pr.index, "task": str(attempt.future.key)},
+            )
+        if blob is not None:  # an honest holder had it
+            self._add_result(pr, sender, self.run.decode(blob))
+            return await self._decide(pr)
+        if not pr.pending:
+            self._reissue(pr, attempt, "rejected")
+        return False
+
+    async def _probe(self, key: str) -> tuple[Any, str | None, str | None]:
+        """Ask each node holding ``key`` for it, one at a time, accepting msgpack only.
+
+        Returns the first valid update, the node that sent it, and the first
+        node that sent garbage (each ``None`` if there was none).
+        """
+        ts = self.plugin.scheduler.tasks.get(key)
+        holders = sorted(ws.address for ws in ts.who_has) if ts is not None and ts.who_has else []
+        guilty = None
+        for worker in holders:
+            try:
+                response = await get_data_from_worker(self.plugin.scheduler.rpc, [key], worker, deserializers=["msgpack"])
+            except TypeError:  # its answer could not even be read as msgpack
+                guilty = guilty or worker
+                continue
+            except (OSError, ValueError):
+                continue  # the node left meanwhile, or answered nothing usable
+            data = response.get("data") if response.get("status") == "OK" else None
+            if not isinstance(data, dict) or key not in data:
+                continue  # busy, or it no longer holds the key: no evidence either way
+            blob = data[key]
+            try:
+                if isinstance(blob, Serialized):  # the scheduler's comms leave payloads serialized
+                    blob = deserialize(blob.header, blob.frames, deserializers=["msgpack"])
+                self.run.decode(blob)
+            except (TypeError, wire.WireError):  # pickles, dask frames, or not a grid update
+                guilty = guilty or worker
+                continue
+            return blob, worker, guilty
+        return None, None, guilty
+
+    def _add_result(self, pr: PartitionRound, worker: str | None, update: Update) -> None:
+        if worker is not None:  # its identity now: a node that left has only its address
+            pr.identities[worker] = self.plugin.quarantine.identity_of(worker)
+        pr.results.append((worker, update))
+
+    async def _decide(self, pr: PartitionRound) -> bool:
+        if pr.needed == 1:
+            pr.accepted = pr.results[0][1]
+            return True
+        updates = [u for _, u in pr.results]
+        group = quorum(updates, pr.needed, self.rtol, self.atol) if len(updates) >= pr.needed else None
+        if group is not None:
+            pr.accepted = updates[group[0]]
+            reliability = self.plugin.reliability
+            for i, (worker, update) in enumerate(pr.results):
+                identity = pr.identities.get(worker) if worker else None
+                if i in group:
+                    if identity:
+                        reliability.valid(identity)
+                    continue
+                if identity:
+                    reliability.invalid(identity)
+                if worker in self.plugin.scheduler.workers:  # not one quarantined meanwhile
+                    self.plugin.verification_rejects += 1
+                    self.plugin.rejected[worker] = self.plugin.rejected.get(worker, 0) + 1
+                    await self._quarantine(
+                        worker,
+                        f"its update disagreed with {len(group)} agreeing replicas",
+                        {
+                            "job": self.run.job_id, "round": self.round_no, "partition": pr.index,
+                            "agreeing_nodes": [pr.identities.get(pr.results[j][0] or "", "?") for j in group],
+                            "difference_in_tolerances": difference(update, pr.accepted, self.rtol, self.atol),
+                            "rtol": self.rtol, "atol": self.atol,
+                        },
+                    )
+            return True
+        if pr.pending:
+            return False
+        # every replica is in and no quorum: settle it with one more node (a majority)
+        if len(pr.attempts) >= self.max_replicas or not self._add_replica(pr):
+            spread = [difference(u, updates[0], self.rtol, self.atol) for u in updates[1:]]
+            raise RuntimeError(
+                f"job {self.run.job_id}: {len(updates)} replicas of partition {pr.index} in round {self.round_no} "
+                f"do not include {pr.needed} that agree (differences from the first, in tolerances: "
+                f"{[round(s, 3) for s in spread]}); add nodes or raise grid.scheduler.verify.max-replicas"
+            )
+        return False
+
+    async def _quarantine(self, worker: str, reason: str, evidence: dict) -> None:
+        self.counts["quarantined"] += 1
+        await self.plugin.quarantine.add(worker, reason=reason, evidence=evidence)
+
+    # --- stragglers and lost tasks ----------------------------------------------------------
+    def _deadline(self) -> float | None:
+        """Seconds after the round's start beyond which a task is late, if known yet."""
+        if not self.speculate:
+            return None
+        candidates = []
+        needed = max(1, math.ceil(self.quantile * len(self.partitions)))
+        if len(self.done_seconds) >= needed:
+            candidates.append(statistics.median(self.done_seconds))
+        previous = getattr(self.run, "last_round_seconds", None)
+        if previous:
+            candidates.append(statistics.median(previous))
+        if not candidates:
+            return None
+        return max(self.minimum, self.multiplier * min(candidates))
+
+    def _next_wakeup(self) -> float:
+        deadline = self._deadline()
+        if deadline is None:
+            return POLL_SECONDS
+        late_at = deadline - (time.monotonic() - self.started)
+        return POLL_SECONDS if late_at <= 0 else max(0.01, min(POLL_SECONDS, late_at))
+
+    def _tend(self) -> None:
+        """Re-issue tasks pinned to nodes that left; speculate on late ones."""
+        workers = self.plugin.scheduler.workers
+        deadline = self._deadline()
+        elapsed = time.monotonic() - self.started
+        for pr in self.partitions:
+            if pr.accepted is not None:
+                continue
+            for attempt in pr.pending:
+                if attempt.worker is not None and attempt.worker not in workers:
+                    attempt.settled = True  # it would wait for its node forever
+                    self.to_cancel.append(attempt.future)
+                    self._reissue(pr, attempt, "lost")
+            if deadline is not None and elapsed > deadline and not pr.speculated and pr.pending:
+                pr.speculated = True
+                if self._add_replica(pr, kind="speculative"):
+                    self.counts["speculative"] += 1
+                    logger.info(
+                        "job %s round %d: partition %d is late (%.2fs > %.2fs); speculative copy issued",
+                        self.run.job_id, self.round_no, pr.index, elapsed, deadline,
+                    )
