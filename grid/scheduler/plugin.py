@@ -309,13 +309,13 @@ class GridSchedulerPlugin(SchedulerPlugin):
             try:
                 blobs = await client.gather(infos)
             except Exception as exc:  # noqa: BLE001 - a file that cannot be read: say which
-                client.cancel(parts)
+                await client.cancel(parts)
                 raise ValueError(str(exc)) from None
             described = [wire.decode(b)[0] for b in blobs]
             n_features = described[0]["n_features"]
             for d, path in zip(described, paths):
                 if d["n_features"] != n_features:
-                    client.cancel(parts)
+                    await client.cancel(parts)
                     raise ValueError(
                         f"partition {path} has {d['n_features']} features but {paths[0]} has {n_features}; "
                         "every partition needs the same columns"

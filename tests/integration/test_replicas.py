@@ -205,3 +205,17 @@ def test_a_scattered_partition_lost_mid_job_fails_the_job_with_the_reason(grid3)
     # round the driver still reports the task's FutureCancelledError ("lost dependencies", "already
     # forgotten"): RegionRun should check datasets.lost() when a round fails (docs/reliability.md#churn)
     assert job.info()["error"], job.info()
+
+
+def test_a_partition_is_not_reduced_between_its_scatter_and_its_registration(grid3):
+    """``Grid.scatter`` places, then registers the dataset: an AMM cycle in between must not drop a copy."""
+    c = grid3.client("eu")
+    workers = sorted(c.scheduler_info()["workers"])[:2]
+    [part] = c.scatter([np.arange(1000.0)], workers=workers, broadcast=True, hash=False)
+    assert str(part.key).startswith("grid-part-") is False  # a plain key first: it is reduced ...
+    [grid_part] = c.scatter({"grid-part-unregistered-0": np.arange(1000.0)}, workers=workers, broadcast=True, hash=False).values()
+    wait_for(lambda: len(c.run_on_scheduler(holders, keys=[part.key])[part.key]) == 1, timeout=30, what="a plain key reduced")
+    for _ in range(3):
+        c.amm.run_once()
+    # ... a grid partition not registered yet keeps both copies
+    assert len(c.run_on_scheduler(holders, keys=[grid_part.key])[grid_part.key]) == 2
