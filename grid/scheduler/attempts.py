@@ -135,6 +135,7 @@ class RoundAttempts:
         self.futures: list[Future] = []
         self.to_cancel: list[Future] = []
         self.started = time.monotonic()
+        self.tend_at = self.started  # when the next look for late and lost tasks is due
         self.done_seconds: list[float] = []
         self.load: dict[str, int] = {}
         self.counts = {"reissued": 0, "speculative": 0, "replicas": 0, "quarantined": 0}
@@ -160,9 +161,9 @@ class RoundAttempts:
             while undecided:
                 # asyncio.wait, not wait_for: on Python 3.11 wait_for can swallow the job's cancellation
                 getter = getter or asyncio.ensure_future(self.queue.get())
-                done, _ = await asyncio.wait({getter}, timeout=self._next_wakeup())
+                done, _ = await asyncio.wait({getter}, timeout=max(0.0, self.tend_at - time.monotonic()))
                 if not done:
-                    self._tend()
+                    self._tend_if_due()
                     await self._cancel()
                     continue
                 pr, attempt, outcome = getter.result()
@@ -176,7 +177,7 @@ class RoundAttempts:
                     for other in pr.pending:  # the first valid answer wins: stop the other copies
                         other.settled = True
                         self.to_cancel.append(other.future)
-                self._tend()
+                self._tend_if_due()
                 await self._cancel()
         finally:
             for task in [*self.fetchers, *([getter] if getter else [])]:
@@ -471,6 +472,13 @@ class RoundAttempts:
             return POLL_SECONDS
         late_at = deadline - (time.monotonic() - self.started)
         return POLL_SECONDS if late_at <= 0 else max(0.01, min(POLL_SECONDS, late_at))
+
+    def _tend_if_due(self) -> None:
+        """Tend at most once per wake-up interval: a pass visits every partition, and
+        doing it after every result would cost O(partitions^2) per round."""
+        if time.monotonic() >= self.tend_at:
+            self._tend()
+            self.tend_at = time.monotonic() + self._next_wakeup()
 
     def _tend(self) -> None:
         """Re-issue tasks pinned to nodes that left; speculate on late ones."""
