@@ -48,6 +48,17 @@ def get(key: str, default: Any = None) -> Any:
     return dask.config.get(f"grid.{key}", default=default if shipped is _MISSING else shipped)
 
 
+def choice(key: str, allowed: tuple[str, ...]) -> str:
+    """A setting that must be one of ``allowed``; the error names the key and the choices."""
+    value = get(key)
+    if value not in allowed:
+        raise ValueError(
+            f"grid.{key} must be one of {', '.join(repr(a) for a in allowed)}, got {value!r}; "
+            f"fix it in your Dask config or the DASK_GRID__{key.upper().replace('.', '__').replace('-', '_')} variable"
+        )
+    return value
+
+
 def seconds(key: str) -> float:
     """A duration setting in seconds."""
     return float(parse_timedelta(get(key)))

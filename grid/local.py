@@ -12,6 +12,7 @@ import dask.config
 from distributed import LocalCluster
 
 from grid import config
+from grid.node.rounds import NodeRounds
 from grid.scheduler.plugin import GridSchedulerPlugin
 from grid.spec import REGION_NAME, GridSpec, RegionSpec, TLSSpec
 
@@ -92,6 +93,7 @@ class LocalGrid:
             # ":0": a free port (the scheduler serves /health and /metrics there too)
             dashboard_address=":0",
             scheduler_kwargs={"plugins": [GridSchedulerPlugin(region=name)], "dashboard": bool(dashboard)},
+            plugins={NodeRounds()},  # each node serves round requests from its start (grid/node/rounds.py)
             silence_logs=logging.ERROR,
         )
 

@@ -19,6 +19,7 @@ from distributed.core import rpc
 
 from grid import config
 from grid.node.community import CommunityMode
+from grid.node.rounds import NodeRounds
 from grid.signals import serve_until_signal
 
 logger = logging.getLogger("grid.node")
@@ -102,7 +103,7 @@ async def run_node(
         name=name or default_name(),
         security=security,
         silence_logs=False,
-        plugins=(*((CommunityMode(),) if community else ()), *plugins),
+        plugins=(*((CommunityMode(),) if community else ()), NodeRounds(), *plugins),
     )
     await nanny
     logger.info("node %s joined region %s at %s", nanny.worker_address, region, scheduler)

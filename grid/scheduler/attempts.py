@@ -5,11 +5,18 @@ are volunteers, so the region's scheduler does not simply wait for one task
 per partition; :class:`RoundAttempts` runs the round as BOINC runs a
 workunit and Spark runs a stage:
 
-* **Issue.** Without verification every partition gets one task in a single
-  graph (``client.map``), placed by Dask next to the data. With ``verify=N``
-  each partition gets ``N`` tasks pinned to ``N`` distinct nodes (holders of
-  the partition first), unless the node chosen first has earned trust (see
-  :class:`grid.scheduler.verify.Reliability`): then one task, as BOINC's
+* **Issue.** Every partition update goes to a node that already holds the
+  partition, with no task graph: the scheduler sends one ``grid_update``
+  request per node per round (``grid/node/rounds.py``) carrying the state
+  once and the list of partitions that node updates; the least-loaded holder
+  gets each partition. An update that no holder can serve (a stock worker
+  without the handler, a paused node, a partition whose holders all left, or
+  a replica that must run on a node without the data) becomes a Dask task, as
+  every update was before (``grid.scheduler.round-engine: tasks`` makes every
+  update a task: one graph per round, placed by Dask next to the data). With
+  ``verify=N`` each partition gets ``N`` updates on ``N`` distinct nodes
+  (holders of the partition first), unless the node chosen first has earned
+  trust (see :class:`grid.scheduler.verify.Reliability`): then one, as BOINC's
   adaptive replication does.
 * **Verify.** An update is accepted when ``N`` replicas agree within
   ``grid.scheduler.verify.rtol`` / ``atol``; a disagreement sends one more
@@ -59,15 +66,48 @@ logger = logging.getLogger("grid.driver")
 #: how often one partition's update is re-issued after its tasks were lost or garbage
 MAX_REISSUES = 3
 
+#: values of grid.scheduler.round-engine
+ROUND_ENGINES = ("direct", "tasks")
+
 #: how often a round wakes up to look for tasks stuck on nodes that left (seconds)
 POLL_SECONDS = 0.5
 
 
 @dataclass
-class Attempt:
-    """One task computing one partition's update."""
+class NodeCall:
+    """One partition update asked of a node directly (a ``grid_update`` request, no task)."""
 
-    future: Future
+    key: str  # names the attempt in logs and evidence; no task has it
+    worker: str
+    outcome: asyncio.Future  # the wire blob, or one of the outcomes below
+
+
+@dataclass
+class Declined:
+    """The node did not run the update (paused, no handler, data moved): run it as a task."""
+
+    why: str
+
+
+@dataclass
+class NodeLost:
+    """The request failed on the way (the node left, the connection broke)."""
+
+    error: BaseException
+
+
+@dataclass
+class NodeFailed:
+    """The update raised on the node: an honest node would fail the same way."""
+
+    text: str
+
+
+@dataclass
+class Attempt:
+    """One task, or one node request, computing one partition's update."""
+
+    future: Future | NodeCall
     worker: str | None  # the node it is pinned to; None: Dask places it
     started: float
     kind: str  # "first", "replica", "speculative" or "reissue"
@@ -133,12 +173,16 @@ class RoundAttempts:
         self.queue: asyncio.Queue = asyncio.Queue()
         self.fetchers: list[asyncio.Task] = []
         self.futures: list[Future] = []
-        self.to_cancel: list[Future] = []
+        self.to_cancel: list[Future | NodeCall] = []
+        #: node requests of this round not sent yet: node -> [(partition, attempt)]; sent by _flush
+        self.batch: dict[str, list[tuple[PartitionRound, Attempt]]] = {}
+        self.calls: list[asyncio.Task] = []
+        self.direct = config.choice("scheduler.round-engine", ROUND_ENGINES) == "direct"
         self.started = time.monotonic()
         self.tend_at = self.started  # when the next look for late and lost tasks is due
         self.done_seconds: list[float] = []
         self.load: dict[str, int] = {}
-        self.counts = {"reissued": 0, "speculative": 0, "replicas": 0, "quarantined": 0}
+        self.counts = {"reissued": 0, "speculative": 0, "replicas": 0, "quarantined": 0, "requests": 0, "tasks": 0}
         self.rng = random.Random(f"{run.job_id}-{round_no}")  # adaptive replication draws
         spec = config.get("scheduler.speculation")
         self.speculate = bool(spec["enabled"])
@@ -157,6 +201,7 @@ class RoundAttempts:
         getter: asyncio.Future | None = None
         try:
             self._issue_first()
+            self._flush()
             undecided = len(self.partitions)
             while undecided:
                 # asyncio.wait, not wait_for: on Python 3.11 wait_for can swallow the job's cancellation
@@ -164,6 +209,7 @@ class RoundAttempts:
                 done, _ = await asyncio.wait({getter}, timeout=max(0.0, self.tend_at - time.monotonic()))
                 if not done:
                     self._tend_if_due()
+                    self._flush()
                     await self._cancel()
                     continue
                 pr, attempt, outcome = getter.result()
@@ -178,9 +224,10 @@ class RoundAttempts:
                         other.settled = True
                         self.to_cancel.append(other.future)
                 self._tend_if_due()
+                self._flush()
                 await self._cancel()
         finally:
-            for task in [*self.fetchers, *([getter] if getter else [])]:
+            for task in [*self.fetchers, *self.calls, *([getter] if getter else [])]:
                 task.cancel()
             self.to_cancel.extend(f for pr in self.partitions for a in pr.pending for f in [a.future])
             await self._cancel()
@@ -191,8 +238,12 @@ class RoundAttempts:
         return [pr.accepted for pr in self.partitions], self.counts  # type: ignore[misc]
 
     async def _cancel(self) -> None:
-        """Cancel the tasks no longer needed (their pending fetches then end too)."""
-        futures, self.to_cancel = self.to_cancel, []
+        """Cancel the tasks no longer needed (their pending fetches then end too).
+
+        A node request is not cancelled on the node: its answer, when it
+        comes, is simply not used."""
+        futures = [f for f in self.to_cancel if isinstance(f, Future)]
+        self.to_cancel = []
         if futures:
             await self.client.cancel(futures, reason="grid: not needed any more")
 
@@ -203,6 +254,11 @@ class RoundAttempts:
     # --- issuing tasks -------------------------------------------------------------------
     def _issue_first(self) -> None:
         parts = self.run.parts
+        if self.verify == 1 and self.direct:
+            # each partition to its least-loaded holder, one request per node; the rest as tasks
+            for pr in self.partitions:
+                self._submit(pr, self._holder(pr), "first")
+            return
         if self.verify == 1:
             # the common case: one graph for the whole round, Dask places each task by its data
             futures = self.client.map(
@@ -216,6 +272,7 @@ class RoundAttempts:
             )
             for pr, future in zip(self.partitions, futures):
                 self._track(pr, Attempt(future, None, time.monotonic(), "first"))
+            self.counts["tasks"] += len(futures)
             return
         reliability = self.plugin.reliability
         for pr in self.partitions:
@@ -228,9 +285,37 @@ class RoundAttempts:
             for _ in range(pr.needed - 1):
                 self._add_replica(pr)
 
-    def _submit(self, pr: PartitionRound, worker: str | None, kind: str) -> None:
+    def _holder(self, pr: PartitionRound, exclude: set[str] = frozenset()) -> str | None:  # type: ignore[assignment]
+        """The least-loaded running node holding ``pr``'s data that serves node requests, if any."""
+        holders = [w for w in self._holders(pr) if w not in exclude and self._can_call(w)]
+        return min(holders, key=lambda w: (self.load.get(w, 0), w)) if holders else None
+
+    def _holders(self, pr: PartitionRound) -> set[str]:
+        ts = self.plugin.scheduler.tasks.get(self.run.dataset.keys[pr.position])
+        return {ws.address for ws in ts.who_has} if ts is not None and ts.who_has else set()
+
+    def _can_call(self, worker: str) -> bool:
+        ws = self.plugin.scheduler.workers.get(worker)
+        return (
+            self.direct
+            and ws is not None
+            and ws.status.name == "running"
+            and not self.plugin.lacks_rounds(worker)
+        )
+
+    def _submit(self, pr: PartitionRound, worker: str | None, kind: str, task: bool = False) -> None:
+        """Issue one update of ``pr``: a node request where ``worker`` holds the data, else a task."""
         n = len(pr.attempts)
         key = f"{self.prefix}-p{pr.index}" + (f"-{kind[0]}{n}" if n else "")
+        if worker:
+            self.load[worker] = self.load.get(worker, 0) + 1
+        if not task and worker and self._can_call(worker) and worker in self._holders(pr):
+            call = NodeCall(key, worker, asyncio.get_running_loop().create_future())
+            attempt = Attempt(call, worker, time.monotonic(), kind)
+            self.batch.setdefault(worker, []).append((pr, attempt))
+            self._track(pr, attempt)
+            return
+        self.counts["tasks"] += 1
         future = self.client.submit(
             partition_update,
             self.run.request,
@@ -243,14 +328,79 @@ class RoundAttempts:
             # a pinned task must run there: replicas of one update need distinct nodes
             allow_other_workers=False,
         )
-        if worker:
-            self.load[worker] = self.load.get(worker, 0) + 1
         self._track(pr, Attempt(future, worker, time.monotonic(), kind))
 
     def _track(self, pr: PartitionRound, attempt: Attempt) -> None:
         pr.attempts.append(attempt)
+        if isinstance(attempt.future, NodeCall):
+            self.fetchers.append(asyncio.create_task(self._await_call(pr, attempt)))
+            return
         self.futures.append(attempt.future)
         self.fetchers.append(asyncio.create_task(self._fetch(pr, attempt)))
+
+    # --- node requests ---------------------------------------------------------------------
+    def _flush(self) -> None:
+        """Send the node requests issued since the last flush: one per node."""
+        batch, self.batch = self.batch, {}
+        for worker, items in batch.items():
+            self.counts["requests"] += 1
+            self.calls.append(asyncio.create_task(self._call_node(worker, items)))
+
+    async def _call_node(self, worker: str, items: list[tuple[PartitionRound, Attempt]]) -> None:
+        """One ``grid_update`` request; settles each item's outcome future."""
+        from grid.node.rounds import OP
+
+        outcomes: dict[int, Any] = {}
+        try:
+            reply = await getattr(self.plugin.scheduler.rpc(worker), OP)(
+                request=self.run.request,
+                state=self.state_blob,
+                round_no=self.round_no,
+                parts=[[self.run.dataset.keys[pr.position], pr.index] for pr, _ in items],
+                # node results are msgpack'd wire blobs; refuse anything that unpickles
+                serializers=["msgpack"],
+                deserializers=["msgpack"],
+            )
+        except asyncio.CancelledError:
+            raise
+        except (OSError, asyncio.TimeoutError) as exc:  # the node left, or the connection broke
+            reply, default = None, NodeLost(exc)
+        except TypeError as exc:
+            # the request or its answer did not go through msgpack: run it as a task, whose
+            # fetch finds out which node (if any) sends garbage (_probe)
+            reply, default = None, Declined(f"not msgpack: {exc}")
+        except Exception as exc:  # noqa: BLE001 - e.g. a node whose handler table refused the call
+            reply, default = None, Declined(f"{type(exc).__name__}: {exc}")
+        else:
+            default = None
+            if reply is None:  # distributed answers None to an op it has no handler for
+                self.plugin.nodes_without_rounds[worker] = time.monotonic()
+                default = Declined("the node has no grid_update handler")
+            elif not isinstance(reply, dict) or reply.get("status") not in ("OK", "paused"):
+                default = wire.WireError(f"node {worker} answered a round request with {str(reply)[:80]!r}")
+            elif reply["status"] == "paused":
+                default = Declined("the node is paused")
+            else:
+                try:
+                    for index, blob in reply.get("updates") or []:
+                        outcomes[int(index)] = blob
+                    for index, text in reply.get("errors") or []:
+                        outcomes[int(index)] = NodeFailed(str(text))
+                    for index in reply.get("missing") or []:
+                        outcomes[int(index)] = Declined("the node no longer holds the partition")
+                except (TypeError, ValueError) as exc:
+                    default = wire.WireError(f"node {worker} answered a malformed round reply ({exc})")
+                    outcomes = {}
+                default = default or wire.WireError(f"node {worker} did not answer for a partition it was asked for")
+        for pr, attempt in items:
+            assert isinstance(attempt.future, NodeCall)
+            if not attempt.future.outcome.done():
+                attempt.future.outcome.set_result(outcomes.get(pr.index, default))
+
+    async def _await_call(self, pr: PartitionRound, attempt: Attempt) -> None:
+        assert isinstance(attempt.future, NodeCall)
+        outcome = await attempt.future.outcome
+        self.queue.put_nowait((pr, attempt, outcome))
 
     async def _fetch(self, pr: PartitionRound, attempt: Attempt) -> None:
         # shielded: the client batches concurrent fetches into one shared request, and
@@ -311,18 +461,28 @@ class RoundAttempts:
             )
         pr.reissues += 1
         self.counts["reissued"] += 1
-        if self.verify == 1:  # any node will do: Dask places it by its data (quarantined nodes are gone)
-            self._submit(pr, None, "reissue")
+        if self.verify == 1:  # any node will do: a holder, else Dask places it by its data (quarantined nodes are gone)
+            self._submit(pr, self._holder(pr), "reissue")
         elif not self._add_replica(pr, kind="reissue"):  # replicas must stay on distinct nodes
             raise self._too_few_nodes(pr)
 
     # --- results -------------------------------------------------------------------------
     async def _handle(self, pr: PartitionRound, attempt: Attempt, outcome: Any) -> bool:
         """Take one task's outcome; return True when the partition is decided."""
-        if isinstance(outcome, asyncio.CancelledError):
+        if isinstance(outcome, (asyncio.CancelledError, NodeLost)):
             if not pr.pending:  # lost (e.g. with a node just quarantined) and no other copy runs
                 self._reissue(pr, attempt, "lost")
             return False
+        if isinstance(outcome, Declined):  # the same update as a task (counted once: not a re-issue)
+            logger.debug("job %s round %d: node %s declined partition %d (%s); running it as a task",
+                         self.run.job_id, self.round_no, attempt.worker, pr.index, outcome.why)
+            self._submit(pr, attempt.worker if self.verify > 1 else None, attempt.kind, task=True)
+            return False
+        if isinstance(outcome, NodeFailed):
+            raise RuntimeError(
+                f"job {self.run.job_id}: the update of partition {pr.index} in round {self.round_no} failed on "
+                f"node {self.plugin.quarantine.identity_of(attempt.worker or '')}: {outcome.text}"
+            )
         if isinstance(outcome, (TypeError, wire.WireError)):  # undecodable or not a grid update
             return await self._reject(pr, attempt, outcome)
         if isinstance(outcome, BaseException):
@@ -332,8 +492,12 @@ class RoundAttempts:
             update = self.run.decode(outcome)
         except (TypeError, wire.WireError) as exc:
             return await self._reject(pr, attempt, exc)
-        computed_by = self.plugin.result_workers_of(attempt.future.key)
-        worker = computed_by[-1] if computed_by else attempt.worker
+        if isinstance(attempt.future, NodeCall):
+            worker: str | None = attempt.worker  # it answered this request itself
+            self.plugin.count_update(attempt.worker)
+        else:
+            computed_by = self.plugin.result_workers_of(attempt.future.key)
+            worker = computed_by[-1] if computed_by else attempt.worker
         self._add_result(pr, worker, update)
         return await self._decide(pr)
 
@@ -345,8 +509,11 @@ class RoundAttempts:
         holding the key is asked on its own; only a node that itself sends
         garbage is blamed. Returns True when the partition is decided.
         """
-        blob, sender, guilty = await self._probe(attempt.future.key)
-        if guilty is not None:
+        if isinstance(attempt.future, NodeCall):  # the node answered the request itself: blame is exact
+            blob, sender, guilty = None, None, attempt.worker
+        else:
+            blob, sender, guilty = await self._probe(attempt.future.key)
+        if guilty is not None and guilty in self.plugin.scheduler.workers:  # not one quarantined meanwhile
             # never quarantine the last node of a region: a fault everyone shares is ours, not theirs
             if len(self.plugin.scheduler.workers) <= 1:
                 raise RuntimeError(

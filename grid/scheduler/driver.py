@@ -53,7 +53,8 @@ async def _maybe_offload(fn: Any, states: list[dict]) -> Any:
 
 
 #: per-round counts of what the round engine did about churn, stragglers and verification (summed)
-ROUND_COUNTS = ("reissued", "speculative", "replicas", "quarantined")
+#: (``requests``: round requests sent to nodes; ``tasks``: updates run as Dask tasks)
+ROUND_COUNTS = ("reissued", "speculative", "replicas", "quarantined", "requests", "tasks")
 
 #: per-update metrics that are counts or bookkeeping, not averaged
 _NOT_AVERAGED = frozenset({"samples", "val_samples", "seconds", "compute_seconds", "partition", "updates", *ROUND_COUNTS})

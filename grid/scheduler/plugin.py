@@ -24,6 +24,7 @@ from grid import config
 from grid.dashboard.app import register_scheduler_page, unregister_scheduler_page
 from grid.scheduler import replicas, untrusted
 from grid.scheduler.access import AccessControl
+from grid.scheduler.attempts import ROUND_ENGINES
 from grid.scheduler.quarantine import Quarantine
 from grid.scheduler.datasets import Dataset, DatasetStore
 from grid.scheduler.driver import JobDriver, RegionRun
@@ -33,6 +34,7 @@ from grid.scheduler import recovery
 from grid.scheduler.state import StateDir
 from grid.scheduler.verify import Reliability, check_request
 from grid.node.align import PLUGIN_NAME as ALIGN_PLUGIN, AlignPartitions
+from grid.node.rounds import PLUGIN_NAME as ROUNDS_PLUGIN, NodeRounds
 from jobs.local import local_step
 from jobs.spec import SpecError, resolve_class
 
@@ -40,6 +42,9 @@ logger = logging.getLogger("grid.scheduler")
 
 #: name under which the plugin is registered on the scheduler
 PLUGIN_NAME = "grid"
+
+#: a node that had no round handler is asked again after this long (seconds)
+ROUNDS_RETRY_SECONDS = 60.0
 
 
 def _error(exc: BaseException) -> dict:
@@ -67,6 +72,7 @@ class GridSchedulerPlugin(SchedulerPlugin):
         self.finished_events: dict[str, asyncio.Event] = {}
         self.allowed_modules = tuple(config.get("jobs.allowed-modules"))
         self.max_update_bytes = config.nbytes("scheduler.max-update-bytes")
+        config.choice("scheduler.round-engine", ROUND_ENGINES)  # a typo fails the scheduler's start, not a job
         self._client: Client | None = None
         self._client_lock: asyncio.Lock | None = None
         self.datasets: DatasetStore
@@ -74,7 +80,9 @@ class GridSchedulerPlugin(SchedulerPlugin):
         self.result_workers: dict[str, list[str]] = {}  # grid task key -> nodes that computed it, in order
         self.verification_rejects = 0
         self.rejected: dict[str, int] = {}  # node address -> updates refused from it
-        self.tasks_done: dict[str, int] = {}  # node address -> tasks it finished (any client's)
+        self.tasks_done: dict[str, int] = {}  # node address -> tasks and round requests it finished
+        #: nodes that answered a round request as having no grid_update handler -> when (asked again later)
+        self.nodes_without_rounds: dict[str, float] = {}
         self.tasks_done_total = 0
         self.quarantine: Quarantine
         self.state: StateDir | None = None  # grid.scheduler.state-dir: durable jobs (recovery.py)
@@ -112,6 +120,9 @@ class GridSchedulerPlugin(SchedulerPlugin):
         self.replica_policy = replicas.install(self, scheduler)
         # partitions arrive unaligned through Dask's comms: each node copies them once (grid/node/align.py)
         await scheduler.register_worker_plugin(None, dumps(AlignPartitions()), name=ALIGN_PLUGIN, idempotent=True)
+        # round requests (grid/node/rounds.py) on nodes that accept plugins; `grid node` and
+        # Grid.local install it themselves, community nodes refuse code from a plaintext peer
+        await scheduler.register_worker_plugin(None, dumps(NodeRounds()), name=ROUNDS_PLUGIN, idempotent=True)
         if _is_tls(scheduler):
             crl = config.get("scheduler.crl-file")
             if crl:
@@ -166,11 +177,24 @@ class GridSchedulerPlugin(SchedulerPlugin):
     def remove_worker(self, scheduler: Any, worker: str, **kwargs: Any) -> None:
         self.access.forget_worker(worker)
         self.tasks_done.pop(worker, None)
+        self.nodes_without_rounds.pop(worker, None)
 
-    def _result_from(self, key: Any, worker: str | None) -> None:
+    def count_update(self, worker: str | None) -> None:
+        """Count one finished task or round request of ``worker`` (dashboard: tasks done)."""
         if worker:
             self.tasks_done[worker] = self.tasks_done.get(worker, 0) + 1
             self.tasks_done_total += 1
+
+    def lacks_rounds(self, worker: str) -> bool:
+        """Whether ``worker`` said lately that it has no ``grid_update`` handler.
+
+        Asked again after ``ROUNDS_RETRY_SECONDS``: a plugin may reach a node
+        after its first round request did."""
+        since = self.nodes_without_rounds.get(worker)
+        return since is not None and time.monotonic() - since < ROUNDS_RETRY_SECONDS
+
+    def _result_from(self, key: Any, worker: str | None) -> None:
+        self.count_update(worker)
         if isinstance(key, str) and key.startswith("grid-") and not key.startswith("grid-part-") and worker:
             self.result_workers.setdefault(key, []).append(worker)
 

@@ -89,10 +89,12 @@ def test_a_node_that_joins_gets_partitions_and_lost_replicas_are_made_again(grid
     new_node = (set(c.scheduler_info()["workers"]) - old_nodes).pop()
 
     def per_node():
+        held = c.run_on_scheduler(holders, name=data.name)
+        # the client's list of workers is a cache refreshed every few seconds: a holder may be newer
         counts = dict.fromkeys(c.scheduler_info()["workers"], 0)
-        for h in c.run_on_scheduler(holders, name=data.name).values():
+        for h in held.values():
             for a in h:
-                counts[a] += 1
+                counts[a] = counts.get(a, 0) + 1
         return counts
 
     # 8 partitions x 2 replicas on 4 nodes: the balancing moves 4 of them to the new node

@@ -30,12 +30,26 @@ class CorruptUpdates(WorkerPlugin):
 
     def setup(self, worker) -> None:  # noqa: ANN001 - distributed's signature
         self.worker = worker
+        # updates asked of the node directly (grid/node/rounds.py) come back shifted too
+        handler = worker.handlers["grid_update"]
+
+        async def corrupted(**msg):  # noqa: ANN003, ANN202
+            reply = await handler(**msg)
+            reply["updates"] = [[i, shifted(blob)] for i, blob in reply["updates"]]
+            return reply
+
+        worker.handlers["grid_update"] = corrupted
 
     def transition(self, key, start, finish, **kwargs) -> None:  # noqa: ANN001
         if finish != "memory" or not (isinstance(key, str) and key.startswith("grid-") and not key.startswith("grid-part-")):
             return
-        arrays, meta = wire.decode(self.worker.data[key])
-        self.worker.data[key] = wire.encode({k: v + 1.0 if np.asarray(v).dtype.kind == "f" else v for k, v in arrays.items()}, meta)
+        self.worker.data[key] = shifted(self.worker.data[key])
+
+
+def shifted(blob: bytes) -> bytes:
+    """An update blob with every float array shifted by +1."""
+    arrays, meta = wire.decode(blob)
+    return wire.encode({k: v + 1.0 if np.asarray(v).dtype.kind == "f" else v for k, v in arrays.items()}, meta)
 
 
 def corrupt(g: Grid, region: str, name: str) -> None:
