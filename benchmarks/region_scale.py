@@ -22,6 +22,10 @@ changed):
   hop no real network sees) are counted apart as "internal";
 * the longest event-loop stall (distributed's own ``tick-duration`` digest).
 
+Each size runs one job per round engine (``--engines tasks,direct``: the
+task graph of before and the per-node requests of ``grid/node/rounds.py``),
+on the same nodes and data, and prints the ratios side by side.
+
 Sizes run in increasing order and the benchmark stops at the first size that
 fails (workers not up in time, a job error or timeout, lost workers), and says
 why.
@@ -168,6 +172,7 @@ def _instrumented_plugin_class() -> type:
             await super().start(scheduler)
             scheduler.handlers["bench_stats"] = self.bench_stats
             scheduler.handlers["bench_idle"] = self.bench_idle
+            scheduler.handlers["bench_engine"] = self.bench_engine
             digest = scheduler.digest_metric
 
             def digest_metric(name: Any, value: float) -> None:  # the loop's own tick probe
@@ -207,6 +212,13 @@ def _instrumented_plugin_class() -> type:
                 "cpu": time.process_time(),
                 **comm_totals(),
             }
+
+        def bench_engine(self, comm: Any = None, engine: str = "direct") -> dict:
+            """Switch ``grid.scheduler.round-engine`` in this process (read at every round)."""
+            import dask
+
+            dask.config.set({"grid.scheduler.round-engine": engine})
+            return {"status": "OK", "engine": engine}
 
         async def bench_idle(self, comm: Any = None, seconds: float = 3.0) -> dict:
             """Scheduler CPU and bytes over a measurement window with no job running."""
@@ -495,11 +507,15 @@ def run_size(n: int, args: argparse.Namespace) -> dict:
             out["idle_cpu_share"] = idle["cpu_share"]
             out["idle_bytes_per_s"] = idle["bytes_per_s"]
             out["idle_msgs_per_s"] = idle["msgs_per_s"]
-            step = "job"
-            est = SGDClassifier(rounds=args.rounds, seed=0)
-            job = g.submit(est, data)
-            job.result(timeout=args.timeout)
-            history = job.history
+            # one job per round engine on the same nodes and data, one after the other
+            jobs = {}
+            models = {}
+            for engine in args.engines:
+                step = f"job ({engine})"
+                client.sync(client.scheduler.bench_engine, engine=engine)
+                job = g.submit(SGDClassifier(rounds=args.rounds, seed=0), data)
+                models[engine] = job.result(timeout=args.timeout)
+                jobs[engine] = job
             stats = client.sync(client.scheduler.bench_stats)
             hstats = host_stats(procs)
             out["node_errors"] = sum(h["errors"] for h in hstats)
@@ -507,8 +523,10 @@ def run_size(n: int, args: argparse.Namespace) -> dict:
             out["node_rss_mib"] = sum(h["rss_mib"] for h in hstats)
             out["per_node_mib"] = (out["node_rss_mib"] - out["host_base_mib"] * len(hosts)) / n
             out["sched_rss_mib"] = stats["rss_mib"]
-            out["rounds"] = per_round(stats["snapshots"], history, job.id)
-            lost = [r for r in out["rounds"] if r["workers"] < n]
+            out["engines"] = {engine: per_round(stats["snapshots"], job.history, job.id) for engine, job in jobs.items()}
+            first = models[args.engines[0]]
+            out["max_coef_diff"] = max(float(np.max(np.abs(m.coef_ - first.coef_))) for m in models.values())
+            lost = [r for rounds in out["engines"].values() for r in rounds if r["workers"] < n]
             if lost:
                 out["status"] = f"lost workers: {min(r['workers'] for r in lost)} of {n} left during the job"
             elif out["node_errors"]:
@@ -523,8 +541,8 @@ def run_size(n: int, args: argparse.Namespace) -> dict:
     return out
 
 
-def summarise(res: dict) -> dict:
-    rounds = res.get("rounds") or []
+def summarise(res: dict, engine: str) -> dict:
+    rounds = (res.get("engines") or {}).get(engine) or []
     steady = rounds[1:] or rounds  # round 1 also pays one-off costs (first graph, layouts)
     med = lambda key: statistics.median(r[key] for r in steady) if steady else float("nan")  # noqa: E731
     n = res["nodes"]
@@ -554,14 +572,18 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--idle-window", type=float, default=5.0, help="seconds of idle scheduler measured")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds for startup and for the job")
     parser.add_argument("--per-round", action="store_true", help="also print every round of every size")
+    parser.add_argument("--engines", default="tasks,direct",
+                        help="grid.scheduler.round-engine values to run side by side (the first is the 'before')")
     args = parser.parse_args(argv)
+    args.engines = [e.strip() for e in args.engines.split(",") if e.strip()]
     sizes = [int(s) for s in args.nodes.split(",") if s.strip()]
     if args.quick:
         sizes, args.rounds, args.idle_window = [50, 100], 3, 2.0
     quiet_distributed()
     print(f"One region: 1 grid scheduler (own process) + N nodes ({args.per_process} in-process workers per host "
           f"process, 1 thread each); one {args.rows} x {args.features} partition per node; "
-          f"jobs.SGDClassifier, {args.rounds} rounds", flush=True)
+          f"jobs.SGDClassifier, {args.rounds} rounds, one job per round engine ({', '.join(args.engines)}) "
+          f"on the same nodes", flush=True)
     print(f"machine: {machine()}")
     print(f"before: {load_line()}", flush=True)
     results = []
@@ -574,40 +596,55 @@ def main(argv: list[str] | None = None) -> list[dict]:
         if res["status"] != "ok":
             break
     print(f"after: {load_line()}")
-    rows = []
+    rows, ratios = [], []
+    nan = float("nan")
     for res in results:
-        s = summarise(res)
-        rows.append(
-            (
-                res["nodes"], res["hosts"], res.get("startup_s", float("nan")), res.get("scatter_s", float("nan")),
-                s["first_round_s"], s["round_s"], s["compute_s"], s["overhead_s"], s["cpu_s"], s["cpu_ms_per_task"],
-                s["kib_in"], s["kib_out"], s["bytes_per_task"], s["msgs_per_task"], s["max_tick_ms"],
-                100 * res.get("idle_cpu_share", float("nan")), res.get("sched_rss_mib", float("nan")),
-                res.get("per_node_mib", float("nan")), res.get("node_rss_mib", float("nan")) / 1024,
-                res.get("node_errors", "-"), res["status"],
+        summaries = {engine: summarise(res, engine) for engine in args.engines}
+        for engine, s in summaries.items():
+            rows.append(
+                (
+                    res["nodes"], engine, res["hosts"], res.get("startup_s", nan), res.get("scatter_s", nan),
+                    s["first_round_s"], s["round_s"], s["compute_s"], s["overhead_s"], s["cpu_s"], s["cpu_ms_per_task"],
+                    s["kib_in"], s["kib_out"], s["bytes_per_task"], s["msgs_per_task"], s["max_tick_ms"],
+                    100 * res.get("idle_cpu_share", nan), res.get("sched_rss_mib", nan),
+                    res.get("per_node_mib", nan), res.get("node_rss_mib", nan) / 1024,
+                    res.get("node_errors", "-"), res["status"],
+                )
             )
-        )
+        before = summaries[args.engines[0]]
+        for engine, s in list(summaries.items())[1:]:
+            ratio = lambda k: before[k] / s[k] if s[k] else nan  # noqa: E731
+            ratios.append((res["nodes"], f"{args.engines[0]} / {engine}", ratio("round_s"), ratio("overhead_s"),
+                           ratio("cpu_s"), ratio("bytes_per_task"), ratio("msgs_per_task"),
+                           res.get("max_coef_diff", nan)))
     print()
     print("Per round: median of rounds 2.. (round 1 also builds the job's partition handles and layouts)")
     print(
         table(
-            ["nodes", "host procs", "startup s", "scatter s", "round 1 s", "round s", "compute s",
+            ["nodes", "engine", "host procs", "startup s", "scatter s", "round 1 s", "round s", "compute s",
              "beyond compute s", "sched CPU s", "sched CPU ms/task", "KiB in", "KiB out", "bytes/task",
              "msgs/task", "max loop stall ms", "idle sched CPU %", "sched RSS MiB", "MiB/node", "node hosts GiB", "node errors", "status"],
             rows,
         )
     )
+    if ratios:
+        print()
+        print("Before / after, same run, same nodes (> 1: the second engine is cheaper); "
+              "max |coef diff| between the engines' models")
+        print(table(["nodes", "ratio", "round time", "beyond compute", "sched CPU", "bytes/task", "msgs/task",
+                     "max |coef diff|"], ratios))
     if args.per_round:
         detail = []
         for res in results:
-            for r in res.get("rounds") or []:
-                detail.append(
-                    (res["nodes"], r["round"], r["seconds"], r["compute"], r["overhead"], r["region_seconds"],
+            for engine, rounds in (res.get("engines") or {}).items():
+                detail.extend(
+                    (res["nodes"], engine, r["round"], r["seconds"], r["compute"], r["overhead"], r["region_seconds"],
                      r["cpu"], r["bytes_in"] / 1024, r["bytes_out"] / 1024, r["internal"] / 1024,
                      1000 * r["max_tick"], r["workers"])
+                    for r in rounds
                 )
         print()
-        print(table(["nodes", "round", "seconds", "compute s", "beyond compute s", "region run_round s",
+        print(table(["nodes", "engine", "round", "seconds", "compute s", "beyond compute s", "region run_round s",
                      "sched CPU s", "KiB in", "KiB out", "KiB internal", "max stall ms", "workers"], detail))
     return results
 
