@@ -703,9 +703,12 @@ def step_size(cfg: SGDConfig, state: State, t: float, batch: int) -> float:
     * ``"auto"`` (default): ``eta_base / (1 + eta_base * alpha * t / batch)``,
       the classic ``1 / (alpha * t)`` decay of strongly convex SGD started at the
       data-sized step ``eta_base``, combined with iterate averaging in
-      :func:`run_epochs`. Known limitation: with a tiny ``alpha`` the decay
-      barely starts, and squared loss on heavy-tailed targets stays noisy
-      (use ``learning_rate="invscaling"`` or ``loss="huber"`` there).
+      :func:`run_epochs`. For ``loss="squared_error"``, the one loss whose
+      gradient grows with the residual (heavy-tailed targets make it
+      unbounded), the step also decays at least like ``"invscaling"``:
+      ``eta_base / max(1 + eta_base * alpha * t / batch, (1 + t / batch) ** power_t)``.
+      With a tiny ``alpha`` the first decay barely starts, and without the
+      second, gross target errors keep the iterates noisy.
     * ``"constant"``: ``eta_base``.
     * ``"invscaling"``: ``eta_base / (1 + t / batch) ** power_t``.
     * ``"adaptive"``: ``eta_base * eta_scale`` where ``eta_scale`` is divided
@@ -720,7 +723,10 @@ def step_size(cfg: SGDConfig, state: State, t: float, batch: int) -> float:
     base *= state["eta_scale"]
     lr = cfg.learning_rate
     if lr == "auto":
-        return base / (1.0 + base * cfg.effective_alpha * t / batch)
+        decay = 1.0 + base * cfg.effective_alpha * t / batch
+        if cfg.loss == "squared_error":  # unbounded gradients: never decay slower than invscaling
+            decay = max(decay, (1.0 + t / batch) ** cfg.power_t)
+        return base / decay
     if lr == "invscaling":
         return base / (1.0 + t / batch) ** cfg.power_t
     return base  # constant, adaptive

@@ -91,13 +91,23 @@ class CommunityMode(WorkerPlugin):
         return guarded
 
     def _trusted(self, comm: Any) -> bool:
-        info = getattr(comm, "extra_info", None) or {}
-        if "peercert" in info:
-            from grid.security.certs import identity_from_peercert
-
-            try:
-                return identity_from_peercert(info["peercert"]).role in TRUSTED_ROLES
-            except Exception:  # noqa: BLE001 - a certificate without a grid identity is not trusted
-                return False
         # a plaintext grid authenticates nobody, so nobody may run code on a community node
-        return False
+        return peer_role(comm) in TRUSTED_ROLES
+
+
+def peer_role(comm: Any) -> str | None:
+    """The grid role of the TLS peer on ``comm``; None on plaintext or for a certificate
+    without a grid identity."""
+    info = getattr(comm, "extra_info", None) or {}
+    if "peercert" not in info:
+        return None
+    from grid.security.certs import identity_from_peercert
+
+    try:
+        return identity_from_peercert(info["peercert"]).role
+    except Exception:  # noqa: BLE001 - a certificate without a grid identity has no role
+        return None
+
+
+def is_tls_peer(comm: Any) -> bool:
+    return "peercert" in (getattr(comm, "extra_info", None) or {})

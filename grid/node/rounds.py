@@ -30,6 +30,7 @@ from typing import Any
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from grid.node import tasks
+from grid.node.community import TRUSTED_ROLES, is_tls_peer, peer_role
 
 logger = logging.getLogger("grid.node")
 
@@ -67,7 +68,8 @@ async def update_partitions(
     dict
         ``status`` ``"OK"`` with ``updates`` (``[index, blob]`` pairs, in the
         order of ``parts``), ``missing`` (indices of partitions this node does
-        not hold) and ``errors`` (``[index, text]`` of updates that raised);
+        not hold), ``errors`` (``[index, text]`` of updates that raised) and
+        ``invalid`` (``[index, text]`` of updates that were not wire bytes);
         or ``status`` ``"paused"`` when the node is paused (idle-only nodes)
         and runs nothing now.
     """
@@ -87,13 +89,17 @@ async def update_partitions(
         for index, partition in held
     ]
     outcomes = await asyncio.gather(*calls, return_exceptions=True)
-    updates, errors = [], []
+    updates, errors, invalid = [], [], []
     for (index, _), outcome in zip(held, outcomes):
         if isinstance(outcome, BaseException):
             errors.append([index, _error_text(outcome)])
-        else:
+        elif isinstance(outcome, bytes):
             updates.append([index, outcome])
-    return {"status": "OK", "updates": updates, "missing": missing, "errors": errors}
+        else:
+            # never put anything but bytes in the reply: distributed pickles what msgpack cannot
+            # encode, and the scheduler would unpickle it (docs/security.md, residual risk)
+            invalid.append([index, f"the update of partition {index} is a {type(outcome).__name__}, not wire bytes"])
+    return {"status": "OK", "updates": updates, "missing": missing, "errors": errors, "invalid": invalid}
 
 
 class NodeRounds(WorkerPlugin):
@@ -103,7 +109,14 @@ class NodeRounds(WorkerPlugin):
     idempotent = True
 
     def setup(self, worker: Any) -> None:
-        async def grid_update(request: dict, state: bytes | None, round_no: int, parts: list) -> dict:
+        async def grid_update(comm: Any, request: dict, state: bytes | None, round_no: int, parts: list) -> dict:
+            # on TLS only the region's scheduler (or an admin) may spend this node's CPU; a
+            # plaintext grid authenticates nobody, as for Dask's own get_data
+            if is_tls_peer(comm) and peer_role(comm) not in TRUSTED_ROLES:
+                raise PermissionError(
+                    f"node {worker.name!r} takes round requests only from its scheduler (role 'scheduler' "
+                    "or 'admin'); submit training through Grid.submit"
+                )
             return await update_partitions(worker, request, state, round_no, parts)
 
         worker.handlers[OP] = grid_update

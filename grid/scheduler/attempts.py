@@ -177,6 +177,7 @@ class RoundAttempts:
         #: node requests of this round not sent yet: node -> [(partition, attempt)]; sent by _flush
         self.batch: dict[str, list[tuple[PartitionRound, Attempt]]] = {}
         self.calls: list[asyncio.Task] = []
+        self.holdings: dict[str, int] | None = None
         self.direct = config.choice("scheduler.round-engine", ROUND_ENGINES) == "direct"
         self.started = time.monotonic()
         self.tend_at = self.started  # when the next look for late and lost tasks is due
@@ -286,9 +287,25 @@ class RoundAttempts:
                 self._add_replica(pr)
 
     def _holder(self, pr: PartitionRound, exclude: set[str] = frozenset()) -> str | None:  # type: ignore[assignment]
-        """The least-loaded running node holding ``pr``'s data that serves node requests, if any."""
+        """The least-loaded running node holding ``pr``'s data that serves node requests, if any.
+
+        Ties go to the node holding fewer of the dataset's partitions (it has
+        fewer other chances of work: e.g. a node that just joined), then by
+        address, so the assignment is deterministic for a given placement."""
         holders = [w for w in self._holders(pr) if w not in exclude and self._can_call(w)]
-        return min(holders, key=lambda w: (self.load.get(w, 0), w)) if holders else None
+        if not holders:
+            return None
+        held = self._holdings()
+        return min(holders, key=lambda w: (self.load.get(w, 0), held.get(w, 0), w))
+
+    def _holdings(self) -> dict[str, int]:
+        """Node -> how many of the dataset's partitions it holds (counted once per round)."""
+        if self.holdings is None:
+            self.holdings = {}
+            for pr in self.partitions:
+                for w in self._holders(pr):
+                    self.holdings[w] = self.holdings.get(w, 0) + 1
+        return self.holdings
 
     def _holders(self, pr: PartitionRound) -> set[str]:
         ts = self.plugin.scheduler.tasks.get(self.run.dataset.keys[pr.position])
@@ -386,6 +403,8 @@ class RoundAttempts:
                         outcomes[int(index)] = blob
                     for index, text in reply.get("errors") or []:
                         outcomes[int(index)] = NodeFailed(str(text))
+                    for index, text in reply.get("invalid") or []:
+                        outcomes[int(index)] = wire.WireError(f"node {worker}: {text}")
                     for index in reply.get("missing") or []:
                         outcomes[int(index)] = Declined("the node no longer holds the partition")
                 except (TypeError, ValueError) as exc:

@@ -165,8 +165,8 @@ def test_a_node_answering_garbage_is_quarantined_and_the_model_is_clean(grid3: G
     def install(kind: str, dask_worker=None) -> None:  # noqa: ANN001
         real = dask_worker.handlers[OP]
 
-        async def garbage(**msg):  # noqa: ANN003, ANN202
-            reply = await real(**msg)
+        async def garbage(comm, **msg):  # noqa: ANN001, ANN003, ANN202
+            reply = await real(comm, **msg)
             if kind == "junk-blob":
                 return dict(reply, updates=[[i, b"\x00not a grid update"] for i, _ in reply["updates"]])
             if kind == "not-a-dict":

@@ -169,3 +169,29 @@ def test_a_community_node_refuses_an_arbitrary_function(tls_grid):
 
     outcome = asyncio.run(main())
     assert "community mode" in outcome and "refused" in outcome and "NodeTaskError" in outcome
+
+
+def test_round_requests_on_tls_come_only_from_the_scheduler(tls_grid, classification_data):
+    """Jobs on TLS run as round requests, and a client certificate cannot send one to a node."""
+    from distributed.core import rpc
+
+    from grid.node.rounds import OP
+
+    X, y = classification_data
+    job = tls_grid.submit(PartialFit(SGDClassifier(random_state=0), rounds=2), X, y)
+    job.result(timeout=60)
+    assert all(h["requests"] >= 1 and h["tasks"] == 0 for h in job.history), job.history
+    throwaway = tls_grid._local.throwaway
+    node = tls_grid.status()["eu"]["workers"][0]["address"]
+
+    async def ask(security: Security) -> str:
+        async with rpc(node, connection_args=security.get_connection_args("client")) as r:
+            try:
+                await getattr(r, OP)(request={}, state=None, round_no=0, parts=[])
+            except Exception as exc:  # noqa: BLE001 - the refusal is what we test
+                return f"{type(exc).__name__}: {exc}"
+            return "served"
+
+    refused = asyncio.run(ask(throwaway.client.security()))
+    assert refused.startswith("PermissionError") and "only from its scheduler" in refused, refused
+    assert asyncio.run(ask(throwaway.admin.security())) == "served"

@@ -136,11 +136,6 @@ def test_regressor_reaches_sklearn_r2(g2, loss, outliers, penalty):
     assert ours >= theirs - 0.01, f"grid R^2 {ours:.4f} vs scikit-learn {theirs:.4f}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known defect, tracked: learning_rate='auto' with a tiny alpha does not decay, so squared loss on "
-    "heavy-tailed targets stays noisy (R^2 0.52 vs 0.72); see jobs/sgd.py step_size and docs/training.md",
-)
 def test_squared_error_with_heavy_tailed_targets_reaches_sklearn_r2(g2):
     """Least squares where 5 % of the targets carry gross errors (the default schedule).
 

@@ -33,8 +33,8 @@ class CorruptUpdates(WorkerPlugin):
         # updates asked of the node directly (grid/node/rounds.py) come back shifted too
         handler = worker.handlers["grid_update"]
 
-        async def corrupted(**msg):  # noqa: ANN003, ANN202
-            reply = await handler(**msg)
+        async def corrupted(comm, **msg):  # noqa: ANN001, ANN003, ANN202
+            reply = await handler(comm, **msg)
             reply["updates"] = [[i, shifted(blob)] for i, blob in reply["updates"]]
             return reply
 

@@ -39,7 +39,9 @@ pytestmark = [pytest.mark.system, pytest.mark.slow]
 REGIONS = ("eu", "us")
 PARTITIONS = 12
 ROWS = 1000
-ROUNDS = 400
+#: long enough that nodes started after the first kill join, receive partitions and work
+#: before the job ends (a round of this job takes ~10-20 ms with round requests)
+ROUNDS = 1500
 
 
 @pytest.mark.parametrize("kind", ["files", "scattered"])
@@ -71,7 +73,7 @@ def test_nodes_killed_and_started_mid_job_leave_the_model_unchanged(kind, tmp_pa
             victims = rng.sample([n for n, (r, _) in nodes.items() if r == heavy], 2)
             victims += rng.sample([n for n, (r, _) in nodes.items() if r != heavy], 1)
             rng.shuffle(victims)
-            kill_rounds = sorted(rng.sample(range(5, ROUNDS // 2), 3))
+            kill_rounds = sorted(rng.sample(range(5, ROUNDS // 4), 3))
             t0 = time.monotonic()
             job = g.submit(est, data)
             log = []
@@ -89,7 +91,9 @@ def test_nodes_killed_and_started_mid_job_leave_the_model_unchanged(kind, tmp_pa
             # the new nodes joined, received partitions and then work while the job still ran
             for r in REGIONS:
                 wait_for(lambda: f"{r}-new" in node_names(g, r), timeout=120, what=f"{r}-new joined")
-                wait_for(lambda: tasks_done_by(g, r).get(f"{r}-new", 0) > 0, timeout=300, what=f"{r}-new got work")
+                wait_for(lambda: tasks_done_by(g, r).get(f"{r}-new", 0) > 0 or job.status != "running",
+                         timeout=300, what=f"{r}-new got work")
+                assert tasks_done_by(g, r).get(f"{r}-new", 0) > 0, f"the job ended before {r}-new did any work: {log}"
             log.append((rounds_done(job), "new nodes did work"))
             fitted = job.result(timeout=600)
             churned = time.monotonic() - t0
