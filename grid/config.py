@@ -45,7 +45,11 @@ def get(key: str, default: Any = None) -> Any:
     utilities do).
     """
     shipped = _shipped(key)
-    return dask.config.get(f"grid.{key}", default=default if shipped is _MISSING else shipped)
+    value = dask.config.get(f"grid.{key}", default=default if shipped is _MISSING else shipped)
+    if isinstance(shipped, dict) and isinstance(value, dict) and value is not shipped:
+        # a section set key by key after such a reset lacks the other keys: the shipped ones fill in
+        return dask.config.merge(shipped, value)
+    return value
 
 
 def choice(key: str, allowed: tuple[str, ...]) -> str:

@@ -28,6 +28,18 @@ def classification_data():
     return X.astype(np.float64), y
 
 
+@pytest.fixture
+def grid3():
+    """A fresh in-process grid for one test: region eu with three threaded nodes."""
+    from grid import Grid
+
+    g = Grid.local(regions={"eu": 3}, processes=False, dashboard=False)
+    try:
+        yield g
+    finally:
+        g.close()
+
+
 @pytest.fixture(scope="module")
 def grid2():
     """An in-process grid: regions eu and us with one threaded node each."""

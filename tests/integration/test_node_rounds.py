@@ -8,7 +8,6 @@ cannot or will not serve requests.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 
 import dask
 import numpy as np
@@ -47,15 +46,6 @@ def record_keys(g: Grid, region: str = "eu") -> TaskKeys:
 
 def addresses(g: Grid, region: str = "eu") -> list[str]:
     return sorted(w["address"] for w in g.status()[region]["workers"])
-
-
-@pytest.fixture
-def grid3() -> Iterator[Grid]:
-    g = Grid.local(regions={"eu": 3}, processes=False, dashboard=False)
-    try:
-        yield g
-    finally:
-        g.close()
 
 
 # --- the node's handler ------------------------------------------------------------------

@@ -14,7 +14,6 @@ import pytest
 from sklearn.datasets import make_classification
 from sklearn.linear_model import SGDClassifier
 
-from grid import Grid
 from jobs import PartialFit
 from jobs.data import Files
 from tests.conftest import wait_for
@@ -41,15 +40,6 @@ async def kill(dask_scheduler, addresses):
 
 def policies(dask_scheduler):
     return sorted(type(p).__name__ for p in dask_scheduler.extensions["amm"].policies)
-
-
-@pytest.fixture
-def grid3():
-    g = Grid.local(regions={"eu": 3}, processes=False, dashboard=False)
-    try:
-        yield g
-    finally:
-        g.close()
 
 
 def test_the_grid_policy_replaces_reduce_replicas(grid3):

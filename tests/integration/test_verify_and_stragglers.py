@@ -75,15 +75,6 @@ def node_addresses(g: Grid, region: str) -> list[str]:
 
 
 @pytest.fixture
-def grid3() -> Iterator[Grid]:
-    g = Grid.local(regions={"eu": 3}, processes=False, dashboard=False)
-    try:
-        yield g
-    finally:
-        g.close()
-
-
-@pytest.fixture
 def block_node(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict]:
     """Make the local step block on one node (address ``target``) until ``release`` is set."""
     real = node_tasks.local_step
