@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from grid.errors import check_reply
+from grid.keys import partition_key
 from jobs.data import Files, Partitions, split_counts
 
 
@@ -118,7 +119,7 @@ def place(
         for region, indices in shares:
             count = len(indices)
             client = grid.client(region)
-            keys = [f"grid-part-{name}-{index}" for index in indices]
+            keys = [partition_key(name, index) for index in indices]
             held: list = []  # futures of every attempt, released only once the dataset holds the keys
             for attempt in range(PLACE_ATTEMPTS):
                 workers = [w["address"] for w in infos[region]["workers"]]

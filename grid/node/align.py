@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 from distributed.diagnostics.plugin import WorkerPlugin
 
+from grid.keys import is_partition
+
 #: the name the plugin is registered under
 PLUGIN_NAME = "grid-align-partitions"
 
@@ -43,7 +45,7 @@ class AlignPartitions(WorkerPlugin):
         self.worker = worker
 
     def transition(self, key: Any, start: str, finish: str, **kwargs: Any) -> None:
-        if finish != "memory" or not (isinstance(key, str) and key.startswith("grid-part-")):
+        if finish != "memory" or not is_partition(key):
             return
         data = self.worker.data
         if key in getattr(data, "fast", data):  # never unspill a partition from disk just to look at it

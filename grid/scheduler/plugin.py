@@ -21,6 +21,7 @@ from distributed.diagnostics.plugin import SchedulerPlugin
 from distributed.protocol.pickle import dumps
 
 from grid import config
+from grid.keys import GRID_PREFIX, is_partition, partition_key
 from grid.dashboard.app import register_scheduler_page, unregister_scheduler_page
 from grid.scheduler import replicas, untrusted
 from grid.scheduler.access import AccessControl
@@ -195,7 +196,7 @@ class GridSchedulerPlugin(SchedulerPlugin):
 
     def _result_from(self, key: Any, worker: str | None) -> None:
         self.count_update(worker)
-        if isinstance(key, str) and key.startswith("grid-") and not key.startswith("grid-part-") and worker:
+        if isinstance(key, str) and key.startswith(GRID_PREFIX) and not is_partition(key) and worker:
             self.result_workers.setdefault(key, []).append(worker)
 
     def result_workers_of(self, key: str) -> list[str]:
@@ -326,7 +327,7 @@ class GridSchedulerPlugin(SchedulerPlugin):
             options = {k: options.get(k) for k in ("target", "features", "format")}
             client = await self.get_client()
             parts = [
-                client.submit(read_file_partition, str(p), options, key=f"grid-part-{name}-{i}")
+                client.submit(read_file_partition, str(p), options, key=partition_key(name, i))
                 for p, i in zip(paths, indices)
             ]
             infos = [client.submit(describe_partition, f, key=f"grid-describe-{name}-{i}") for f, i in zip(parts, indices)]

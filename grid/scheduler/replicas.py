@@ -56,14 +56,13 @@ from distributed.active_memory_manager import ReduceReplicas, Suggestion, Sugges
 from distributed.core import Status
 
 from grid import config
+from grid.keys import is_partition
 
 if TYPE_CHECKING:
     from grid.scheduler.plugin import GridSchedulerPlugin
 
 logger = logging.getLogger("grid.replicas")
 
-#: key prefix of every grid data partition (grid.placement, grid_register_files)
-PARTITION_PREFIX = "grid-part-"
 
 
 class GridReplicas(ReduceReplicas):
@@ -126,7 +125,7 @@ class GridReplicas(ReduceReplicas):
                 # a partition between its scatter and its dataset's registration is not
                 # "superfluous" either: never reduce a grid partition below its placement
                 key = suggestion.ts.key
-                protected = key in keys or (isinstance(key, str) and key.startswith(PARTITION_PREFIX))
+                protected = key in keys or is_partition(key)
                 choice = None if protected else (yield suggestion)
                 suggestion = inner.send(choice)
         except StopIteration:
