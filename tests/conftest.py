@@ -33,11 +33,8 @@ def grid3():
     """A fresh in-process grid for one test: region eu with three threaded nodes."""
     from grid import Grid
 
-    g = Grid.local(regions={"eu": 3}, processes=False, dashboard=False)
-    try:
+    with Grid.local(regions={"eu": 3}, processes=False, dashboard=False) as g:
         yield g
-    finally:
-        g.close()
 
 
 @pytest.fixture(scope="module")
