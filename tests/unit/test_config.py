@@ -53,3 +53,20 @@ def test_defaults_are_registered_and_overridable():
         assert config.get("jobs.replicas") == 1
     assert config.seconds("connect-timeout") == 10
     assert config.nbytes("scheduler.max-update-bytes") == 256 * 2**20
+
+
+def test_a_section_set_key_by_key_after_a_config_reset_keeps_the_shipped_keys():
+    """distributed's test utilities reset dask.config to a snapshot that may predate the grid's defaults."""
+    import dask
+
+    from grid import config
+
+    saved = dask.config.config.pop("grid")
+    try:
+        with dask.config.set({"grid.scheduler.verify.trust-after": 2}):
+            verify = config.get("scheduler.verify")
+            assert verify["trust-after"] == 2  # what was set wins ...
+            assert verify["rtol"] == 1e-7 and verify["max-replicas"] == 5  # ... the rest is shipped
+        assert config.get("scheduler.round-engine") == "direct"
+    finally:
+        dask.config.config["grid"] = saved
