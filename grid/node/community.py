@@ -95,10 +95,15 @@ class CommunityMode(WorkerPlugin):
         return peer_role(comm) in TRUSTED_ROLES
 
 
+def _extra_info(comm: Any) -> dict:
+    """What the comm knows of its peer (``peercert`` only on TLS)."""
+    return getattr(comm, "extra_info", None) or {}
+
+
 def peer_role(comm: Any) -> str | None:
     """The grid role of the TLS peer on ``comm``; None on plaintext or for a certificate
     without a grid identity."""
-    info = getattr(comm, "extra_info", None) or {}
+    info = _extra_info(comm)
     if "peercert" not in info:
         return None
     from grid.security.certs import identity_from_peercert
@@ -110,4 +115,4 @@ def peer_role(comm: Any) -> str | None:
 
 
 def is_tls_peer(comm: Any) -> bool:
-    return "peercert" in (getattr(comm, "extra_info", None) or {})
+    return "peercert" in _extra_info(comm)

@@ -41,6 +41,8 @@ nodes) go into the round's metrics and from there into the job's history.
 from __future__ import annotations
 
 import asyncio
+import collections
+import functools
 import logging
 import math
 import random
@@ -177,7 +179,6 @@ class RoundAttempts:
         #: node requests of this round not sent yet: node -> [(partition, attempt)]; sent by _flush
         self.batch: dict[str, list[tuple[PartitionRound, Attempt]]] = {}
         self.calls: list[asyncio.Task] = []
-        self.holdings: dict[str, int] | None = None
         self.direct = config.choice("scheduler.round-engine", ROUND_ENGINES) == "direct"
         self.started = time.monotonic()
         self.tend_at = self.started  # when the next look for late and lost tasks is due
@@ -286,26 +287,22 @@ class RoundAttempts:
             for _ in range(pr.needed - 1):
                 self._add_replica(pr)
 
-    def _holder(self, pr: PartitionRound, exclude: set[str] = frozenset()) -> str | None:  # type: ignore[assignment]
+    def _holder(self, pr: PartitionRound) -> str | None:
         """The least-loaded running node holding ``pr``'s data that serves node requests, if any.
 
         Ties go to the node holding fewer of the dataset's partitions (it has
         fewer other chances of work: e.g. a node that just joined), then by
         address, so the assignment is deterministic for a given placement."""
-        holders = [w for w in self._holders(pr) if w not in exclude and self._can_call(w)]
+        holders = [w for w in self._holders(pr) if self._can_call(w)]
         if not holders:
             return None
-        held = self._holdings()
+        held = self.holdings
         return min(holders, key=lambda w: (self.load.get(w, 0), held.get(w, 0), w))
 
-    def _holdings(self) -> dict[str, int]:
+    @functools.cached_property
+    def holdings(self) -> dict[str, int]:
         """Node -> how many of the dataset's partitions it holds (counted once per round)."""
-        if self.holdings is None:
-            self.holdings = {}
-            for pr in self.partitions:
-                for w in self._holders(pr):
-                    self.holdings[w] = self.holdings.get(w, 0) + 1
-        return self.holdings
+        return collections.Counter(w for pr in self.partitions for w in self._holders(pr))
 
     def _holders(self, pr: PartitionRound) -> set[str]:
         ts = self.plugin.scheduler.tasks.get(self.run.dataset.keys[pr.position])
@@ -442,8 +439,7 @@ class RoundAttempts:
 
     def _choose(self, pr: PartitionRound, exclude: set[str] = frozenset()) -> str | None:  # type: ignore[assignment]
         """The least-loaded usable node not yet used for this partition, holders of its data first."""
-        ts = self.plugin.scheduler.tasks.get(self.run.dataset.keys[pr.position])
-        holders = {ws.address for ws in ts.who_has} if ts is not None and ts.who_has else set()
+        holders = self._holders(pr)
         used = pr.workers() | set(exclude)
         for attempt in pr.pending:  # where Dask put the unpinned ones: a copy must go elsewhere
             task = self.plugin.scheduler.tasks.get(attempt.future.key)

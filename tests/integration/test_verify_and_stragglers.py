@@ -19,6 +19,7 @@ from sklearn.linear_model import SGDClassifier
 
 import grid.node.tasks as node_tasks
 from grid import Grid, wire
+from grid.keys import GRID_PREFIX, is_partition
 from jobs import PartialFit
 from tests.conftest import wait_for
 
@@ -41,7 +42,7 @@ class CorruptUpdates(WorkerPlugin):
         worker.handlers["grid_update"] = corrupted
 
     def transition(self, key, start, finish, **kwargs) -> None:  # noqa: ANN001
-        if finish != "memory" or not (isinstance(key, str) and key.startswith("grid-") and not key.startswith("grid-part-")):
+        if finish != "memory" or not (isinstance(key, str) and key.startswith(GRID_PREFIX) and not is_partition(key)):
             return
         self.worker.data[key] = shifted(self.worker.data[key])
 
