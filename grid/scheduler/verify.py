@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from jobs.plain import PlainDataError, check_plain
+
 #: an update as the round engine holds it: (arrays of the model state, metadata)
 Update = tuple[dict[str, np.ndarray], dict[str, Any]]
 
@@ -145,14 +147,24 @@ class Reliability:
 
 
 def check_request(request: dict, region: str, usable_nodes: int | None) -> None:
-    """Reject a job's ``verify`` / ``partial_participation`` settings before any work.
+    """Reject a job request that is not plain data, or bad ``verify`` / ``partial_participation`` settings.
+
+    Every place that accepts a job request calls this (``Grid.submit``
+    before sending it, the scheduler's ``grid_submit`` and ``grid_attach``
+    before registering or forwarding it), so a request that reaches a node
+    holds nothing but plain data (:func:`jobs.plain.check_plain`).
 
     Raises
     ------
+    jobs.plain.PlainDataError
+        Naming the first field that is not plain data (a ``ValueError``).
     ValueError
         Naming the setting, the value and what is allowed, or that this
         region has too few nodes for the requested verification.
     """
+    check_plain(request, "request")
+    if not isinstance(request, dict):
+        raise PlainDataError(f"a job request must be a dict, got {type(request).__name__}")
     verify = request.get("verify", 1)
     if isinstance(verify, bool) or not isinstance(verify, int) or verify < 1:
         raise ValueError(f"verify must be an integer >= 1 (nodes computing each update), got {verify!r:.80}")
