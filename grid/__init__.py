@@ -6,6 +6,10 @@
 """
 
 from grid import config  # noqa: F401  (registers the grid defaults with dask.config)
+from grid import protocol
+
+# tls:// comms of this process read untrusted peers through the grid's checks (grid/protocol)
+protocol.install()
 from grid.client import Grid, current_grid
 from grid.errors import GridConnectionError, JobCancelled, JobFailed, RemoteError, UnknownRegion
 from grid.job import Job

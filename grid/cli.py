@@ -124,6 +124,31 @@ def scheduler(
     )
 
 
+def _node_data_settings(data_roots: tuple[str, ...], allow_private_urls: bool | None, community: bool) -> None:
+    """Put the node's Files rules in its Dask config, which the Nanny hands to the worker process."""
+    from jobs.data_roots import is_url, normalize_roots, roots_setting
+
+    roots = list(data_roots) if data_roots else roots_setting(config.get("node.data-roots"))
+    param = "--data-root" if data_roots else "grid.node.data-roots"
+    try:
+        normalized = normalize_roots(roots)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint=param) from None
+    for given, root in zip(roots, normalized):
+        if not is_url(root) and not os.path.isdir(root):
+            raise click.BadParameter(f"data root {given!r} is not a directory on this host", param_hint=param)
+    # resolved here: the worker process must not reinterpret a relative root or a symlink later
+    settings: dict[str, Any] = {"grid.node.data-roots": normalized}
+    if allow_private_urls is not None:
+        settings["grid.node.allow-private-urls"] = allow_private_urls
+    dask.config.set(settings)
+    log = logging.getLogger("grid.node")
+    if roots:
+        log.info("Files datasets are read only under %s", normalized)
+    elif community:
+        log.warning("no data roots: this community node refuses every Files dataset (name them with --data-root)")
+
+
 @main.group(invoke_without_command=True)
 @click.pass_context
 @click.option("--region", default=None, help="Region to join; must match the scheduler's (required).")
@@ -134,10 +159,20 @@ def scheduler(
 @click.option("--community/--no-community", default=True, show_default=True, help="Run only grid job functions (a node owner lends CPU, not a shell).")
 @click.option("--idle-only/--no-idle-only", default=None, help="Pause while other processes use the host's CPU (default: grid.node.idle.enabled).")
 @click.option("--cpu-share", default=None, type=click.FloatRange(min=0, min_open=True, max=1), help="Share of the host's cores this node may use (0 < x <= 1).")
+@click.option(
+    "--data-root", "data_roots", multiple=True, metavar="DIR_OR_URL_PREFIX",
+    help="Read Files datasets only under this directory or URL prefix (repeatable; replaces grid.node.data-roots). "
+    "A community node without one reads no files.",
+)
+@click.option(
+    "--allow-private-urls/--no-allow-private-urls", default=None,
+    help="Fetch Files URLs whose host is loopback, link-local or private (default: grid.node.allow-private-urls).",
+)
 @tls_options
 def node(
     ctx: click.Context, region: str | None, scheduler_address: str | None, nthreads: int, memory_limit: str, name: str | None,
-    community: bool, idle_only: bool | None, cpu_share: float | None, tls_ca_file: str | None, tls_cert: str | None, tls_key: str | None,
+    community: bool, idle_only: bool | None, cpu_share: float | None, data_roots: tuple[str, ...], allow_private_urls: bool | None,
+    tls_ca_file: str | None, tls_cert: str | None, tls_key: str | None,
 ) -> None:
     """Run a node: a Dask worker of one region. SIGTERM retires it gracefully.
 
@@ -151,6 +186,7 @@ def node(
 
     _logging()
     security = _security("node", tls_ca_file, tls_cert, tls_key)
+    _node_data_settings(data_roots, allow_private_urls, community)
     from grid.node.idle import apply_process_limits, idle_plugin
 
     plugins: tuple = ()
@@ -224,7 +260,9 @@ def status(grid_file: str, as_json: bool) -> None:
         return
     for region, info in st.items():
         jobs = ", ".join(f"{k} {v}" for k, v in info["jobs"].items() if v)
-        click.echo(f"region {region}  {info['address']}  nodes {len(info['workers'])}  threads {info['nthreads']}  jobs: {jobs or 'none'}")
+        counts = info.get("nodes") or {}  # a data scientist's certificate sees counts, not the nodes
+        n_nodes = counts.get("active", 0) + counts.get("paused", 0) if counts else len(info["workers"])
+        click.echo(f"region {region}  {info['address']}  nodes {n_nodes}  threads {info['nthreads']}  jobs: {jobs or 'none'}")
         for w in info["workers"]:
             click.echo(
                 f"  {w['name']:<28} {w['state']:<12} threads {w['nthreads']}  cpu {w['cpu']:5.1f}%  "

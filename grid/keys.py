@@ -3,7 +3,10 @@
 A data partition is the Dask key ``grid-part-{dataset}-{index}``; every grid
 task key starts with ``grid-``. The replica policy, the nodes' alignment and
 the scheduler's bookkeeping recognise partitions by this prefix, so it is
-spelled here once.
+spelled here once. Partition keys are unguessable because dataset names are
+(128 random bits, :func:`grid.placement.dataset_name`): on a TLS grid the
+scheduler also records which certificate scattered each key and refuses a
+dataset made of someone else's (``grid.scheduler.access``).
 """
 
 from __future__ import annotations

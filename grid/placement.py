@@ -2,23 +2,33 @@
 
 Partitions are split across regions in proportion to their threads, in
 contiguous ranges (so global partition order is region order, then partition
-order). Inside a region, partition ``j`` goes to ``replicas`` consecutive
-workers in name order, so losing one node loses no data where the region has
-two or more. The region's scheduler then holds the keys for the dataset, and
-its replica policy (``grid/scheduler/replicas.py``) keeps that many copies
-through churn. A node that leaves while its region is being placed on (the
-scatter to it fails) makes the region's placement start again with the nodes
-listed anew (``PLACE_ATTEMPTS``).
+order). A region's threads count each node at most
+``grid.scheduler.max-node-threads`` (the scheduler caps what nodes claim, and
+the client applies its own cap again), so a node claiming a big machine does
+not draw a region's, or a grid's, partitions to itself. Inside a region the
+scheduler picks the nodes: the client scatters each partition without naming
+a node (data scientists do not see node addresses), distributed sends them
+round-robin over the running nodes, and the scheduler copies each to
+``grid.jobs.replicas`` nodes when the dataset is registered, so losing one
+node loses no data where the region has two or more; its replica policy
+(``grid/scheduler/replicas.py``) keeps that many copies through churn. A node
+that leaves while its region is being placed on (the scatter to it fails)
+makes the region's placement start again (``PLACE_ATTEMPTS``).
+
+Dataset names, and with them partition keys, carry 128 random bits
+(``secrets.token_hex(16)``): nobody places data under a name another user
+will pick, or finds another user's partitions by guessing.
 """
 
 from __future__ import annotations
 
-import uuid
+import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from grid import config
 from grid.errors import check_reply
 from grid.keys import partition_key
 from jobs.data import Files, Partitions, split_counts
@@ -75,8 +85,49 @@ def _label_classes(parts: Partitions) -> list | None:
 PLACE_ATTEMPTS = 3
 
 
+#: bytes of one scatter message at most (several partitions go in one message up to this)
+SCATTER_BATCH_BYTES = 32 * 2**20
+
+
 def dataset_name(job_owned: bool) -> str:
-    return f"{'job' if job_owned else 'data'}-{uuid.uuid4().hex[:12]}"
+    """A new dataset name: ``data-`` or ``job-`` and 128 random bits, so its partition keys are unguessable."""
+    return f"{'job' if job_owned else 'data'}-{secrets.token_hex(16)}"
+
+
+def node_count(info: dict) -> int:
+    """Nodes (active or paused) of a region's ``grid_info`` reply, whoever asked."""
+    nodes = info.get("nodes")
+    if isinstance(nodes, dict):
+        return int(nodes.get("active", 0)) + int(nodes.get("paused", 0))
+    return len(info.get("workers") or [])
+
+
+def region_capacity(info: dict) -> int:
+    """A region's threads for placement: what it reports, each node counted at most
+    ``grid.scheduler.max-node-threads`` (0: no nodes)."""
+    nodes = node_count(info)
+    if nodes == 0:
+        return 0
+    threads = max(1, int(info.get("nthreads") or 0))
+    cap = config.get("scheduler.max-node-threads")
+    return min(threads, nodes * int(cap)) if cap is not None else threads
+
+
+def _batches(keys: list[str], indices: list[int], parts: Partitions) -> list[dict[str, Any]]:
+    """``{key: partition}`` groups of consecutive partitions, each at most ``SCATTER_BATCH_BYTES``
+    (or one partition): bounded messages, and distributed deals each group round-robin over the nodes."""
+    from dask.sizeof import sizeof
+
+    out: list[dict[str, Any]] = []
+    size = 0
+    for key, index in zip(keys, indices):
+        nbytes = sizeof(parts.parts[index])
+        if not out or size + nbytes > SCATTER_BATCH_BYTES:
+            out.append({})
+            size = 0
+        out[-1][key] = parts.parts[index]
+        size += nbytes
+    return out
 
 
 def region_shares(grid: Any, regions: list[str], n_parts: int) -> tuple[dict, list[tuple[str, list[int]]]]:
@@ -86,7 +137,7 @@ def region_shares(grid: Any, regions: list[str], n_parts: int) -> tuple[dict, li
     (regions that get no partition are left out).
     """
     infos = {r: grid._info(r) for r in regions}
-    threads = [max(1, infos[r]["nthreads"]) if infos[r]["workers"] else 0 for r in regions]
+    threads = [region_capacity(infos[r]) for r in regions]
     for r, t in zip(regions, threads):
         if t == 0:
             raise RuntimeError(
@@ -110,7 +161,11 @@ def place(
     owner: str,
     replicas: int = 2,
 ) -> PlacedData:
-    """Scatter partitions onto the regions' nodes and register them as one dataset."""
+    """Scatter partitions onto the regions' nodes and register them as one dataset.
+
+    ``replicas`` is what the caller asks for; each region's scheduler copies
+    every partition to its own ``grid.jobs.replicas`` nodes on registration.
+    """
     infos, shares = region_shares(grid, regions, len(parts))
     name = dataset_name(job_owned)
     classes = _label_classes(parts)
@@ -122,15 +177,11 @@ def place(
             keys = [partition_key(name, index) for index in indices]
             held: list = []  # futures of every attempt, released only once the dataset holds the keys
             for attempt in range(PLACE_ATTEMPTS):
-                workers = [w["address"] for w in infos[region]["workers"]]
-                r = max(1, min(replicas, len(workers)))
-                groups: dict[tuple[str, ...], dict[str, Any]] = {}
-                for j, (index, key) in enumerate(zip(indices, keys)):
-                    holders = tuple(workers[(j + k) % len(workers)] for k in range(r))
-                    groups.setdefault(holders, {})[key] = parts.parts[index]
                 try:
-                    for holders, data in groups.items():
-                        held.extend(client.scatter(data, workers=list(holders), broadcast=True, hash=False).values())
+                    # no node named: the scheduler deals the partitions over its running nodes
+                    # and copies them to grid.jobs.replicas nodes on registration
+                    for data in _batches(keys, indices, parts):
+                        held.extend(client.scatter(data, hash=False).values())
                     reply = client.sync(
                         client.scheduler.grid_register_dataset,
                         name=name,
@@ -144,17 +195,13 @@ def place(
                     )
                 except OSError:  # a node left while we scattered to it (distributed closes the comm)
                     reply = None
-                except KeyError as exc:  # ... or before: the scheduler no longer knows its address
-                    if not (exc.args and exc.args[0] in workers):
-                        raise
-                    reply = None
-                # a node that left between the listing and the scatter, or took a partition with
-                # it before the dataset held the keys: list the nodes again and place once more
+                # a node that left during the scatter, or took a partition with it before the
+                # dataset held the keys: place once more on the nodes that are left
                 churned = reply is None or (reply.get("status") != "OK" and "not on this scheduler" in str(reply.get("message")))
                 if not churned or attempt == PLACE_ATTEMPTS - 1:
                     break
                 infos[region] = grid._info(region)
-                if not infos[region]["workers"]:
+                if not node_count(infos[region]):
                     raise RuntimeError(f"region {region!r} has no nodes left to place data on")
             if reply is None:
                 raise OSError(f"placing data on region {region!r}: nodes kept leaving ({PLACE_ATTEMPTS} attempts)")

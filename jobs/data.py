@@ -9,7 +9,7 @@ that happen to be up plays no part, so a job's result does not depend on it.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -311,46 +311,92 @@ def file_format(path: str, fmt: str | None = None) -> str:
     return fmt
 
 
-def read_partition(path: str, target: str | None = None, features: Any = None, format: str | None = None) -> tuple:
+#: compressed csv files, by extension (pandas infers this from a path, not from an open file)
+_COMPRESSIONS = {".gz": "gzip", ".bz2": "bz2", ".zip": "zip", ".xz": "xz", ".zst": "zstd", ".tar": "tar"}
+
+
+def _compression(path: str) -> str | None:
+    name = path.split("?", 1)[0].lower()
+    return next((c for ext, c in _COMPRESSIONS.items() if name.endswith(ext)), None)
+
+
+def _read_error(exc: BaseException) -> str:
+    """What a failed read says about itself without quoting the file.
+
+    Parser messages can carry bytes of the file (a decode error names the
+    byte, a conversion error the value), and whoever named the file may not
+    be allowed to see it: only the kind of error, and an OS error's reason.
+    """
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{type(exc).__name__}: {exc.strerror}"
+    return f"{type(exc).__name__}; the reader's message is withheld as it may quote the file"
+
+
+def read_partition(
+    path: str,
+    target: str | None = None,
+    features: Any = None,
+    format: str | None = None,
+    *,
+    opener: Callable[[], Any] | None = None,
+) -> tuple:
     """Read one file partition as ``(X, y, None)`` and validate it.
+
+    Parameters
+    ----------
+    path : str
+        The partition's path or URL, as the dataset names it (messages name it).
+    target, features, format
+        As in :class:`Files`.
+    opener : callable, optional
+        ``opener()`` returns the open binary file to read (a context manager);
+        default ``fsspec.open(path, "rb")``. A node passes one that opens the
+        location it checked (``jobs.data_roots``).
 
     Raises
     ------
     DataError
         Naming the file and the problem (missing target column, non-numeric
-        features, NaN or infinity, no rows).
+        features, NaN or infinity, no rows). Messages never quote the file's
+        contents: not its column names, array names or bytes.
     """
     fmt = file_format(path, format)
-    try:
-        if fmt == "npz":
+    if opener is None:
+
+        def opener() -> Any:
             import fsspec
 
-            with fsspec.open(path, "rb") as f:
+            return fsspec.open(path, "rb")
+
+    try:
+        with opener() as f:
+            if fmt == "npz":
                 data = np.load(f, allow_pickle=False)
                 xname = features if isinstance(features, str) else "X"
                 yname = target or ("y" if "y" in data.files else None)
                 if xname not in data.files:
-                    raise DataError(f"{path}: no array {xname!r} (has {data.files})")
+                    raise DataError(f"{path}: no array {xname!r} in the file; name the features array with Files(features=...)")
                 if target and target not in data.files:
-                    raise DataError(f"{path}: the target array {target!r} is missing (has {data.files})")
+                    raise DataError(f"{path}: the target array {target!r} is missing")
                 X = data[xname]
                 y = data[yname] if yname else None
-        else:
-            import pandas as pd
+            else:
+                import pandas as pd
 
-            frame = pd.read_csv(path) if fmt == "csv" else pd.read_parquet(path)
-            if target is not None and target not in frame.columns:
-                raise DataError(f"{path}: the target column {target!r} is missing (columns: {list(frame.columns)[:20]})")
-            cols = list(features) if features else [c for c in frame.columns if c != target]
-            missing = [c for c in cols if c not in frame.columns]
-            if missing:
-                raise DataError(f"{path}: feature columns {missing} are missing")
-            X = frame[cols].to_numpy()
-            y = frame[target].to_numpy() if target is not None else None
+                frame = pd.read_csv(f, compression=_compression(path)) if fmt == "csv" else pd.read_parquet(f)
+                # the column names are the csv's first line: never echo them
+                if target is not None and target not in frame.columns:
+                    raise DataError(f"{path}: the target column {target!r} is missing")
+                cols = list(features) if features else [c for c in frame.columns if c != target]
+                missing = [c for c in cols if c not in frame.columns]
+                if missing:
+                    raise DataError(f"{path}: feature columns {missing} are missing")
+                X = frame[cols].to_numpy()
+                y = frame[target].to_numpy() if target is not None else None
     except DataError:
         raise
-    except (OSError, ValueError, KeyError) as exc:
-        raise DataError(f"{path}: cannot be read as {fmt}: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - every reader error, reported without its text
+        raise DataError(f"{path}: cannot be read as {fmt} ({_read_error(exc)})") from None
     X = _to_2d(X, f"X of {path}")
     if X.shape[0] == 0:
         raise DataError(f"{path}: the partition has no rows")

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 
-from grid import wire
+from grid import config, wire
+from grid.node.community import CommunityMode
 import jobs  # noqa: F401  (registers every job kind's local step)
 from jobs.data import read_partition
+from jobs.data_roots import HTTP_SCHEMES, Location, check_location, fetch_url, roots_setting
 from jobs.local import derive_seed, local_step
 
 
@@ -99,9 +102,59 @@ def sequential_step(
     return wire.encode(new_state, acc)
 
 
+def _this_worker() -> Any:
+    from distributed import get_worker
+
+    try:
+        return get_worker()
+    except ValueError:  # called outside a task (tests, tools): no node to ask
+        return None
+
+
+def data_policy(worker: Any = None) -> dict:
+    """This node's rules for ``Files`` reads: ``check_location`` keyword arguments.
+
+    A community node (the ``CommunityMode`` plugin installed) reads only under
+    its data roots, and has none until its operator names them; a private or
+    embedded node reads anything unless roots are configured. URLs into the
+    node's own networks are refused unless ``grid.node.allow-private-urls``.
+    """
+    roots = roots_setting(config.get("node.data-roots"))
+    community = worker is not None and CommunityMode.name in getattr(worker, "plugins", {})
+    name = getattr(worker, "name", None)
+    return {
+        "roots": roots,
+        "restricted": community or bool(roots),
+        "allow_private_urls": bool(config.get("node.allow-private-urls")),
+        "restricted_by": f"node {name!r} runs in community mode" if name is not None else "a community node",
+    }
+
+
+def _opener(location: Location) -> Any:
+    """Open exactly the checked location: the resolved path, or the URL at its checked addresses."""
+    if location.local:
+        return lambda: open(location.target, "rb")
+    if urlsplit(location.target).scheme.lower() in HTTP_SCHEMES:
+        return lambda: fetch_url(location)
+
+    def open_remote() -> Any:
+        import fsspec
+
+        return fsspec.open(location.target, "rb")
+
+    return open_remote
+
+
 def read_file_partition(path: str, options: dict) -> tuple:
-    """Read one file partition on this node (``jobs.data.Files``)."""
-    return read_partition(path, **options)
+    """Read one file partition on this node (``jobs.data.Files``).
+
+    The node's data roots and URL rules are checked here, on the node, right
+    before the file is opened, so neither a client nor a scheduler can skip
+    them (see docs/operations.md, "Data roots").
+    """
+    location = check_location(path, **data_policy(_this_worker()))
+    reader = {k: options.get(k) for k in ("target", "features", "format")}
+    return read_partition(path, **reader, opener=_opener(location))
 
 
 def describe_partition(partition: tuple) -> bytes:

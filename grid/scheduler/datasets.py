@@ -5,6 +5,9 @@ the region has two nodes) and registers the partition keys here. The
 scheduler then *desires* those keys on behalf of the dataset, the way
 distributed's publish extension does, so the data outlives the client that
 placed it and many jobs can reuse it. Dropping the dataset releases the keys.
+On a TLS grid a dataset belongs to the certificate name that placed it: only
+that user, an admin or a scheduler may register it, train on it, see it or
+drop it (:meth:`DatasetStore.get_for`).
 The scheduler's replica policy (:mod:`grid.scheduler.replicas`) reads the
 keys from here and keeps ``grid.jobs.replicas`` copies of each through churn.
 """
@@ -71,6 +74,23 @@ class DatasetStore:
                 f"no dataset {name!r} on this region; it was dropped or never placed "
                 "(Grid.scatter places data)"
             ) from None
+
+    def get_for(self, name: str, may_use: Any) -> Dataset:
+        """The dataset ``name`` if ``may_use(owner)`` says the caller may use it.
+
+        Raises
+        ------
+        KeyError
+            No such dataset on this region.
+        PermissionError
+            The dataset belongs to another user (who is not named).
+        """
+        dataset = self.get(name)
+        if not may_use(dataset.owner):
+            raise PermissionError(
+                f"dataset {name!r} belongs to another user; place your own data with Grid.scatter"
+            )
+        return dataset
 
     def drop(self, name: str) -> bool:
         dataset = self.datasets.pop(name, None)

@@ -21,6 +21,8 @@ from distributed.diagnostics.plugin import SchedulerPlugin
 from distributed.protocol.pickle import dumps
 
 from grid import config
+from grid.handlers import call_handler
+from grid.protocol import comm as protocol_comm
 from grid.keys import GRID_PREFIX, is_partition, partition_key
 from grid.dashboard.app import register_scheduler_page, unregister_scheduler_page
 from grid.scheduler import replicas, untrusted
@@ -114,6 +116,8 @@ class GridSchedulerPlugin(SchedulerPlugin):
                 "grid_region_round": self.region_round,
             }
         )
+        # partitions a client scatters without naming nodes go to grid.jobs.replicas nodes at once
+        scheduler.handlers["scatter"] = self._spread_scatter(scheduler.handlers["scatter"])
         untrusted.install(scheduler, on_finished=self._result_from)
         self.quarantine = Quarantine(scheduler, self.access)
         self.quarantine.install(scheduler)
@@ -131,6 +135,8 @@ class GridSchedulerPlugin(SchedulerPlugin):
 
                 self.access.revocation = RevocationList(crl)
             self.access.install(scheduler)
+        # connections this scheduler opens (to nodes, to other regions) follow its rules too
+        protocol_comm.register_scheduler(self)
         state_dir = config.get("scheduler.state-dir")
         if state_dir:  # reload jobs, quarantine and Files datasets; resume what can resume
             self.state = StateDir(state_dir, self.region)
@@ -139,7 +145,20 @@ class GridSchedulerPlugin(SchedulerPlugin):
         # the grid page on this scheduler's own dashboard (/grid), via distributed's Bokeh app hook
         register_scheduler_page(scheduler, region=self.region)
 
+    def protocol_violation(self, identity: Any, peer: str, reason: str, evidence: dict) -> None:
+        """A node's connection was closed for breaking the protocol (``grid.protocol.comm``):
+        quarantine the node, with the evidence, and remove it."""
+        evidence = {**evidence, "violation": reason}
+        self.quarantine.add_identity(identity.name, peer, f"it broke the grid protocol: {reason}", evidence)
+        for address, ws in list(self.scheduler.workers.items()):
+            known = self.access.worker_identities.get(address)
+            if (known is not None and known.name == identity.name) or str(ws.name) == identity.name:
+                asyncio.ensure_future(
+                    self.scheduler.remove_worker(address=address, stimulus_id=f"grid-protocol-{time.time()}", close=True)
+                )
+
     async def close(self) -> None:
+        protocol_comm.unregister_scheduler(self)
         self.closing = True  # drivers stopped now keep their durable state for the restart (finish_job)
         for task in self.files_ready.values():
             task.cancel()
@@ -221,8 +240,42 @@ class GridSchedulerPlugin(SchedulerPlugin):
         return "paused" if ws.status.name == "paused" else "active"
 
     def info(self, comm: Any = None) -> dict:
-        """Region, nodes and job counts: what `grid status` and the dashboard show."""
+        """Region, nodes and job counts: what `grid status` and the dashboard show.
+
+        Admins, schedulers (and every caller of a plaintext grid) see every
+        node, job count, dataset and quarantine record. A data scientist sees
+        node counts per state, its own jobs and datasets, and no node
+        address, node name, other owner or quarantine evidence; a node sees
+        the same with no jobs or datasets (it needs the region only).
+        """
         s = self.scheduler
+        nodes = {"active": 0, "paused": 0}
+        for ws in s.workers.values():
+            state = self.node_state(ws)
+            nodes[state] = nodes.get(state, 0) + 1
+        nodes["quarantined"] = len(self.quarantine.records)
+        if not self.access.privileged(comm):
+            identity = self.access.identity(comm)
+            mine = identity.name if identity.role == "client" else None
+            counts = dict.fromkeys(self.registry.counts(), 0)
+            for job in self.registry.all():
+                if job.owner == mine:
+                    counts[job.status] += 1
+            return {
+                "status": "OK",
+                "region": self.region,
+                "address": s.address,
+                "dashboard": _dashboard_link(s),
+                "workers": [],  # node addresses and names are the operators' (admin certificates)
+                "nodes": nodes,
+                "nthreads": sum(ws.nthreads for ws in s.workers.values()),
+                "jobs": counts,
+                "datasets": [d.info() for d in self.datasets.datasets.values() if mine is not None and d.owner == mine],
+                "quarantined": [],
+                "verification_rejects": self.verification_rejects,
+                "tasks_done": self.tasks_done_total,
+                "time": time.time(),
+            }
         workers = []
         for ws in s.workers.values():
             workers.append(
@@ -250,6 +303,7 @@ class GridSchedulerPlugin(SchedulerPlugin):
             "address": s.address,
             "dashboard": _dashboard_link(s),
             "workers": sorted(workers, key=lambda w: w["name"]),
+            "nodes": nodes,
             "nthreads": sum(w["nthreads"] for w in workers),
             "jobs": self.registry.counts(),
             "datasets": [d.info() for d in self.datasets.datasets.values()],
@@ -260,7 +314,7 @@ class GridSchedulerPlugin(SchedulerPlugin):
         }
 
     # --- handlers: data --------------------------------------------------------------
-    def register_dataset(
+    async def register_dataset(
         self,
         comm: Any,
         name: str,
@@ -286,6 +340,8 @@ class GridSchedulerPlugin(SchedulerPlugin):
                 raise ValueError(f"n_features must be an integer >= 1, got {n_features!r:.80}")
             if not (len(keys) == len(rows) == len(indices)):
                 raise ValueError("keys, rows and indices must have the same length")
+            # on TLS a dataset is made only of partitions its owner scattered (grid.scheduler.access)
+            self.access.check_keys_placed_by(comm, str(name), list(keys))
             self.datasets.register(
                 Dataset(
                     name=str(name),
@@ -300,7 +356,80 @@ class GridSchedulerPlugin(SchedulerPlugin):
             )
         except Exception as exc:  # noqa: BLE001 - report every rejection to the caller
             return _error(exc)
+        await self._replicate_new(str(name))
         return {"status": "OK"}
+
+    def _spread_scatter(self, scatter: Any) -> Any:
+        """Wrap ``scatter``: grid partitions sent without named nodes go to ``grid.jobs.replicas``
+        running nodes, each copy straight from the scheduler.
+
+        Data scientists do not see node addresses, so the scheduler picks the
+        nodes holding the fewest keys. Copies that come from the client need no
+        node's cooperation: a node that will not serve its partitions to other
+        nodes cannot leave a dataset with a single copy.
+        """
+
+        async def spread(comm: Any = None, **msg: Any) -> Any:
+            data = msg.get("data")
+            running = sorted(self.scheduler.running, key=lambda ws: (len(ws.has_what), ws.address))
+            if msg.get("workers") or msg.get("broadcast") or not isinstance(data, dict) or not running or not all(
+                is_partition(k) for k in data
+            ):
+                return await call_handler(scatter, comm, msg)
+            # partition j of the message goes to the j-th least loaded node and the ones after it
+            r = min(max(1, int(config.get("jobs.replicas"))), len(running))
+            groups: dict[tuple[str, ...], dict] = {}
+            for j, (key, value) in enumerate(data.items()):
+                holders = tuple(running[(j + k) % len(running)].address for k in range(r))
+                groups.setdefault(holders, {})[key] = value
+            keys: list = []
+            for holders, part in groups.items():
+                # one scatter per holder (distributed's broadcast would copy node to node instead)
+                for holder in holders:
+                    sent = await call_handler(scatter, comm, {**msg, "data": part, "workers": [holder], "broadcast": False})
+                keys.extend(sent)
+            return keys
+
+        return spread
+
+    async def _replicate_new(self, name: str) -> None:
+        """Give a newly placed dataset its ``grid.jobs.replicas`` copies before the client goes on.
+
+        ``Grid.scatter`` sends each partition to one node the scheduler picks
+        (data scientists do not see node addresses); copying here, while the
+        client waits, leaves no window with a single copy. The replica policy
+        keeps the copies through churn afterwards.
+        """
+        dataset = self.datasets.datasets.get(name)
+        running = sorted(ws.address for ws in self.scheduler.running)
+        n = min(int(config.get("jobs.replicas")), len(running))
+        if dataset is None or n < 2:
+            return
+        # a partition's copies go to the nodes after its holder in address order: distributed dealt the
+        # partitions round-robin in that order, so every node ends up with the same share (nothing for
+        # the replica policy to rebalance) and the layout does not depend on chance
+        position = {address: i for i, address in enumerate(running)}
+        gathers: dict[str, dict[str, list[str]]] = {}
+        for key in dataset.keys:
+            ts = self.scheduler.tasks.get(key)
+            holders = sorted(ws.address for ws in ts.who_has) if ts is not None and ts.who_has else []
+            if not holders:
+                continue  # lost already: the job that needs it says so (DatasetStore.lost)
+            missing = n - len(holders)
+            start = position.get(holders[0], -1)
+            for step in range(1, len(running)):
+                if missing <= 0:
+                    break
+                target = running[(start + step) % len(running)]
+                if target not in holders:
+                    gathers.setdefault(target, {})[key] = holders
+                    missing -= 1
+        results = await asyncio.gather(
+            *(self.scheduler.gather_on_worker(target, who_has) for target, who_has in gathers.items()), return_exceptions=True
+        )
+        failed = [r for r in results if isinstance(r, BaseException) or r]
+        if failed:  # the replica policy adds missing copies within one cycle
+            logger.info("dataset %s: %d copies to new holders failed (%s); the replica policy retries", name, len(failed), failed[0])
 
     async def register_files(
         self,
@@ -372,7 +501,7 @@ class GridSchedulerPlugin(SchedulerPlugin):
             return _error(TypeError(f"dataset name must be a string, got {name!r:.80}"))
         dataset = self.datasets.datasets.get(name)
         if dataset is not None and not self.access.may_see(comm, dataset.owner):
-            return _error(PermissionError(f"dataset {name!r} belongs to {dataset.owner!r}"))
+            return _error(PermissionError(f"dataset {name!r} belongs to another user; it is not yours to drop"))
         if dataset is not None and dataset.users:
             active = [j for j in dataset.users if j in self.runs]
             if active:
@@ -389,7 +518,7 @@ class GridSchedulerPlugin(SchedulerPlugin):
         except Exception as exc:  # noqa: BLE001
             return _error(exc)
         try:
-            dataset = self.datasets.get(placement[self.region]["dataset"]) if self.region in placement else None
+            dataset = self._dataset_for(comm, placement[self.region]["dataset"], record.owner) if self.region in placement else None
             driver = JobDriver(self, record)
             if dataset is not None:
                 self._attach_local(record.id, request, dataset)
@@ -436,9 +565,7 @@ class GridSchedulerPlugin(SchedulerPlugin):
             if not isinstance(where, dict) or not isinstance(where.get("dataset"), str) or not isinstance(where.get("address"), str):
                 raise ValueError(f"placement of region {region!r} needs 'address' and 'dataset'")
         if self.region in placement:
-            dataset = self.datasets.get(placement[self.region]["dataset"])
-            if dataset.owner and dataset.owner != owner:
-                raise PermissionError(f"dataset {dataset.name!r} belongs to {dataset.owner!r}, not {owner!r}")
+            self.datasets.get(placement[self.region]["dataset"])  # exists; who may use it: _dataset_for
         return JobRecord(
             id=self.registry.new_id(),
             owner=str(owner),
@@ -446,6 +573,17 @@ class GridSchedulerPlugin(SchedulerPlugin):
             request=request,
             placement=placement,
         )
+
+    def _dataset_for(self, comm: Any, name: str, owner: str | None) -> Dataset:
+        """The dataset a job trains on, if its submitter may use it.
+
+        On a TLS grid: its owner, an admin or a scheduler (the certificate
+        decides). On a plaintext grid nobody is identified, so the owner the
+        client names must match, as it always did.
+        """
+        if self.access.active and self.access.identity(comm) is not None:
+            return self.datasets.get_for(name, lambda o: self.access.may_see(comm, o))
+        return self.datasets.get_for(name, lambda o: not o or owner is None or o == owner)
 
     async def _run(self, driver: JobDriver) -> None:
         try:
@@ -556,12 +694,13 @@ class GridSchedulerPlugin(SchedulerPlugin):
             self.datasets.drop(run.dataset.name)
             recovery.forget_recipe(self, run.dataset.name)
 
-    def attach(self, job_id: str, request: dict, dataset: str, home: str = "") -> dict:
+    def attach(self, job_id: str, request: dict, dataset: str, home: str = "", owner: str | None = None) -> dict:
         try:
             resolve_class(request["estimator"]["class"], self.allowed_modules)
             check_request(request, self.region, self.node_count())
-            self._attach_local(job_id, request, self.datasets.get(dataset))
-        except (KeyError, SpecError, ValueError, TypeError) as exc:
+            # the home scheduler names the job's owner: the dataset must be theirs (None: an older home)
+            self._attach_local(job_id, request, self._dataset_for(None, dataset, owner))
+        except (KeyError, SpecError, ValueError, TypeError, PermissionError) as exc:
             return _error(exc)
         return {"status": "OK"}
 

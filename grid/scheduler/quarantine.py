@@ -75,9 +75,18 @@ class Quarantine:
         self.store = store
 
     def identity_of(self, address: str) -> str:
+        """Who the node at ``address`` is: its certificate name on TLS grids, its node name on plaintext ones.
+
+        On a TLS grid the name a node claims is never used as its identity (a
+        node could claim another's name and with it that node's verification
+        history or quarantine record): a node whose certificate is not bound
+        to ``address`` is known by its address only.
+        """
         name = self.access.node_name(address)
         if name:
             return name
+        if getattr(self.access, "active", False):
+            return address
         ws = self.scheduler.workers.get(address)
         return str(ws.name) if ws is not None else address
 
@@ -98,12 +107,21 @@ class Quarantine:
                 await result
         return record
 
+    def add_identity(self, identity: str, address: str, reason: str, evidence: dict | None = None) -> QuarantineRecord:
+        """Quarantine a node known only by its certificate name (it never registered)."""
+        record = self.records.get(identity)
+        if record is None:
+            record = self.records[identity] = QuarantineRecord(identity, address, reason, dict(evidence or {}))
+            logger.warning("node %s (%s) quarantined: %s", identity, address, reason)
+            self.save()
+        return record
+
     def install(self, scheduler: Any) -> None:
         """Refuse the registration of quarantined nodes (wraps ``register-worker``)."""
         register = scheduler.handlers["register-worker"]
 
         async def guarded(comm: Any, **msg: Any) -> Any:
-            identity = None
+            identity = ident = None
             try:
                 ident = self.access.identity(comm)
                 identity = ident.name if ident is not None else None
@@ -118,6 +136,8 @@ class Quarantine:
                         {"status": "error", "time": time.time(), "message": f"node {who!r} is quarantined: {reason}"}
                     )
                     return None
+            # what the node claims about itself is capped before distributed believes it
+            self.access.cap_claims(ident, msg)
             return await call_handler(register, comm, msg)
 
         scheduler.handlers["register-worker"] = guarded

@@ -84,11 +84,11 @@ def test_bad_nodes_are_refused_and_the_scheduler_keeps_serving(tls_grid, classif
     revoked = issue(ca, "node", "revoked-node", region="eu")
     revoke(ca, "revoked-node")
     cases["revoked"] = node_security(revoked)
-    before = len(tls_grid.status()["eu"]["workers"])
+    before = tls_grid.status()["eu"]["nodes"]["active"]
     for what, security in cases.items():
         outcome = start_worker(addr, security)
         assert outcome != "ok", f"a node with {what} was admitted"
-    assert len(tls_grid.status()["eu"]["workers"]) == before
+    assert tls_grid.status()["eu"]["nodes"]["active"] == before
     still_serving(tls_grid, classification_data)
 
 
@@ -182,7 +182,8 @@ def test_round_requests_on_tls_come_only_from_the_scheduler(tls_grid, classifica
     job.result(timeout=60)
     assert all(h["requests"] >= 1 and h["tasks"] == 0 for h in job.history), job.history
     throwaway = tls_grid._local.throwaway
-    node = tls_grid.status()["eu"]["workers"][0]["address"]
+    with Client(address(tls_grid), security=tls_grid._local.throwaway.admin.security(), set_as_default=False) as admin:
+        node = next(iter(admin.scheduler_info(n_workers=-1)["workers"]))
 
     async def ask(security: Security) -> str:
         async with rpc(node, connection_args=security.get_connection_args("client")) as r:
@@ -192,6 +193,11 @@ def test_round_requests_on_tls_come_only_from_the_scheduler(tls_grid, classifica
                 return f"{type(exc).__name__}: {exc}"
             return "served"
 
-    refused = asyncio.run(ask(throwaway.client.security()))
+    # another node may connect (partition copies) but not send round requests
+    other_node = issue(throwaway.ca, "node", "other-node", region="eu")
+    refused = asyncio.run(ask(other_node.security()))
     assert refused.startswith("PermissionError") and "only from its scheduler" in refused, refused
+    # a data scientist's certificate may not even connect to a node (grid.protocol.comm)
+    refused = asyncio.run(ask(throwaway.client.security()))
+    assert refused.startswith("CommClosedError"), refused
     assert asyncio.run(ask(throwaway.admin.security())) == "served"

@@ -53,9 +53,14 @@ class Processes:
         with open(path) as f:
             return proc, json.load(f)["address"]
 
-    def node(self, region: str, address: str, name: str) -> subprocess.Popen:
+    def node(
+        self, region: str, address: str, name: str, data_roots: tuple[str, ...] = (), args: tuple[str, ...] = ()
+    ) -> subprocess.Popen:
+        """Start `grid node` (community mode) reading Files only under ``data_roots``, with extra ``args``."""
+        roots = [a for root in data_roots for a in ("--data-root", str(root))]
         return self.spawn(
-            [GRID, "node", "--region", region, "--scheduler", address, "--name", name, "--nthreads", "1", "--memory-limit", "1GiB"],
+            [GRID, "node", "--region", region, "--scheduler", address, "--name", name, "--nthreads", "1", "--memory-limit", "1GiB",
+             *roots, *args],
             f"node-{name}",
         )
 

@@ -51,7 +51,7 @@ def test_nodes_killed_and_started_mid_job_leave_the_model_unchanged(kind, tmp_pa
     started = time.monotonic()
     with grid_processes() as procs:
         addresses = {r: procs.scheduler(r)[1] for r in REGIONS}
-        nodes = {f"{r}{i}": (r, procs.node(r, addresses[r], f"{r}{i}")) for r in REGIONS for i in (1, 2, 3)}
+        nodes = {f"{r}{i}": (r, procs.node(r, addresses[r], f"{r}{i}", data_roots=(str(tmp_path),))) for r in REGIONS for i in (1, 2, 3)}
         with Grid.connect({"regions": addresses}) as g:
             for r in REGIONS:
                 wait_nodes(g, r, 3)
@@ -84,7 +84,7 @@ def test_nodes_killed_and_started_mid_job_leave_the_model_unchanged(kind, tmp_pa
                 log.append((rounds_done(job), f"killed {victim}"))
                 if n == 0:  # 2 new nodes join mid-job, one per region
                     for r in REGIONS:
-                        nodes[f"{r}-new"] = (r, procs.node(r, addresses[r], f"{r}-new"))
+                        nodes[f"{r}-new"] = (r, procs.node(r, addresses[r], f"{r}-new", data_roots=(str(tmp_path),)))
                 if kind == "scattered":
                     # the second copy of every partition is back before the next kill
                     wait_for(lambda: replicas_complete(g, region), timeout=60, what=f"replicas restored in {region}")

@@ -68,8 +68,10 @@ def test_malicious_node_is_quarantined_and_its_payload_never_runs(tmp_path):
         for i, cert in enumerate(nodes):
             procs.spawn([GRID, "node", "--region", "eu", "--scheduler", address, "--nthreads", "1", *tls(cert)], f"n{i}")
         spec = {"regions": {"eu": address}, "tls": {"ca-file": str(ca.cert_path), "cert": str(scientist.cert_path), "key": str(scientist.key_path)}}
-        with Grid.connect(spec) as g:
-            wait_for(lambda: len(g.status()["eu"]["workers"]) == 3, timeout=60, what="3 nodes")
+        # the operator sees node names, addresses and quarantine records; a data scientist, counts only
+        operator_spec = {**spec, "tls": {**spec["tls"], "cert": str(admin.cert_path), "key": str(admin.key_path)}}
+        with Grid.connect(spec) as g, Grid.connect(operator_spec) as ops:
+            wait_for(lambda: len(ops.status()["eu"]["workers"]) == 3, timeout=60, what="3 nodes")
             clean = g.submit(PartialFit(SGDClassifier(random_state=0), rounds=3), X, y).result(timeout=120)
             with Client(address, security=admin.security(), set_as_default=False) as operator:
                 import sys
@@ -77,10 +79,10 @@ def test_malicious_node_is_quarantined_and_its_payload_never_runs(tmp_path):
                 import cloudpickle
 
                 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the node cannot import the tests
-                evil_address = next(w["address"] for w in g.status()["eu"]["workers"] if w["name"] == "n0")
+                evil_address = next(w["address"] for w in ops.status()["eu"]["workers"] if w["name"] == "n0")
                 assert operator.run(make_evil, marker, workers=[evil_address]) == {evil_address: "evil"}
-            job = g.submit(PartialFit(SGDClassifier(random_state=0), rounds=3), X, y)
             try:
+                job = g.submit(PartialFit(SGDClassifier(random_state=0), rounds=3), X, y)
                 fitted = job.result(timeout=180)
             except Exception:
                 print(procs.log(scheduler)[-8000:])
@@ -88,7 +90,7 @@ def test_malicious_node_is_quarantined_and_its_payload_never_runs(tmp_path):
             assert job.status == "done"
             # the re-issued updates are deterministic: the same model as the clean run
             np.testing.assert_allclose(fitted.estimator_.coef_, clean.estimator_.coef_, rtol=0, atol=1e-9)
-            status = g.status()["eu"]
+            status = ops.status()["eu"]
             quarantined = {q["identity"]: q for q in status["quarantined"]}
             assert set(quarantined) == {"n0"}
             assert "invalid update" in quarantined["n0"]["reason"] and quarantined["n0"]["evidence"]["job"] == job.id

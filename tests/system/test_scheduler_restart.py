@@ -55,7 +55,7 @@ def test_scheduler_sigkilled_mid_job_resumes_files_job_and_keeps_results(tmp_pat
 
     with grid_processes() as procs:
         scheduler, address = procs.scheduler("eu", port=port, args=durable)
-        old_nodes = [procs.node("eu", address, f"n{i}") for i in (1, 2)]
+        old_nodes = [procs.node("eu", address, f"n{i}", data_roots=(str(tmp_path),)) for i in (1, 2)]
         spec = {"regions": {"eu": address}}
         g = Grid.connect(spec)
         try:
@@ -111,7 +111,7 @@ def test_scheduler_sigkilled_mid_job_resumes_files_job_and_keeps_results(tmp_pat
 
             nodes_started = time.time()
             for i in (3, 4):
-                procs.node("eu", address, f"n{i}")
+                procs.node("eu", address, f"n{i}", data_roots=(str(tmp_path),))
             wait_nodes(g2, "eu", 2)
             fitted = resumed.result(timeout=300)
             history = resumed.history

@@ -106,8 +106,9 @@ class Chaos(threading.Thread):
     replacement starts.
     """
 
-    def __init__(self, procs, spec, addresses, nodes, seed):
+    def __init__(self, procs, spec, addresses, nodes, seed, data_roots=()):
         super().__init__(name="chaos", daemon=True)
+        self.data_roots = data_roots  # replacement nodes read Files where the first ones do
         self.procs, self.spec, self.addresses, self.nodes = procs, spec, addresses, nodes
         self.rng = random.Random(seed)
         self.stop = threading.Event()
@@ -136,7 +137,7 @@ class Chaos(threading.Thread):
                     sigkill(self.nodes.pop(victim)[1])
                     self.kills += 1
                     name = f"{region}-r{self.restarts + 1}"
-                    self.nodes[name] = (region, self.procs.node(region, self.addresses[region], name))
+                    self.nodes[name] = (region, self.procs.node(region, self.addresses[region], name, data_roots=self.data_roots))
                     self.restarts += 1
                     self.log.append(f"{time.strftime('%H:%M:%S')} killed {victim}, started {name}")
                     self.stop.wait(self.rng.uniform(0.5, 2.0))  # pacing of the chaos, not a wait for a condition
@@ -150,7 +151,7 @@ def test_fifty_jobs_under_chaos_none_lost_none_wrong(tmp_path, record_property):
         schedulers = {r: procs.scheduler(r) for r in REGIONS}
         addresses = {r: address for r, (_, address) in schedulers.items()}
         spec = {"regions": addresses}
-        nodes = {f"{r}{i}": (r, procs.node(r, addresses[r], f"{r}{i}")) for r in REGIONS for i in (1, 2, 3)}
+        nodes = {f"{r}{i}": (r, procs.node(r, addresses[r], f"{r}{i}", data_roots=(str(tmp_path),))) for r in REGIONS for i in (1, 2, 3)}
         with Grid.connect(spec) as g:
             for r in REGIONS:
                 wait_nodes(g, r, 3)
@@ -162,7 +163,7 @@ def test_fifty_jobs_under_chaos_none_lost_none_wrong(tmp_path, record_property):
             references = [g.submit(est, shared[kind]).result(timeout=300) for kind, est in average]
             setup = time.monotonic() - started
 
-            chaos = Chaos(procs, spec, addresses, nodes, seed=20261125)
+            chaos = Chaos(procs, spec, addresses, nodes, seed=20261125, data_roots=(str(tmp_path),))
             t0 = time.monotonic()
             chaos.start()
             try:
