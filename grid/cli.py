@@ -74,9 +74,17 @@ def main() -> None:
 @click.option("--region", default=None, help="Name of the region this scheduler serves (required).")
 @click.option("--host", default=None, help="Address to listen on (default: all interfaces).")
 @click.option("--port", default=8786, show_default=True, type=int, help="Scheduler port.")
-@click.option("--dashboard-address", default=":8787", show_default=True, help="Dask dashboard address; 'none' disables it.")
+@click.option(
+    "--dashboard-address", default=None,
+    help="Dask dashboard and /metrics address; 'none' disables it. Default ':8787' on plaintext grids and "
+    "'127.0.0.1:8787' on TLS grids (the dashboard has no login: put an authenticating proxy in front).",
+)
 @click.option("--protocol", default=None, help="tcp or tls (default: from the address or tcp).")
 @click.option("--scheduler-file", default=None, help="Write the scheduler's address (JSON) here once it listens.")
+@click.option(
+    "--peer", "peers", multiple=True, metavar="REGION=ADDRESS",
+    help="Another region this scheduler trains jobs with (repeatable); on TLS grids it dials no other address (grid.scheduler.peers).",
+)
 @click.option("--crl-file", default=None, type=click.Path(dir_okay=False), help="Revocation list (`grid certs crl`) checked on every call.")
 @click.option(
     "--state-dir", default=None, type=click.Path(file_okay=False),
@@ -84,8 +92,8 @@ def main() -> None:
 )
 @tls_options
 def scheduler(
-    ctx: click.Context, region: str | None, host: str | None, port: int, dashboard_address: str, protocol: str | None, scheduler_file: str | None,
-    crl_file: str | None, state_dir: str | None, tls_ca_file: str | None, tls_cert: str | None, tls_key: str | None,
+    ctx: click.Context, region: str | None, host: str | None, port: int, dashboard_address: str | None, protocol: str | None, scheduler_file: str | None,
+    peers: tuple[str, ...], crl_file: str | None, state_dir: str | None, tls_ca_file: str | None, tls_cert: str | None, tls_key: str | None,
 ) -> None:
     """Run the scheduler of one region (a Dask scheduler with the grid plugin).
 
@@ -110,6 +118,17 @@ def scheduler(
         dask.config.set({"grid.scheduler.crl-file": crl_file})
     if state_dir:
         dask.config.set({"grid.scheduler.state-dir": os.path.abspath(state_dir)})
+    if peers:
+        parsed = {}
+        for item in peers:
+            name, sep, address = item.partition("=")
+            if not sep or not address:
+                raise click.BadParameter(f"{item!r} is not REGION=ADDRESS (e.g. us=tls://us.grid.example.org:8786)", param_hint="--peer")
+            parsed[name] = address
+        check_regions({name: 0 for name in parsed})
+        dask.config.set({"grid.scheduler.peers": parsed})
+    if dashboard_address is None:  # an unauthenticated page: on community grids, this machine only
+        dashboard_address = "127.0.0.1:8787" if protocol == "tls" else ":8787"
     dash = None if dashboard_address.lower() == "none" else dashboard_address
 
     def ready(s: Any) -> None:

@@ -135,7 +135,7 @@ class SchedulerOptions(CommonOptions):
     region: str = "eu"
     host: str = "0.0.0.0"
     port: int = 8786
-    dashboard_address: str = ":8787"
+    dashboard_address: str = "127.0.0.1:8787"
     stop_timeout: int = 60
 
     def check(self) -> None:
@@ -351,7 +351,7 @@ def render_scheduler_unit(opts: SchedulerOptions | None = None) -> str:
         f"ExecStart={opts.grid_executable} scheduler --region %i --host ${{GRID_HOST}} --port ${{GRID_PORT}}"
         " --dashboard-address ${GRID_DASHBOARD_ADDRESS} --protocol ${GRID_PROTOCOL} $GRID_EXTRA_ARGS",
         "# Fallbacks; the environment file overrides them.",
-        f"Environment=GRID_HOST=0.0.0.0 GRID_PORT=8786 GRID_DASHBOARD_ADDRESS=:8787 GRID_PROTOCOL={protocol} GRID_EXTRA_ARGS=",
+        f"Environment=GRID_HOST=0.0.0.0 GRID_PORT=8786 GRID_DASHBOARD_ADDRESS=127.0.0.1:8787 GRID_PROTOCOL={protocol} GRID_EXTRA_ARGS=",
         f"EnvironmentFile={env_pattern}",
         "# Job registry and checkpoints (grid.scheduler.state-dir) in a private state directory.",
         "Environment=DASK_GRID__SCHEDULER__STATE_DIR=%S/dask-grid/scheduler-%i",
@@ -739,7 +739,7 @@ def _common_kwargs(kwargs: Mapping[str, object]) -> dict[str, object]:
 @click.option("--region", required=True, help="Region whose scheduler this host runs.")
 @click.option("--host", default="0.0.0.0", show_default=True, help="Address to listen on.")
 @click.option("--port", default=8786, show_default=True, type=click.IntRange(1, 65535), help="Scheduler port.")
-@click.option("--dashboard-address", default=":8787", show_default=True, help="Dashboard address (/health, /metrics).")
+@click.option("--dashboard-address", default="127.0.0.1:8787", show_default=True, help="Dashboard address (/health, /metrics); it has no login, so this machine only by default.")
 @_common_options
 def install_systemd_scheduler(region: str, host: str, port: int, dashboard_address: str, **kwargs: object) -> None:
     """Write grid-scheduler@.service and the region's environment file.

@@ -41,7 +41,7 @@ def check_reply(reply: dict, what: str) -> dict:
             raise KeyError(message)
         if kind == "PermissionError":
             raise PermissionError(f"{what}: {message}")
-        if kind in ("ValueError", "SpecError", "DataError", "TypeError", "NoMergeRule"):
+        if kind in ("ValueError", "SpecError", "DataError", "TypeError", "NoMergeRule", "PlainDataError", "DataAccessError"):
             raise ValueError(f"{what}: {message}")
         raise RemoteError(f"{what}: {message}")
     return reply

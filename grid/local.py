@@ -72,6 +72,11 @@ class LocalGrid:
         except BaseException:
             self.close()
             raise
+        # each scheduler dials the other regions of this grid, and only those (GridSchedulerPlugin.peer_address)
+        for name, cluster in self.clusters.items():
+            plugin = cluster.scheduler.plugins.get("grid")
+            if plugin is not None:
+                plugin.peers.update({r: c.scheduler_address for r, c in self.clusters.items() if r != name})
         self.spec = GridSpec(
             regions={name: RegionSpec(name=name, address=c.scheduler_address) for name, c in self.clusters.items()},
             tls=tls_spec,

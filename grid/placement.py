@@ -2,10 +2,9 @@
 
 Partitions are split across regions in proportion to their threads, in
 contiguous ranges (so global partition order is region order, then partition
-order). A region's threads count each node at most
-``grid.scheduler.max-node-threads`` (the scheduler caps what nodes claim, and
-the client applies its own cap again), so a node claiming a big machine does
-not draw a region's, or a grid's, partitions to itself. Inside a region the
+order). On TLS grids a region's threads count each node at most
+``grid.scheduler.max-node-threads`` (the scheduler caps what nodes claim), so
+a node claiming a big machine does not draw a grid's partitions to its region. Inside a region the
 scheduler picks the nodes: the client scatters each partition without naming
 a node (data scientists do not see node addresses), distributed sends them
 round-robin over the running nodes, and the scheduler copies each to
@@ -28,7 +27,6 @@ from typing import Any
 
 import numpy as np
 
-from grid import config
 from grid.errors import check_reply
 from grid.keys import partition_key
 from jobs.data import Files, Partitions, split_counts
@@ -103,14 +101,9 @@ def node_count(info: dict) -> int:
 
 
 def region_capacity(info: dict) -> int:
-    """A region's threads for placement: what it reports, each node counted at most
-    ``grid.scheduler.max-node-threads`` (0: no nodes)."""
-    nodes = node_count(info)
-    if nodes == 0:
-        return 0
-    threads = max(1, int(info.get("nthreads") or 0))
-    cap = config.get("scheduler.max-node-threads")
-    return min(threads, nodes * int(cap)) if cap is not None else threads
+    """A region's threads for placement (0: no nodes). On TLS grids the scheduler
+    believes at most ``grid.scheduler.max-node-threads`` of each node's claim."""
+    return max(1, int(info.get("nthreads") or 0)) if node_count(info) else 0
 
 
 def _batches(keys: list[str], indices: list[int], parts: Partitions) -> list[dict[str, Any]]:

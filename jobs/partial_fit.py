@@ -111,7 +111,7 @@ class PartialFit(GridJobMixin, MetaEstimatorMixin, BaseEstimator):
             "mode": self.mode,
             "aggregate": self.aggregate,
             "local_epochs": int(self.local_epochs),
-            "partition_rows": self.partition_rows,
+            "partition_rows": self.partition_rows if self.partition_rows == "auto" else int(self.partition_rows),
             "seed": int(self.seed),
             "verbose": bool(self.verbose),
         }

@@ -71,7 +71,7 @@ class _GridSGD(GridJobMixin, BaseEstimator):
             "mode": "average",
             "aggregate": self.aggregate,
             "local_epochs": int(self.local_epochs),
-            "partition_rows": self.partition_rows,
+            "partition_rows": self.partition_rows if self.partition_rows == "auto" else int(self.partition_rows),
             "seed": int(self.seed),
             "verbose": bool(self.verbose),
         }

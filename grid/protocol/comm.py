@@ -111,7 +111,9 @@ def receiver_kind(server: Any) -> str | None:
 
     A scheduler is a grid scheduler when it carries the grid plugin; a worker
     is a grid node when it serves round requests or runs community mode
-    (``grid node``, ``Grid.local`` and ``dask worker --preload grid.node.rounds``).
+    (``grid node``, ``Grid.local`` and ``dask worker --preload grid.node.rounds``),
+    and a nanny when it starts such a worker. Any other Dask server in the
+    process keeps distributed's own rules.
     """
     from distributed import Nanny, Scheduler, Worker
 
@@ -124,7 +126,9 @@ def receiver_kind(server: Any) -> str | None:
         grid_plugin = bool(names & {"grid-node-rounds", "grid-community-mode"})
         return "node" if grid_plugin or "grid_update" in server.handlers else None
     if isinstance(server, Nanny):
-        return "nanny"
+        plugins = (getattr(server, "worker_kwargs", None) or {}).get("plugins") or ()
+        grid_plugin = {getattr(p, "name", None) for p in plugins} & {"grid-node-rounds", "grid-community-mode"}
+        return "nanny" if grid_plugin else None
     return None
 
 
@@ -146,6 +150,8 @@ def decide(peercert: Any, server: Any = None) -> Peer:
     identity = _identity(peercert) if peercert else None
     kind = receiver_kind(server) if server is not None else None
     peer = Peer(identity=identity, receiver=server)
+    if server is not None and kind is None:
+        return peer  # a plain Dask server in this process: distributed's own rules
     if identity is None:
         # no grid identity: a stock Dask peer of some other deployment, unless we are a grid
         # server, which the grid CA's certificates only ever reach with an identity

@@ -24,7 +24,8 @@ Identities are bound, and claims checked, here too:
   process restarted before the scheduler noticed) replaces its stale record.
   Retiring, unregistering and heartbeats name only the caller's own bound
   addresses;
-* the ``nthreads`` a node claims is capped at ``grid.scheduler.max-node-threads``
+* the ``nthreads`` and memory a node claims are capped at ``grid.scheduler.max-node-threads``
+  and ``grid.scheduler.max-node-memory``
   (:meth:`AccessControl.cap_claims`), so a node cannot draw more than its
   share of partitions or tasks by claiming a big machine;
 * every partition key a data scientist scatters is recorded with the
@@ -305,23 +306,30 @@ class AccessControl:
             self.node_names.add(identity.name)
 
     def cap_claims(self, identity: Any, msg: dict) -> None:
-        """Cap the ``nthreads`` a registering node claims at ``grid.scheduler.max-node-threads``.
+        """Cap the threads and memory a registering node claims.
 
-        Applied to node certificates, and to every worker of a plaintext grid
-        (nobody is authenticated there); workers with admin or scheduler
-        certificates are the operators' own and keep their claim. Changing the
-        message changes what the scheduler believes (the worker's real thread
-        pool is untouched): placement and task assignment follow the capped
-        number.
+        ``grid.scheduler.max-node-threads`` and ``grid.scheduler.max-node-memory``
+        apply to node certificates; workers with admin or scheduler
+        certificates are the operators' own, and plaintext grids are private
+        (their workers are the operators' machines), so those keep their claim.
+        Changing the message changes what the scheduler believes (the worker's
+        real thread pool is untouched): placement and task assignment follow
+        the capped numbers.
         """
-        cap = config.get("scheduler.max-node-threads")
-        if cap is None or (identity is not None and identity.role != "node"):
+        if identity is None or identity.role != "node":
             return
+        cap = config.get("scheduler.max-node-threads")
         claimed = msg.get("nthreads")
-        if isinstance(claimed, int) and not isinstance(claimed, bool) and claimed > int(cap):
-            logger.info("node %s claims %d threads; believed %d (grid.scheduler.max-node-threads)",
-                        identity.name if identity is not None else msg.get("name"), claimed, int(cap))
+        if cap is not None and isinstance(claimed, int) and not isinstance(claimed, bool) and claimed > int(cap):
+            logger.info("node %s claims %d threads; believed %d (grid.scheduler.max-node-threads)", identity.name, claimed, int(cap))
             msg["nthreads"] = int(cap)
+        memory_cap = config.get("scheduler.max-node-memory")
+        memory = msg.get("memory_limit")
+        if memory_cap is not None and isinstance(memory, (int, float)) and not isinstance(memory, bool):
+            limit = config.nbytes("scheduler.max-node-memory")
+            if memory > limit:
+                logger.info("node %s claims %d bytes of memory; believed %d (grid.scheduler.max-node-memory)", identity.name, memory, limit)
+                msg["memory_limit"] = limit
 
     # --- data placed by data scientists ----------------------------------------------
     def _record_scatter(self, handler: Callable) -> Callable:

@@ -404,7 +404,8 @@ class JobDriver:
             if region == self.plugin.region:
                 continue
             reply = await self.plugin.scheduler.rpc(where["address"]).grid_attach(
-                job_id=self.record.id, request=self.request, dataset=where["dataset"], home=self.plugin.region
+                job_id=self.record.id, request=self.request, dataset=where["dataset"], home=self.plugin.region,
+                owner=self.record.owner,  # the other region trains only on the submitter's own data
             )
             if reply.get("status") != "OK":
                 raise RuntimeError(f"region {region!r} refused the job: {reply.get('message')}")

@@ -39,6 +39,7 @@ from grid.scheduler.verify import Reliability, check_request
 from grid.node.align import PLUGIN_NAME as ALIGN_PLUGIN, AlignPartitions
 from grid.node.rounds import PLUGIN_NAME as ROUNDS_PLUGIN, NodeRounds
 from jobs.local import local_step
+from jobs.plain import check_plain
 from jobs.spec import SpecError, resolve_class
 
 logger = logging.getLogger("grid.scheduler")
@@ -90,6 +91,8 @@ class GridSchedulerPlugin(SchedulerPlugin):
         self.quarantine: Quarantine
         self.state: StateDir | None = None  # grid.scheduler.state-dir: durable jobs (recovery.py)
         self.closing = False
+        #: other regions this scheduler may dial (besides grid.scheduler.peers): region -> address
+        self.peers: dict[str, str] = {}
         self.files_ready: dict[str, asyncio.Task] = {}  # Files datasets read again after a restart
         verify = config.get("scheduler.verify")
         self.reliability = Reliability(int(verify["trust-after"]), float(verify["replication-floor"]))
@@ -359,6 +362,27 @@ class GridSchedulerPlugin(SchedulerPlugin):
         await self._replicate_new(str(name))
         return {"status": "OK"}
 
+    def peer_address(self, region: str, claimed: str) -> str:
+        """The address this scheduler dials for ``region``: the one its operator configured.
+
+        A job request names the regions it trains in, with the addresses the
+        client knows; a scheduler never dials an address a request names (a
+        listener an attacker runs would read this scheduler's requests and
+        answer them). On TLS grids a region must be one of
+        ``grid.scheduler.peers``; plaintext grids authenticate nobody, so
+        there the client's address is used when no peer is configured.
+        """
+        peers = {**(config.get("scheduler.peers") or {}), **self.peers}
+        if region in peers:
+            return str(peers[region])
+        if self.scheduler is not None and _is_tls(self.scheduler):
+            known = ", ".join(sorted(peers)) or "none"
+            raise ValueError(
+                f"region {region!r} is not a peer of region {self.region!r} (peers: {known}); a scheduler dials only "
+                f"the regions its operator lists: `grid scheduler --peer {region}=ADDRESS` or grid.scheduler.peers"
+            )
+        return str(claimed)
+
     def _spread_scatter(self, scatter: Any) -> Any:
         """Wrap ``scatter``: grid partitions sent without named nodes go to ``grid.jobs.replicas``
         running nodes, each copy straight from the scheduler.
@@ -564,6 +588,10 @@ class GridSchedulerPlugin(SchedulerPlugin):
                 raise ValueError(f"placement region {region!r} must be a region name (a string)")
             if not isinstance(where, dict) or not isinstance(where.get("dataset"), str) or not isinstance(where.get("address"), str):
                 raise ValueError(f"placement of region {region!r} needs 'address' and 'dataset'")
+        check_plain(placement, "placement")
+        for region, where in placement.items():
+            if region != self.region:
+                where["address"] = self.peer_address(region, where["address"])
         if self.region in placement:
             self.datasets.get(placement[self.region]["dataset"])  # exists; who may use it: _dataset_for
         return JobRecord(

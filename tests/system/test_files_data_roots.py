@@ -93,7 +93,7 @@ def world(tmp_path_factory):
             spec = {"regions": addresses, "tls": {"ca-file": str(ca.cert_path), "cert": str(scientist.cert_path), "key": str(scientist.key_path)}}
             with Grid.connect(spec) as g:
                 try:
-                    wait_for(lambda: len(g.status()["eu"]["workers"]) == 2 and len(g.status()["us"]["workers"]) == 1, timeout=90, what="3 nodes")
+                    wait_for(lambda: g.status()["eu"]["nodes"]["active"] == 2 and g.status()["us"]["nodes"]["active"] == 1, timeout=90, what="3 nodes")
                 except TimeoutError:
                     print("\n".join(procs.log(p)[-3000:] for p in [*schedulers, *started]))
                     raise

@@ -113,10 +113,9 @@ def test_a_serialized_object_in_a_job_parameter_is_refused(grid, tmp_path, field
     assert not os.path.exists(marker), f"a node unpickled the Serialized {field} ({refusal})"
 
 
+@pytest.mark.parametrize("grid", ["tls"], indirect=True)  # a plaintext grid has no admin certificates
 def test_an_admin_is_refused_the_same_way(grid, tmp_path):
     """Admin certificates pass the guarded comm unchecked; the request validator still refuses."""
-    if grid.spec.tls is None:
-        pytest.skip("a plaintext grid has no admin certificates")
     marker = str(tmp_path / "marker")
     throwaway = grid._local.throwaway
     spec = {
@@ -135,10 +134,9 @@ def test_an_admin_is_refused_the_same_way(grid, tmp_path):
     assert not os.path.exists(marker)
 
 
+@pytest.mark.parametrize("grid", ["tcp"], indirect=True)  # on TLS only a scheduler certificate may call grid_attach
 def test_attach_refuses_the_same_requests(grid, tmp_path):
     """``grid_attach`` (scheduler to scheduler) validates the request with the same function."""
-    if grid.spec.tls is not None:
-        pytest.skip("on TLS only a scheduler certificate may call grid_attach")
     marker = str(tmp_path / "marker")
     client = grid.client("eu")
     request, _ = job_request(grid)

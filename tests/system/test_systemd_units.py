@@ -35,7 +35,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import dask
 import psutil
 import pytest
 from click.testing import CliRunner
@@ -285,6 +284,9 @@ def test_units_start_run_a_job_and_retire_gracefully(units: dict[str, Path], tmp
     envs.mkdir()
     (envs / "scheduler-eu.env").write_text(
         f"GRID_HOST=127.0.0.1\nGRID_PORT={port}\nGRID_DASHBOARD_ADDRESS=127.0.0.1:{dash}\nGRID_PROTOCOL=tcp\n"
+        # the scheduler places every partition on one node only (it picks the nodes), so a node
+        # retired by SIGTERM holds data nobody else has
+        "DASK_GRID__JOBS__REPLICAS=1\n"
     )
     for n in ("a", "b"):
         (envs / f"node-{n}.env").write_text(
@@ -337,8 +339,7 @@ def test_units_start_run_a_job_and_retire_gracefully(units: dict[str, Path], tmp
         assert set(names) == {"node-a", "node-b"}
 
         X, y = make_classification(n_samples=2000, n_features=8, random_state=0)
-        with dask.config.set({"grid.jobs.replicas": 1}):  # each partition on one node only
-            data = g.scatter(X, y, partition_rows=250)
+        data = g.scatter(X, y, partition_rows=250)  # each partition on one node only (the scheduler's setting)
         client = g.client("eu")
         who_has = client.who_has()
         on_a = [k for k, holders in who_has.items() if names["node-a"] in holders]

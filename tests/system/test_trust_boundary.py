@@ -355,3 +355,73 @@ def test_an_admin_still_has_plain_dask(boundary):
                 return await r.grid_info()
 
         assert asyncio.run(info())["region"] == "eu"
+
+
+# --- 9. the scheduler dials only what its operator configured ---------------------------------
+def test_the_scheduler_never_dials_an_address_a_request_names(boundary):
+    """A job whose placement names a "region" at a listener the attacker runs (TLS with a node
+    certificate of the grid, so the scheduler's TLS check would pass): refused before any
+    connection, because the scheduler has no such peer."""
+    import socket
+    import threading
+
+    b = boundary
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.2)
+    port = listener.getsockname()[1]
+    accepted: list[str] = []
+    stop = threading.Event()
+
+    def serve() -> None:  # any TCP connection counts, before TLS is even spoken
+        while not stop.is_set():
+            try:
+                conn, peer = listener.accept()
+            except OSError:
+                continue
+            accepted.append(str(peer))
+            conn.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        with b.grid(b.bob) as g, Client(b.address, security=b.bob.security(), set_as_default=False) as bob:
+            data = g.scatter(b.X[:500], b.y[:500])  # bob's own dataset: he may train on it
+            request = PartialFit(SGDClassifier(random_state=0), rounds=1)._job_request()
+            request.update(verify=1, partial_participation=False, classes=[0, 1], n_features=b.X.shape[1])
+            placement = {
+                "eu": {"address": b.address, "dataset": data.regions["eu"]["dataset"]},
+                "us": {"address": f"tls://127.0.0.1:{port}", "dataset": "anything"},
+            }
+            reply = bob.sync(bob.scheduler.grid_submit, request=request, placement=placement, owner="bob")
+            g.drop(data)
+    finally:
+        stop.set()
+        thread.join(5)
+        listener.close()
+    assert reply["status"] == "error" and "is not a peer of region 'eu'" in reply["message"], reply
+    assert "--peer us=ADDRESS" in reply["message"]
+    assert accepted == [], "the scheduler connected to an address a job request named"
+    still_serving(b)
+
+
+# --- honest paths ----------------------------------------------------------------------------
+def test_a_stock_dask_worker_with_the_round_handler_joins_and_works(boundary):
+    """`dask worker --preload grid.node.rounds` with a node certificate: a volunteer who runs
+    stock Dask is read through the same checks and does its share honestly."""
+    b = boundary
+    cert = issue(b.ca, "node", "stock-0", region="eu", out=os.path.join(b.tmp, "certs"))
+    dask = os.path.join(os.path.dirname(GRID), "dask")
+    b.procs.spawn(
+        [dask, "worker", b.address, "--preload", "grid.node.rounds", "--nthreads", "1", "--name", "stock-0",
+         "--no-nanny", "--tls-ca-file", str(b.ca.cert_path), "--tls-cert", str(cert.cert_path), "--tls-key", str(cert.key_path)],
+        "stock-0",
+    )
+    with b.grid(b.admin) as ops:
+        wait_for(lambda: any(w["name"] == "stock-0" for w in ops.status()["eu"]["workers"]), timeout=90, what="the stock worker")
+        with b.grid(b.alice) as g:
+            for _ in range(3):  # fresh job-owned data each time: the scheduler places some on the new node
+                np.testing.assert_array_equal(b.honest_model(g), b.reference)
+        status = ops.status()["eu"]
+        stock = next(w for w in status["workers"] if w["name"] == "stock-0")
+        assert stock["tasks_done"] > 0, stock
+        assert "stock-0" not in {q["identity"] for q in status["quarantined"]}
