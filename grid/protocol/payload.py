@@ -149,7 +149,44 @@ def _check_numpy_header(header: Any) -> None:
         raise UntrustedPayload("a numpy array of Python objects")
 
 
-def check_serialized_header(header: Any, frames: Sequence[Any] = (), depth: int = 0) -> None:
+class _Frames:
+    """The frames of one serialized object as its deserializer sees them: distributed
+    compresses and splits large frames on the wire (``serialize_and_split``), and a
+    header's frame counts refer to the merged frames. Bytes are materialised only for
+    the small frames a check reads (a pickle)."""
+
+    def __init__(self, wire: Sequence[Any], compression: Sequence[Any], spans: Sequence[tuple[int, int]]) -> None:
+        self.wire, self.compression, self.spans = wire, compression, list(spans)
+
+    @classmethod
+    def of(cls, header: dict, wire: Sequence[Any]) -> "_Frames":
+        compression = header.get("compression") or (None,) * len(wire)
+        if "split-num-sub-frames" in header:
+            counts, offsets = header["split-num-sub-frames"], header.get("split-offsets")
+            if not isinstance(counts, (list, tuple)) or not isinstance(offsets, (list, tuple)) or len(counts) != len(offsets):
+                raise UntrustedPayload("a serialized object with a bad frame split")
+            spans = [(int(o), int(n)) for n, o in zip(counts, offsets)]
+        else:
+            spans = [(i, 1) for i in range(len(wire))]
+        if any(o < 0 or n < 0 or o + n > len(wire) for o, n in spans) or len(compression) != len(wire):
+            raise UntrustedPayload("a serialized object whose frames do not add up")
+        return cls(wire, compression, spans)
+
+    def __len__(self) -> int:
+        return len(self.spans)
+
+    def sub(self, start: int, stop: int) -> "_Frames":
+        return _Frames(self.wire, self.compression, self.spans[start:stop])
+
+    def bytes(self, i: int) -> bytes:
+        from distributed.protocol.compression import decompress
+
+        offset, n = self.spans[i]
+        pieces = decompress({"compression": tuple(self.compression[offset : offset + n])}, list(self.wire[offset : offset + n]))
+        return b"".join(bytes(p) for p in pieces)
+
+
+def check_serialized_header(header: Any, frames: "_Frames | None" = None, depth: int = 0) -> None:
     """Raise :class:`UntrustedPayload` unless deserializing ``header`` (with its
     ``frames``) runs no code chosen by the sender."""
     if depth > MAX_DEPTH:
@@ -166,7 +203,7 @@ def check_serialized_header(header: Any, frames: Sequence[Any] = (), depth: int 
         for sub, length in zip(subs, lengths):
             if type(length) is not int or length < 0:
                 raise UntrustedPayload("a serialized collection with a bad frame count")
-            check_serialized_header(sub, frames[start : start + length], depth + 1)
+            check_serialized_header(sub, frames.sub(start, start + length) if frames is not None else None, depth + 1)
             start += length
         return
     serializer = header.get("serializer")
@@ -175,13 +212,7 @@ def check_serialized_header(header: Any, frames: Sequence[Any] = (), depth: int 
     if serializer == "pickle":
         if not frames:
             raise UntrustedPayload("a pickled payload without its frame")
-        first = frames[0]
-        compression = (header.get("compression") or (None,))[0]
-        if compression is not None:
-            from distributed.protocol.compression import decompress
-
-            first = decompress({"compression": (compression,)}, [first])[0]
-        check_plain_pickle(first)
+        check_plain_pickle(frames.bytes(0))  # the pickle itself; the other frames are its buffers
         return
     if serializer != "dask":
         raise UntrustedPayload(f"a payload serialized with {serializer!r}")
@@ -198,8 +229,10 @@ def check_serialized_header(header: Any, frames: Sequence[Any] = (), depth: int 
         for item in (sub.get("complex") or {}).values():
             if not isinstance(item, dict) or "nested-dict" in (item.get("header") or {}):
                 raise UntrustedPayload("a sparse matrix with nested attributes")
-            item_frames = frames[item.get("start", 0) : item.get("stop", 0)]
-            check_serialized_header(item.get("header"), item_frames, depth + 1)
+            start, stop = item.get("start", 0), item.get("stop", 0)
+            if type(start) is not int or type(stop) is not int:
+                raise UntrustedPayload("a sparse matrix attribute with bad frame bounds")
+            check_serialized_header(item.get("header"), frames.sub(start, stop) if frames is not None else None, depth + 1)
 
 
 def check_frames(frames: Sequence[Any], *, opaque_ok: bool = False) -> None:
@@ -237,7 +270,7 @@ def check_frames(frames: Sequence[Any], *, opaque_ok: bool = False) -> None:
                 count = sub_header.get("num-sub-frames", 0)
                 if type(count) is not int or count < 0:
                     raise UntrustedPayload("a serialized object with a bad frame count")
-                check_serialized_header(sub_header, frames[offset + 1 : offset + 1 + count])
+                check_serialized_header(sub_header, _Frames.of(sub_header, frames[offset + 1 : offset + 1 + count]))
         return obj
 
     try:

@@ -119,3 +119,20 @@ def test_message_fields_are_checked_by_type_and_by_rule():
     not_screen_topics("log-event", ["grid", "node"])
     with pytest.raises(ProtocolViolation, match="clients print"):
         not_screen_topics("log-event", ["print"])
+
+
+@pytest.mark.parametrize("compression", [None, "zlib"])
+def test_split_and_compressed_frames_are_checked_as_the_reader_merges_them(compression, tmp_path):
+    """distributed splits large frames (``distributed.comm.shard``) and may compress them: a
+    header's frame counts then refer to the merged frames."""
+    rng = np.random.default_rng(0)
+    partition = (rng.standard_normal((40_000, 8)), rng.integers(0, 2, 40_000), None)  # 2.5 MB of X
+    context = {"compression": compression} if compression else None
+    frames = dumps({"op": "scatter", "data": {"k": Serialize(partition)}}, frame_split_size=2**18, context=context)
+    assert len(frames) > 6  # X was split into several frames
+    check_frames(frames)
+    out = loads(frames)["data"]["k"]
+    np.testing.assert_array_equal(out[0], partition[0])
+    evil = (rng.standard_normal((40_000, 8)), Marker(str(tmp_path / "MARKER")))
+    frames = dumps({"op": "scatter", "data": {"k": Serialize(evil)}}, frame_split_size=2**18, context=context)
+    _refused(frames, tmp_path, "not plain data")
