@@ -9,7 +9,7 @@ interoperate unchanged; what changes is how a message is *read*:
   made, before anything is read. A grid scheduler closes connections from
   revoked certificates, from nodes of another region or in quarantine; a grid
   node closes connections from data scientists' certificates (they reach
-  nodes only through the scheduler);
+  nodes only through the scheduler) and from nodes of another region;
 * from a trusted peer (``admin`` or ``scheduler`` certificate) a message is
   read exactly as distributed reads it;
 * from an untrusted peer (``node`` or ``client`` certificate) the size the
@@ -141,6 +141,23 @@ def _identity(peercert: Any) -> Any:
         return None
 
 
+#: a grid node's own identity, read once from its certificate
+_own: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()
+
+
+def _own_identity(server: Any) -> Any:
+    """The grid identity of the certificate a node (or nanny) presents; None without one."""
+    if server not in _own:
+        from grid.security.certs import _as_cert, identity_from_certificate
+
+        path = getattr(getattr(server, "security", None), "tls_worker_cert", None)
+        try:
+            _own[server] = identity_from_certificate(_as_cert(path)) if path else None
+        except Exception:  # noqa: BLE001 - a certificate without a grid identity: no region to hold peers to
+            _own[server] = None
+    return _own[server]
+
+
 def _revoked(identity: Any, revocations: Any) -> bool:
     return any(rl is not None and identity.serial in rl for rl in revocations)
 
@@ -175,6 +192,10 @@ def decide(peercert: Any, server: Any = None) -> Peer:
         peer.refusal = f"a {identity.role} certificate may not connect to a grid {kind}"
         return peer
     peer.protocol = proto
+    if kind in ("node", "nanny") and identity.role == "node":
+        own = _own_identity(server)
+        if own is not None and own.region != identity.region:
+            peer.refusal = f"node {identity.name!r} belongs to region {identity.region!r}, not {own.region!r}"
     if plugin is not None and identity.role == "node":
         if identity.region != plugin.region:
             peer.refusal = f"node {identity.name!r} belongs to region {identity.region!r}, not {plugin.region!r}"

@@ -341,6 +341,8 @@ def test_a_node_reads_no_pickle_from_another_node(boundary):
         workers = [w["address"] for w in g.status()["eu"]["workers"]]
     for w in workers:
         assert asyncio.run(raw_send(w, b.evil["evil-3"], {"op": "get_data", "keys": ToPickle(Marker(marker)), "reply": True}))
+        # a node of another region may not even ask politely
+        assert asyncio.run(raw_send(w, b.other_region, {"op": "get_data", "keys": ["x"], "reply": True}))
     still_serving(b)
     assert not os.path.exists(marker)
 
