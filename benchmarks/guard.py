@@ -55,7 +55,7 @@ def rounds_on_tls(problem: Any, guarded: bool, rounds: int, parts: int) -> dict[
             start = time.perf_counter()
             data = g.scatter(problem.X_train, problem.y_train, partition_rows=rows)
             placement = time.perf_counter() - start
-            model = g.submit(SGDClassifier(loss="log_loss", rounds=rounds, seed=0), data).result()
+            model = g.submit(SGDClassifier(loss="log_loss", rounds=rounds, random_state=0), data).result()
             history = model.history_
             g.drop(data)
     finally:

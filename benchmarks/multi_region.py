@@ -159,7 +159,7 @@ def one_job(g: Any, grid: InProcessGrid, features: int, rows_per_region: int, ar
     data = g.scatter(X.astype(np.float64), y, partition_rows=rows_per_region // parts_per_region)
     del X, y
     try:
-        job = g.submit(SGDClassifier(rounds=args.rounds, seed=0), data, home="r00")
+        job = g.submit(SGDClassifier(rounds=args.rounds, random_state=0), data, home="r00")
         job.result(timeout=args.timeout)
         history = job.history
     finally:

@@ -513,7 +513,7 @@ def run_size(n: int, args: argparse.Namespace) -> dict:
             for engine in args.engines:
                 step = f"job ({engine})"
                 client.sync(client.scheduler.bench_engine, engine=engine)
-                job = g.submit(SGDClassifier(rounds=args.rounds, seed=0), data)
+                job = g.submit(SGDClassifier(rounds=args.rounds, random_state=0), data)
                 models[engine] = job.result(timeout=args.timeout)
                 jobs[engine] = job
             stats = client.sync(client.scheduler.bench_stats)

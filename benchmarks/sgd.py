@@ -357,7 +357,7 @@ def run_grid(problem: Problem, epochs: int, target: float, parts: int) -> Result
             res.notes["placement_seconds"] = time.perf_counter() - start
 
             def fit(rounds: int) -> tuple[float, Any, list[dict]]:
-                est = SGDClassifier(loss="log_loss", rounds=rounds, seed=0)
+                est = SGDClassifier(loss="log_loss", rounds=rounds, random_state=0)
                 start = time.perf_counter()
                 job = g.submit(est, data)
                 model = job.result()

@@ -78,7 +78,8 @@ class GridJobMixin:
         return X, y, sample_weight
 
     # --- scikit-learn entry point ------------------------------------------------
-    def fit(self, X: Any, y: Any = None, *, grid: Any = None, **submit_kwargs: Any) -> "GridJobMixin":
+    def fit(self, X: Any, y: Any = None, *, grid: Any = None, verbose: bool | int | None = None,
+            **submit_kwargs: Any) -> "GridJobMixin":
         """Train on the grid and wait for the result.
 
         Parameters
@@ -89,6 +90,9 @@ class GridJobMixin:
         grid : grid.Grid, optional
             Defaults to the grid of an enclosing ``with grid:`` block, else an
             embedded local grid is started for this call and closed after it.
+        verbose : bool or int, optional
+            Show a progress bar (round k/N, loss, samples/s) on stderr while
+            waiting; defaults to the estimator's ``verbose`` parameter.
         **submit_kwargs
             Passed to :meth:`grid.Grid.submit` (e.g. ``regions=``).
 
@@ -104,7 +108,7 @@ class GridJobMixin:
             submit_kwargs["sample_weight"] = sample_weight
         with default_grid(grid) as g:
             job = g.submit(self, X, y, **submit_kwargs)
-            if getattr(self, "verbose", False):
+            if verbose if verbose is not None else getattr(self, "verbose", False):
                 job.progress()
             fitted = job.result()
         self.__dict__.update({k: v for k, v in vars(fitted).items() if k.endswith("_")})

@@ -103,7 +103,7 @@ class PartialFit(GridJobMixin, MetaEstimatorMixin, BaseEstimator):
 
     def _job_request(self) -> dict:
         self._validate_params()
-        return {
+        request = {
             "kind": self._job_kind,
             "facade": class_path(type(self)),
             "estimator": estimator_spec(self.estimator),
@@ -115,6 +115,11 @@ class PartialFit(GridJobMixin, MetaEstimatorMixin, BaseEstimator):
             "seed": int(self.seed),
             "verbose": bool(self.verbose),
         }
+        warm = getattr(self, "_warm_state", None)
+        if warm is not None:
+            # partial_fit: the driver starts round 0 from this state instead of a fresh estimator
+            request["init_state"] = warm
+        return request
 
     def _is_classifier(self) -> bool:
         return is_classifier(self.estimator)
@@ -145,6 +150,89 @@ class PartialFit(GridJobMixin, MetaEstimatorMixin, BaseEstimator):
             self.classes_ = est.classes_
         if hasattr(est, "n_features_in_"):
             self.n_features_in_ = est.n_features_in_
+
+    # --- incremental training ----------------------------------------------------
+    def partial_fit(self, X: Any, y: Any = None, classes: Any = None, sample_weight: Any = None, *,
+                    grid: Any = None, verbose: bool | int | None = None, **submit_kwargs: Any) -> "PartialFit":
+        """Run one round on ``X``, continuing from the fitted state (as scikit-learn's ``partial_fit``).
+
+        The first call starts from a fresh clone of ``estimator``; every later
+        call submits a one-round job whose initial state is the current
+        ``estimator_`` (sent as plain numbers, ``init_state`` of the request).
+        In ``mode="sequential"`` the calls therefore equal serial
+        ``estimator.partial_fit`` calls on the same partitions in the same
+        order; in ``mode="average"`` each call is one averaged round.
+
+        Parameters
+        ----------
+        X : array-like, sparse matrix, dask collection, or a dataset placed
+            with ``Grid.scatter``
+        y : array-like, optional
+        classes : array-like, optional
+            All class labels. A round's classes are the labels of its data,
+            so every call's ``y`` must hold all of them: ``classes`` is checked
+            against them (an error names the missing labels).
+        sample_weight : array-like of shape (n_samples,), optional
+        grid : grid.Grid, optional
+            As for :meth:`fit`.
+        verbose : bool or int, optional
+            Show a progress bar while waiting.
+        **submit_kwargs
+            Passed to :meth:`grid.Grid.submit` (e.g. ``regions=``).
+
+        Returns
+        -------
+        self
+        """
+        self._validate_params()
+        fitted = getattr(self, "estimator_", None)
+        if fitted is not None and hasattr(fitted, "n_features_in_"):
+            # scikit-learn's check, here rather than as a failed round on a node
+            expected = int(np.asarray(fitted.n_features_in_))
+            shape = getattr(X, "shape", None)
+            got = shape[1] if shape is not None and len(shape) == 2 else getattr(X, "n_features", None)
+            if got is not None and int(got) != expected:
+                raise ValueError(
+                    f"X has {int(got)} features, but {type(self).__name__} is expecting {expected} "
+                    "features as input."
+                )
+        if classes is not None or (fitted is not None and hasattr(fitted, "classes_")):
+            self._check_round_classes(y, classes, fitted)
+        one = clone(self).set_params(rounds=1)
+        if fitted is not None:
+            one._warm_state = _plain_state(state_rule(fitted).get_state(fitted))
+        if sample_weight is not None:
+            submit_kwargs["sample_weight"] = sample_weight
+        GridJobMixin.fit(one, X, y, grid=grid, verbose=verbose, **submit_kwargs)
+        history = list(getattr(self, "history_", [])) + [
+            dict(record, round=len(getattr(self, "history_", [])) + i + 1) for i, record in enumerate(one.history_)
+        ]
+        self.__dict__.update({k: v for k, v in vars(one).items() if k.endswith("_") and not k.startswith("_")})
+        self.history_ = history
+        self.n_rounds_ = len(history)
+        return self
+
+    def _check_round_classes(self, y: Any, classes: Any, fitted: Any) -> None:
+        """The labels a round will train on must be the model's (see :meth:`partial_fit`)."""
+        if y is None or hasattr(y, "__dask_graph__") or not hasattr(y, "__len__"):
+            return  # placed or lazy data: its labels are checked on the grid
+        present = np.unique(np.asarray(y))
+        expected = np.unique(np.asarray(classes)) if classes is not None else np.asarray(fitted.classes_)
+        if fitted is not None and hasattr(fitted, "classes_") and classes is not None:
+            if not np.array_equal(expected, np.asarray(fitted.classes_)):
+                raise ValueError(
+                    f"classes={expected.tolist()!r} differs from the classes of the first call "
+                    f"{np.asarray(fitted.classes_).tolist()!r}; pass the same classes or none"
+                )
+        if not np.array_equal(present, expected):
+            missing = sorted(set(expected.tolist()) - set(present.tolist()))
+            extra = sorted(set(present.tolist()) - set(expected.tolist()))
+            raise ValueError(
+                f"y of this partial_fit call has the labels {present.tolist()!r} but the model's classes are "
+                f"{expected.tolist()!r} (missing {missing!r}, unknown {extra!r}): a grid round takes its "
+                "classes from its data, so every call needs rows of every class. Batch the stream so "
+                "each call holds all classes, or train it locally with the estimator's own partial_fit"
+            )
 
     # --- delegation to the fitted estimator -------------------------------------
     def _fitted(self) -> Any:
@@ -191,6 +279,23 @@ class PartialFit(GridJobMixin, MetaEstimatorMixin, BaseEstimator):
         except AttributeError:
             pass
         return tags
+
+
+def _plain_state(state: State) -> dict:
+    """The numeric part of an estimator state as plain data (``init_state`` of a request).
+
+    The driver restores every entry as a float64 array, so only numbers
+    travel; the labels (``classes_``) come back from the round's data.
+    """
+    plain: dict = {}
+    for name, value in state.items():
+        if name == "classes_":
+            continue
+        arr = np.asarray(value)
+        if arr.dtype.kind not in "biuf":
+            continue
+        plain[name] = arr.astype(np.float64).tolist()
+    return plain
 
 
 def _check_int(name: str, value: Any, minimum: int) -> None:

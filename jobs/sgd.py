@@ -39,7 +39,8 @@ so it travels in the grid's code-free wire format. Progress ``t`` is counted in
 samples, never in rounds or nodes, so schedules do not depend on how many
 nodes trained. Every random choice (shuffles, the sample used to size the
 step, the validation split) comes from the ``seed`` argument or the job's
-``seed`` parameter only.
+seed (the facade's ``random_state``) only; ``shuffle=False`` leaves the
+partition's row order.
 """
 
 from __future__ import annotations
@@ -118,6 +119,8 @@ class SGDConfig:
     early_stopping: bool = False
     validation_fraction: float = 0.1
     seed: int = 0
+    shuffle: bool = True
+    average: int = 0
 
     @property
     def l1_share(self) -> float:
@@ -210,6 +213,7 @@ def config_from_params(params: Mapping[str, Any], *, classification: bool) -> SG
     """
     defaults = SGDConfig()
     p = {k: params.get(k, getattr(defaults, k)) for k in SGDConfig.__dataclass_fields__}
+    p["seed"] = job_seed(params)
     losses = CLASSIFICATION_LOSSES if classification else REGRESSION_LOSSES
     loss = _choice("loss", params.get("loss", losses[0]), losses)
     penalty = _choice("penalty", p["penalty"], PENALTIES)
@@ -233,8 +237,55 @@ def config_from_params(params: Mapping[str, Any], *, classification: bool) -> SG
         early_stopping=_boolean("early_stopping", p["early_stopping"]),
         validation_fraction=_real("validation_fraction", p["validation_fraction"], low=0.0, high=1.0,
                                   low_open=True, high_open=True),
-        seed=_integer("seed", p["seed"], 0),
+        seed=p["seed"],
+        shuffle=_boolean("shuffle", p["shuffle"]),
+        average=check_average(p["average"]),
     )
+
+
+#: largest seed a job accepts (scikit-learn's ``check_random_state`` range)
+MAX_SEED = 2**32 - 1
+
+
+def check_random_state_param(value: Any) -> int | None:
+    """Validate ``random_state``: None or an integer in [0, 2**32 - 1].
+
+    A job runs on many machines and is checkpointed and resumed, so its
+    randomness must be a number that travels as plain data; a
+    ``numpy.random.RandomState`` instance cannot.
+    """
+    if value is None:
+        return None
+    if isinstance(value, np.random.RandomState | np.random.Generator):
+        raise SGDParameterError(
+            f"random_state must be an integer or None for a grid job, got a {type(value).__name__} instance: "
+            "a job runs on many nodes and can be resumed, so its randomness needs a reproducible "
+            "seed. Pass an int such as random_state=0 (None also seeds with 0)"
+        )
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 0 <= value <= MAX_SEED:
+        raise SGDParameterError(f"random_state must be an integer in [0, {MAX_SEED}] or None, got {value!r}")
+    return int(value)
+
+
+def job_seed(params: Mapping[str, Any]) -> int:
+    """The job's seed from the facade's parameters: ``random_state``, None meaning 0.
+
+    None gives 0 rather than fresh entropy so that a job (and its retries and
+    resumptions on other nodes) is reproducible by default.
+    """
+    seed = check_random_state_param(params.get("random_state"))
+    return 0 if seed is None else seed
+
+
+def check_average(value: Any) -> int:
+    """Validate ``average`` (bool or int >= 0) as scikit-learn's: 0 is off, n starts after n samples."""
+    if isinstance(value, (bool, np.bool_)):
+        return int(bool(value))
+    if not isinstance(value, numbers.Integral) or value < 0:
+        raise SGDParameterError(
+            f"average must be True, False or an integer >= 0 (samples seen before averaging starts), got {value!r}"
+        )
+    return int(value)
 
 
 def _batch_size(value: Any) -> int | str:
@@ -516,6 +567,15 @@ def check_state(state: Mapping[str, Any], n_features: int, n_outputs: int) -> St
     for key in STATE_KEYS:
         if key not in ("coef", "intercept", "center", "scale") and key in state:
             out[key] = float(np.asarray(state[key]))
+    if float(np.asarray(state.get("avg_weight", 0.0))) > 0.0:  # the running average of ``average``
+        avg_coef = np.array(state["avg_coef"], dtype=np.float64, copy=True)
+        avg_intercept = np.array(state["avg_intercept"], dtype=np.float64, copy=True).ravel()
+        if avg_coef.shape != coef.shape or avg_intercept.shape != intercept.shape:
+            raise ValueError(
+                f"SGD state has avg_coef of shape {avg_coef.shape} and avg_intercept of shape "
+                f"{avg_intercept.shape}; this model needs {coef.shape} and {intercept.shape}"
+            )
+        out.update(avg_coef=avg_coef, avg_intercept=avg_intercept, avg_weight=float(np.asarray(state["avg_weight"])))
     return out
 
 
@@ -835,7 +895,8 @@ def run_epochs(
     u = 0.0  # L1 penalty every weight could have received so far
     q = np.zeros(W.shape, dtype=dtype) if l1a else None  # L1 penalty each weight received
     for epoch in range(int(epochs)):
-        rows = shuffled_rows(n, rng)
+        # shuffle=False: the partition's own row order, every epoch
+        rows = shuffled_rows(n, rng) if cfg.shuffle else np.arange(n)
         stats = EpochStats()
         csr = _CSRBatches(X[rows]) if sparse else None
         Tp = T[rows]
@@ -1000,6 +1061,8 @@ def sgd_step(
         raise ValueError(f"X has {n} rows but y has {targets.values.shape[0]}")
     w = sample_weights(cfg, targets, classes_arr, sample_weight, n, dtype)
     st = init_state(d, targets.n_outputs) if state is None else check_state(state, d, targets.n_outputs)
+    for key in AVERAGE_KEYS:  # the scheduler keeps the average; a node trains the plain iterate
+        st.pop(key, None)
     st["t0"] = st["t"]
     rng = np.random.default_rng(0 if seed is None else int(seed))
     metrics: dict[str, float] = {}
@@ -1071,6 +1134,8 @@ def server_update(previous: State | None, merged: State, params: Mapping[str, An
       ``delta = previous - merged``, ``v <- beta * v + delta`` and
       ``next = previous - v``; the velocities travel in the global state as
       ``velocity_coef`` / ``velocity_intercept`` (nodes ignore them).
+    * ``average``: :func:`average_update` folds the round's model into the
+      running average (``avg_coef`` / ``avg_intercept`` / ``avg_weight``).
     """
     classification = params.get("loss", "log_loss") in CLASSIFICATION_LOSSES
     cfg = config_from_params(params, classification=classification)
@@ -1087,4 +1152,53 @@ def server_update(previous: State | None, merged: State, params: Mapping[str, An
             v = delta if v_prev is None else beta * np.asarray(v_prev, dtype=np.float64) + delta
             out[f"velocity_{key}"] = v
             out[key] = prev - v
+    if cfg.average:
+        out.update(average_update(cfg.average, previous, out, float(merged["t"]) - float(merged["t0"])))
     return out
+
+
+#: keys of the averaged model in a global state (``average``); nodes ignore them
+AVERAGE_KEYS = ("avg_coef", "avg_intercept", "avg_weight")
+
+
+def average_update(start: int, previous: Mapping[str, Any] | None, current: Mapping[str, Any],
+                   samples: float) -> State:
+    """Fold one round's model into the running average of ``average=start``.
+
+    The averaged model is the sample-weighted mean of the global models at the
+    end of each round, counting a round once ``t`` (samples seen so far) has
+    reached ``start``. It is computed on the scheduler from the aggregated
+    models, so a node cannot move it except through its (aggregated) update,
+    and nodes keep training the plain iterate ``coef``/``intercept``, as in
+    scikit-learn's averaged SGD.
+
+    Parameters
+    ----------
+    start : int
+        ``average`` as an integer (1 for True).
+    previous : mapping or None
+        The global state before the round (holds the running average, if any).
+    current : mapping
+        The global state after the round.
+    samples : float
+        Samples trained on in the round (the weight of its model).
+
+    Returns
+    -------
+    dict
+        ``avg_coef``, ``avg_intercept`` and ``avg_weight`` (empty while
+        ``t < start`` and nothing was averaged yet).
+    """
+    prev_w = float(previous.get("avg_weight", 0.0)) if previous else 0.0
+    out: State = {}
+    if prev_w > 0.0:
+        out = {k: previous[k] for k in AVERAGE_KEYS}
+    if float(current["t"]) < start or samples <= 0.0:
+        return out
+    total = prev_w + samples
+    coef = np.asarray(current["coef"], dtype=np.float64)
+    intercept = np.asarray(current["intercept"], dtype=np.float64)
+    if prev_w > 0.0:
+        coef = (prev_w * np.asarray(previous["avg_coef"], dtype=np.float64) + samples * coef) / total
+        intercept = (prev_w * np.asarray(previous["avg_intercept"], dtype=np.float64) + samples * intercept) / total
+    return {"avg_coef": coef.copy(), "avg_intercept": intercept.copy(), "avg_weight": total}

@@ -39,11 +39,30 @@ class _GridSGD(GridJobMixin, BaseEstimator):
     def _config(self) -> sgd.SGDConfig:
         return sgd.config_from_params(self.get_params(deep=False), classification=self._classification)
 
+    def _n_rounds(self) -> int:
+        """Rounds to run: ``max_iter`` (scikit-learn's name) or ``rounds`` (the grid's).
+
+        ``max_iter`` at its default (scikit-learn's 1000) leaves the choice to
+        ``rounds``; both set to different non-default values is an error.
+        """
+        _check_int("rounds", self.rounds, 1)
+        _check_int("max_iter", self.max_iter, 1)
+        if self.max_iter == _SKLEARN_MAX_ITER:
+            return int(self.rounds)
+        if self.rounds not in (_DEFAULT_ROUNDS, self.max_iter):
+            raise ValueError(
+                f"max_iter={self.max_iter!r} and rounds={self.rounds!r} disagree: both set the number of "
+                "rounds (max_iter is scikit-learn's name for it). Set only one of them"
+            )
+        return int(self.max_iter)
+
     def _validate_job_params(self) -> sgd.SGDConfig:
         cfg = self._config()
-        _check_int("rounds", self.rounds, 1)
+        self._n_rounds()
         _check_int("local_epochs", self.local_epochs, 1)
-        _check_int("seed", self.seed, 0)
+        n_jobs = getattr(self, "n_jobs", None)
+        if n_jobs is not None and (isinstance(n_jobs, bool) or not isinstance(n_jobs, numbers.Integral)):
+            raise ValueError(f"n_jobs must be an integer or None (it has no effect on the grid), got {n_jobs!r}")
         if self.aggregate not in AGGREGATORS:
             raise ValueError(
                 f"aggregate={self.aggregate!r} is not valid; choose one of {sorted(AGGREGATORS)}"
@@ -54,25 +73,26 @@ class _GridSGD(GridJobMixin, BaseEstimator):
         sm = self.server_momentum
         if isinstance(sm, bool) or not isinstance(sm, numbers.Real) or not 0.0 <= float(sm) < 1.0:
             raise ValueError(f"server_momentum must be a real number in [0, 1), got {sm!r}")
-        for name in ("warm_start", "verbose"):
-            value = getattr(self, name)
-            if not isinstance(value, (bool, np.bool_)) and value not in (0, 1):
-                raise ValueError(f"{name} must be True or False, got {value!r}")
+        if not isinstance(self.warm_start, (bool, np.bool_)) and self.warm_start not in (0, 1):
+            raise ValueError(f"warm_start must be True or False, got {self.warm_start!r}")
+        v = self.verbose
+        if not isinstance(v, (bool, np.bool_)) and (not isinstance(v, numbers.Integral) or v < 0):
+            raise ValueError(f"verbose must be True, False or an integer >= 0 (> 0 shows a progress bar), got {v!r}")
         return cfg
 
     # --- the job ---------------------------------------------------------------------
     def _job_request(self) -> dict:
-        self._validate_job_params()
+        cfg = self._validate_job_params()
         request = {
             "kind": self._job_kind,
             "facade": class_path(type(self)),
             "estimator": estimator_spec(self),
-            "rounds": int(self.rounds),
+            "rounds": self._n_rounds(),
             "mode": "average",
             "aggregate": self.aggregate,
             "local_epochs": int(self.local_epochs),
             "partition_rows": self.partition_rows if self.partition_rows == "auto" else int(self.partition_rows),
-            "seed": int(self.seed),
+            "seed": cfg.seed,
             "verbose": bool(self.verbose),
         }
         if self.tol is not None:
@@ -109,9 +129,14 @@ class _GridSGD(GridJobMixin, BaseEstimator):
         self.n_iter_ = len(history) * int(request.get("local_epochs", 1))
 
     def _load_state(self, state: State) -> None:
+        # the state keeps the plain iterate (where training continues); with
+        # ``average`` the model is the running average of sgd.average_update
         self._sgd_state_ = {k: state[k] for k in sgd.STATE_KEYS}
-        coef = np.asarray(state["coef"], dtype=np.float64)
-        intercept = np.asarray(state["intercept"], dtype=np.float64)
+        averaged = bool(self.average) and float(state.get("avg_weight", 0.0)) > 0.0
+        if averaged:
+            self._sgd_state_.update({k: state[k] for k in sgd.AVERAGE_KEYS})
+        coef = np.asarray(state["avg_coef" if averaged else "coef"], dtype=np.float64)
+        intercept = np.asarray(state["avg_intercept" if averaged else "intercept"], dtype=np.float64)
         self.n_features_in_ = int(coef.shape[1])
         self.t_ = float(state["t"])
         if self._classification:
@@ -123,7 +148,7 @@ class _GridSGD(GridJobMixin, BaseEstimator):
 
     # --- grid fit ------------------------------------------------------------------
     def fit(self, X: Any, y: Any = None, sample_weight: Any = None, *, grid: Any = None,
-            **submit_kwargs: Any) -> "_GridSGD":
+            verbose: bool | int | None = None, **submit_kwargs: Any) -> "_GridSGD":
         """Train on the grid and wait for the result.
 
         Parameters
@@ -136,6 +161,8 @@ class _GridSGD(GridJobMixin, BaseEstimator):
         grid : grid.Grid, optional
             Defaults to the grid of an enclosing ``with grid:`` block, else an
             embedded local grid started for this call.
+        verbose : bool or int, optional
+            Show a progress bar while waiting; defaults to the ``verbose`` parameter.
         **submit_kwargs
             Passed to :meth:`grid.Grid.submit` (e.g. ``regions=``).
 
@@ -150,7 +177,7 @@ class _GridSGD(GridJobMixin, BaseEstimator):
                 self.__dict__.pop(attr, None)
         if sample_weight is not None:
             submit_kwargs["sample_weight"] = sample_weight
-        return super().fit(X, y, grid=grid, **submit_kwargs)
+        return super().fit(X, y, grid=grid, verbose=verbose, **submit_kwargs)
 
     # --- local streaming -----------------------------------------------------------
     def partial_fit(self, X: Any, y: Any, classes: Any = None, sample_weight: Any = None) -> "_GridSGD":
@@ -191,11 +218,13 @@ class _GridSGD(GridJobMixin, BaseEstimator):
         targets = sgd.encode_targets(cfg, y, self.classes_ if self._classification else None, X.dtype)
         w = sgd.sample_weights(cfg, targets, self.classes_ if self._classification else None,
                                sample_weight, X.shape[0], X.dtype)
-        state = sgd.init_state(X.shape[1], targets.n_outputs) if first else dict(self._sgd_state_)
+        previous = sgd.init_state(X.shape[1], targets.n_outputs) if first else dict(self._sgd_state_)
         calls = int(getattr(self, "_partial_calls_", 0))
-        rng = np.random.default_rng(derive_seed(self.seed, calls, 0))
-        state, _ = sgd.run_epochs(cfg, state, sgd.as_features(X), targets, w, rng, epochs=1)
+        rng = np.random.default_rng(derive_seed(cfg.seed, calls, 0))
+        state, _ = sgd.run_epochs(cfg, previous, sgd.as_features(X), targets, w, rng, epochs=1)
         state["t0"] = state["t"]
+        if cfg.average:  # one call is one round of the grid's averaged SGD
+            state.update(sgd.average_update(cfg.average, previous, state, float(X.shape[0])))
         self._load_state(state)
         self._partial_calls_ = calls + 1
         self.n_iter_ = calls + 1
@@ -249,14 +278,35 @@ class SGDClassifier(ClassifierMixin, _GridSGD):
         Base step size (in standardised coordinates); None sizes it from the data.
     power_t : float, default=0.5
         Exponent of ``"invscaling"``.
+    max_iter : int, default=1000
+        scikit-learn's name for ``rounds``: a value other than 1000 sets the
+        number of rounds (one round is ``local_epochs`` passes over every
+        partition, the grid's epoch). Left at 1000, ``rounds`` decides; both
+        set to different values is an error.
+    shuffle : bool, default=True
+        Shuffle the rows of each partition every epoch, seeded from
+        (``random_state``, round, partition), so the model never depends on
+        how many nodes trained it. False visits the rows in partition order.
+    n_jobs : int or None, default=None
+        Accepted for compatibility with scikit-learn; no effect (each node
+        uses its own threads; the grid decides the parallelism).
+    random_state : int or None, default=None
+        Seeds every random choice of the job together with (round, partition):
+        shuffles, the rows sampled to size the step and the validation split.
+        None seeds with 0, so a job is reproducible; a ``RandomState``
+        instance is refused (it cannot travel to the nodes).
+    average : bool or int, default=False
+        Averaged SGD: ``coef_``/``intercept_`` become the sample-weighted mean
+        of the global model at the end of every round, once ``t`` (samples
+        seen) reaches ``average`` (``True`` is 1: from the first round).
+        Training itself continues from the plain iterate. The average is
+        computed by the scheduler from the aggregated models.
     rounds : int, default=10
         Rounds of (local SGD on every partition, reduction).
     local_epochs : int, default=1
         Passes over its partition that each node makes per round.
     batch_size : int or "auto", default="auto"
         Rows per minibatch; "auto" is ``n_partition_rows // 64`` clipped to [16, 512].
-    seed : int, default=0
-        Seeds every random choice together with (round, partition).
     tol : float or None, default=1e-3
         Improvement threshold of the ``"adaptive"`` schedule and of early stopping.
     n_iter_no_change : int, default=5
@@ -282,8 +332,9 @@ class SGDClassifier(ClassifierMixin, _GridSGD):
         Reduction of the partition updates of coef/intercept.
     server_momentum : float in [0, 1), default=0.0
         FedAvgM server momentum on the round updates (0 switches it off).
-    verbose : bool, default=False
-        Show a progress bar while fitting.
+    verbose : bool or int, default=0
+        Show a progress bar while fitting (any value > 0); ``fit(...,
+        verbose=True)`` does the same for one call.
 
     Attributes
     ----------
@@ -308,49 +359,57 @@ class SGDClassifier(ClassifierMixin, _GridSGD):
         penalty: str | None = "l2",
         alpha: float = 1e-4,
         l1_ratio: float = 0.15,
+        fit_intercept: bool = True,
+        max_iter: int = 1000,
+        tol: float | None = 1e-3,
+        shuffle: bool = True,
+        verbose: int = 0,
         epsilon: float = 0.1,
+        n_jobs: int | None = None,
+        random_state: int | None = None,
         learning_rate: str = "auto",
         eta0: float | None = None,
         power_t: float = 0.5,
+        early_stopping: bool = False,
+        validation_fraction: float = 0.1,
+        n_iter_no_change: int = 5,
+        class_weight: Any = None,
+        warm_start: bool = False,
+        average: bool | int = False,
         rounds: int = 10,
         local_epochs: int = 1,
         batch_size: int | str = "auto",
-        seed: int = 0,
-        tol: float | None = 1e-3,
-        n_iter_no_change: int = 5,
-        validation_fraction: float = 0.1,
-        early_stopping: bool = False,
-        class_weight: Any = None,
-        warm_start: bool = False,
-        fit_intercept: bool = True,
         partition_rows: int | str = "auto",
         aggregate: str = "mean",
         server_momentum: float = 0.0,
-        verbose: bool = False,
     ) -> None:
         self.loss = loss
         self.penalty = penalty
         self.alpha = alpha
         self.l1_ratio = l1_ratio
+        self.fit_intercept = fit_intercept
+        self.max_iter = max_iter
+        self.tol = tol
+        self.shuffle = shuffle
+        self.verbose = verbose
         self.epsilon = epsilon
+        self.n_jobs = n_jobs
+        self.random_state = random_state
         self.learning_rate = learning_rate
         self.eta0 = eta0
         self.power_t = power_t
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.n_iter_no_change = n_iter_no_change
+        self.class_weight = class_weight
+        self.warm_start = warm_start
+        self.average = average
         self.rounds = rounds
         self.local_epochs = local_epochs
         self.batch_size = batch_size
-        self.seed = seed
-        self.tol = tol
-        self.n_iter_no_change = n_iter_no_change
-        self.validation_fraction = validation_fraction
-        self.early_stopping = early_stopping
-        self.class_weight = class_weight
-        self.warm_start = warm_start
-        self.fit_intercept = fit_intercept
         self.partition_rows = partition_rows
         self.aggregate = aggregate
         self.server_momentum = server_momentum
-        self.verbose = verbose
 
     def decision_function(self, X: Any) -> np.ndarray:
         """Scores: shape (n_samples,) for two classes, else (n_samples, n_classes)."""
@@ -412,7 +471,11 @@ class SGDRegressor(RegressorMixin, _GridSGD):
     epsilon : float, default=0.1
         Width of the quadratic zone of ``huber``.
 
-    and there is no ``class_weight``.
+    power_t : float, default=0.5
+        Exponent of ``"invscaling"`` (and of the ``squared_error`` decay of
+        ``"auto"``).
+
+    and there are no ``class_weight`` and ``n_jobs``.
 
     Attributes
     ----------
@@ -433,47 +496,53 @@ class SGDRegressor(RegressorMixin, _GridSGD):
         penalty: str | None = "l2",
         alpha: float = 1e-4,
         l1_ratio: float = 0.15,
+        fit_intercept: bool = True,
+        max_iter: int = 1000,
+        tol: float | None = 1e-3,
+        shuffle: bool = True,
+        verbose: int = 0,
         epsilon: float = 0.1,
+        random_state: int | None = None,
         learning_rate: str = "auto",
         eta0: float | None = None,
         power_t: float = 0.5,
+        early_stopping: bool = False,
+        validation_fraction: float = 0.1,
+        n_iter_no_change: int = 5,
+        warm_start: bool = False,
+        average: bool | int = False,
         rounds: int = 10,
         local_epochs: int = 1,
         batch_size: int | str = "auto",
-        seed: int = 0,
-        tol: float | None = 1e-3,
-        n_iter_no_change: int = 5,
-        validation_fraction: float = 0.1,
-        early_stopping: bool = False,
-        warm_start: bool = False,
-        fit_intercept: bool = True,
         partition_rows: int | str = "auto",
         aggregate: str = "mean",
         server_momentum: float = 0.0,
-        verbose: bool = False,
     ) -> None:
         self.loss = loss
         self.penalty = penalty
         self.alpha = alpha
         self.l1_ratio = l1_ratio
+        self.fit_intercept = fit_intercept
+        self.max_iter = max_iter
+        self.tol = tol
+        self.shuffle = shuffle
+        self.verbose = verbose
         self.epsilon = epsilon
+        self.random_state = random_state
         self.learning_rate = learning_rate
         self.eta0 = eta0
         self.power_t = power_t
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.n_iter_no_change = n_iter_no_change
+        self.warm_start = warm_start
+        self.average = average
         self.rounds = rounds
         self.local_epochs = local_epochs
         self.batch_size = batch_size
-        self.seed = seed
-        self.tol = tol
-        self.n_iter_no_change = n_iter_no_change
-        self.validation_fraction = validation_fraction
-        self.early_stopping = early_stopping
-        self.warm_start = warm_start
-        self.fit_intercept = fit_intercept
         self.partition_rows = partition_rows
         self.aggregate = aggregate
         self.server_momentum = server_momentum
-        self.verbose = verbose
 
     def predict(self, X: Any) -> np.ndarray:
         """Predicted targets."""
@@ -481,6 +550,12 @@ class SGDRegressor(RegressorMixin, _GridSGD):
 
 
 register_merge(SGDClassifier, SGDRegressor)(SGDJobRule)
+
+
+#: scikit-learn's default ``max_iter``: left at it, ``rounds`` decides
+_SKLEARN_MAX_ITER = 1000
+#: the default of ``rounds``
+_DEFAULT_ROUNDS = 10
 
 
 def _check_int(name: str, value: Any, minimum: int) -> None:

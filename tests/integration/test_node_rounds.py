@@ -50,7 +50,7 @@ def addresses(g: Grid, region: str = "eu") -> list[str]:
 
 # --- the node's handler ------------------------------------------------------------------
 def _request() -> dict:
-    return GridSGDClassifier(rounds=1, seed=0)._job_request() | {"classes": [0, 1], "n_features": 3}
+    return GridSGDClassifier(rounds=1, random_state=0)._job_request() | {"classes": [0, 1], "n_features": 3}
 
 
 @gen_cluster(client=True, nthreads=[("127.0.0.1", 2)], worker_kwargs={"plugins": {NodeRounds()}})

@@ -239,8 +239,8 @@ LAYOUTS = {
 
 def determinism_estimators(seed: int = 7):
     return {
-        "SGDClassifier": SGDClassifier(rounds=3, seed=seed, partition_rows=500),
-        "SGDRegressor": SGDRegressor(loss="huber", penalty="elasticnet", rounds=3, seed=seed, partition_rows=500),
+        "SGDClassifier": SGDClassifier(rounds=3, random_state=seed, partition_rows=500),
+        "SGDRegressor": SGDRegressor(loss="huber", penalty="elasticnet", rounds=3, random_state=seed, partition_rows=500),
         "PartialFit": PartialFit(sk.SGDClassifier(), rounds=3, seed=seed, partition_rows=500),
     }
 

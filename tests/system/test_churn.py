@@ -63,7 +63,7 @@ def test_nodes_killed_and_started_mid_job_leave_the_model_unchanged(kind, tmp_pa
             else:
                 data = g.scatter(X, y, partition_rows=ROWS)
             assert data.n_partitions == PARTITIONS and set(data.regions) == set(REGIONS)
-            est = SGDClassifier(rounds=ROUNDS, tol=None, seed=0)
+            est = SGDClassifier(rounds=ROUNDS, tol=None, random_state=0)
             t0 = time.monotonic()
             reference = g.submit(est, data).result(timeout=600)
             undisturbed = time.monotonic() - t0

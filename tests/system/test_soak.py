@@ -159,7 +159,7 @@ def test_fifty_jobs_under_chaos_none_lost_none_wrong(tmp_path, record_property):
             for i in range(6):
                 np.savez(tmp_path / f"part-{i}.npz", X=X[500 * i:500 * (i + 1)], y=y[500 * i:500 * (i + 1)])
             shared = {"files": g.scatter(Files(str(tmp_path / "part-*.npz"))), "scattered": g.scatter(X, y, partition_rows=500)}
-            average = [("files" if k % 2 else "scattered", SGDClassifier(rounds=AVERAGE_ROUNDS, tol=None, seed=k)) for k in range(AVERAGE_JOBS)]
+            average = [("files" if k % 2 else "scattered", SGDClassifier(rounds=AVERAGE_ROUNDS, tol=None, random_state=k)) for k in range(AVERAGE_JOBS)]
             references = [g.submit(est, shared[kind]).result(timeout=300) for kind, est in average]
             setup = time.monotonic() - started
 

@@ -217,7 +217,7 @@ def test_local_step_is_registered_with_the_partial_fit_signature():
     assert local_step("sgd") is sgd.sgd_step
     assert set(LOCAL_STEPS) >= {"partial_fit", "sgd"}
     Xtr, _, ytr, _ = _classification(2, n_train=600, n_test=10)
-    spec = {"class": CLF, "params": SGDClassifier(seed=3).get_params()}
+    spec = {"class": CLF, "params": SGDClassifier(random_state=3).get_params()}
     state, metrics = local_step("sgd")(spec, None, Xtr, ytr, classes=np.array([0, 1]), seed=7, epochs=2)
     assert set(state) == set(sgd.STATE_KEYS)
     assert metrics["samples"] == 1200.0
@@ -262,7 +262,7 @@ def test_early_stopping_reports_validation_metrics_on_fixed_rows():
     train1, val1 = sgd.validation_split(1000, 0.2, seed=4)
     train2, val2 = sgd.validation_split(1000, 0.2, seed=4)
     assert np.array_equal(val1, val2) and len(val1) == 200 and not set(train1) & set(val1)
-    spec = {"class": CLF, "params": {"early_stopping": True, "validation_fraction": 0.2, "seed": 4}}
+    spec = {"class": CLF, "params": {"early_stopping": True, "validation_fraction": 0.2, "random_state": 4}}
     state, m1 = sgd.sgd_step(spec, None, Xtr, ytr, classes=np.array([0, 1]), seed=1)
     _, m2 = sgd.sgd_step(spec, state, Xtr, ytr, classes=np.array([0, 1]), seed=2)
     assert m1["samples"] == 800.0 and m1["val_samples"] == 200.0
@@ -362,7 +362,7 @@ def test_regressor_rejects_classifier_losses():
 # facades: job description, result loading, local partial_fit, predictions
 # --------------------------------------------------------------------------------------
 def test_job_request_is_plain_and_resolvable():
-    est = SGDClassifier(loss="hinge", rounds=4, class_weight={0: 1.0, 1: 2.0}, seed=9)
+    est = SGDClassifier(loss="hinge", rounds=4, class_weight={0: 1.0, 1: 2.0}, random_state=9)
     request = est._job_request()
     assert request["kind"] == "sgd" and request["mode"] == "average"
     assert request["estimator"]["class"] == CLF
