@@ -42,7 +42,7 @@ import numpy as np
 
 from benchmarks.common import machine, table
 
-#: the issue's goals (issue 3, "Goals"): ratios measured side by side
+#: the training goals: ratios measured side by side
 GOAL_VS_SERIAL = 4.0
 GOAL_VS_DASK_ML = 5.0
 GOAL_VS_LBFGS = 1.5
