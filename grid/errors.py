@@ -28,6 +28,10 @@ class NodeTaskError(GridError):
     """A task failed on a node; the message is the node's own text (never its pickle)."""
 
 
+class NodeRefusedTask(NodeTaskError, PermissionError):
+    """A node refused to run a task (community mode); ``except PermissionError`` catches it."""
+
+
 class RemoteError(GridError):
     """A scheduler refused a request; the message is the scheduler's reason."""
 

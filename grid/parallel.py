@@ -39,6 +39,15 @@ logger = logging.getLogger("grid.parallel")
 BACKEND_NAME = "dask-grid"
 
 
+class _TaskFailed:
+    """The outcome of a joblib batch whose Dask task failed (not the user's code inside it)."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
 class GridDaskBackend(DaskDistributedBackend):
     """joblib's ``DaskDistributedBackend`` with ``n_jobs`` counted in the region's threads.
 
@@ -58,6 +67,32 @@ class GridDaskBackend(DaskDistributedBackend):
         if placed:
             self._scatter = [obj for obj, _ in placed]  # keeps the ids valid while the backend lives
             self.data_futures = {id(obj): fut for obj, fut in placed}
+
+    def submit(self, func: Any, callback: Any = None) -> Any:
+        """joblib's submit; a batch whose Dask task itself failed also completes its callback.
+
+        joblib's dask backend wraps each batch so that exceptions of the user's
+        code come back as results, and calls ``callback`` only for results. A
+        task that fails outside that wrapper (a community node refuses the
+        task, a worker cannot unpickle it) only fails the batch's future, and
+        ``Parallel`` would wait for the callback forever. Here the callback
+        gets the error too, and :meth:`retrieve_result_callback` raises it in
+        ``Parallel``, which then stops and raises the node's reason.
+        """
+        future = super().submit(func, callback)
+        if callback is not None:
+
+            def failed(f: Any) -> None:
+                if not f.cancelled() and f.exception() is not None:
+                    callback(_TaskFailed(f.exception()))
+
+            future.add_done_callback(failed)
+        return future
+
+    def retrieve_result_callback(self, out: Any) -> Any:
+        if isinstance(out, _TaskFailed):
+            raise out.error
+        return super().retrieve_result_callback(out)
 
     def effective_n_jobs(self, n_jobs: int | None) -> int:
         threads = super().effective_n_jobs(n_jobs)  # waits for a node if there is none yet

@@ -15,6 +15,14 @@ worker plugin
   scheduler itself forwards such calls only from admin certificates). On a
   plaintext grid nobody is authenticated, so they are refused to everyone.
 
+With ``allow_admin_tasks`` (``grid node --allow-admin-tasks``) a node of a TLS
+grid also runs plain Dask tasks (``g.joblib()``, ``g.client()``): on a TLS
+grid the scheduler accepts task graphs from admin certificates only (a client
+certificate cannot submit one), so every task that reaches the node from its
+scheduler is then an admin's or the grid's own. The code handlers above stay
+closed to every peer but the scheduler and admin certificates. On a plaintext
+grid nobody is authenticated, so the allowance has no effect there.
+
 It works through distributed's extension points: a ``WorkerPlugin`` whose
 ``setup`` replaces entries of the worker's handler tables.
 """
@@ -169,11 +177,26 @@ class CommunityMode(WorkerPlugin):
     name = "grid-community-mode"
     idempotent = True
 
-    def __init__(self) -> None:
+    def __init__(self, allow_admin_tasks: bool = False) -> None:
         self.refused_tasks = 0
+        self.allow_admin_tasks = allow_admin_tasks
 
     def setup(self, worker: Any) -> None:
         self.worker = worker
+        for op in CODE_HANDLERS:
+            if op in worker.handlers:
+                worker.handlers[op] = self._guard(op, worker.handlers[op])
+        scheduler = str(getattr(getattr(worker, "scheduler", None), "address", "") or "")
+        if self.allow_admin_tasks:
+            if scheduler.startswith("tls://"):
+                # only an admin certificate can put a task graph on a TLS scheduler
+                logger.info("community node %r runs admins' plain Dask tasks (--allow-admin-tasks)", worker.name)
+                return
+            logger.warning(
+                "community node %r ignores --allow-admin-tasks: its scheduler %s is not TLS, so no admin is "
+                "authenticated; use TLS, or --no-community on a private grid",
+                worker.name, scheduler,
+            )
         compute = worker.stream_handlers["compute-task"]
 
         def guarded_compute(**msg: Any) -> Any:
@@ -182,8 +205,9 @@ class CommunityMode(WorkerPlugin):
             if name is not None:
                 reason = (
                     f"node {worker.name!r} runs in community mode and only runs grid job functions; "
-                    f"it refused {name} (task {msg.get('key')!r}). Submit training through Grid.submit, "
-                    "or start the node with `grid node --no-community` on a private grid."
+                    f"it refused {name} (task {msg.get('key')!r}). Submit training through Grid.submit; "
+                    "for plain Dask work (g.joblib(), g.client()) use an admin certificate on a node started with "
+                    "`grid node --allow-admin-tasks` (TLS grids), or a private node (`grid node --no-community`)."
                 )
                 logger.warning("refused task %r: %s", msg.get("key"), name)
                 self.refused_tasks += 1
@@ -191,9 +215,6 @@ class CommunityMode(WorkerPlugin):
             return compute(**msg)
 
         worker.stream_handlers["compute-task"] = guarded_compute
-        for op in CODE_HANDLERS:
-            if op in worker.handlers:
-                worker.handlers[op] = self._guard(op, worker.handlers[op])
 
     def _guard(self, op: str, handler: Any) -> Any:
         async def guarded(comm: Any = None, **msg: Any) -> Any:

@@ -23,7 +23,7 @@ from typing import Any
 
 from distributed.protocol.serialize import Serialize
 
-from grid.errors import NodeTaskError
+from grid.errors import NodeRefusedTask, NodeTaskError
 
 
 def install(scheduler: Any, on_finished: Any = None) -> None:
@@ -44,7 +44,9 @@ def install(scheduler: Any, on_finished: Any = None) -> None:
     def task_erred(**msg: Any) -> Any:
         text = str(msg.get("exception_text") or "the task failed")[:2000]
         worker = msg.get("worker", "?")
-        msg["exception"] = Serialize(NodeTaskError(f"on node {worker}: {text}"))
+        # only the type's name is read from the node's text, never an object of its making
+        kind = NodeRefusedTask if text.startswith("PermissionError") else NodeTaskError
+        msg["exception"] = Serialize(kind(f"on node {worker}: {text}"))
         msg["traceback"] = None
         return erred(**msg)
 

@@ -54,13 +54,19 @@ class Processes:
             return proc, json.load(f)["address"]
 
     def node(
-        self, region: str, address: str, name: str, data_roots: tuple[str, ...] = (), args: tuple[str, ...] = ()
+        self, region: str, address: str, name: str, data_roots: tuple[str, ...] = (), args: tuple[str, ...] = (),
+        community: bool | None = True,
     ) -> subprocess.Popen:
-        """Start `grid node` (community mode) reading Files only under ``data_roots``, with extra ``args``."""
+        """Start `grid node` reading Files only under ``data_roots``, with extra ``args``.
+
+        ``community``: True passes ``--community`` (the mode of a volunteer's node, also on
+        plain TCP), False ``--no-community``, None neither (the node's own default).
+        """
         roots = [a for root in data_roots for a in ("--data-root", str(root))]
+        mode = [] if community is None else ["--community" if community else "--no-community"]
         return self.spawn(
             [GRID, "node", "--region", region, "--scheduler", address, "--name", name, "--nthreads", "1", "--memory-limit", "1GiB",
-             *roots, *args],
+             *mode, *roots, *args],
             f"node-{name}",
         )
 
