@@ -184,7 +184,7 @@ class Grid:
                 raise ValueError("a Files dataset names its target itself (target=...); do not pass y")
             return place_files(self, X, regions, job_owned=False, owner=self.owner)
         parts = partition(X, y, partition_rows=partition_rows, sample_weight=sample_weight)
-        return place(self, parts, regions, job_owned=False, owner=self.owner, replicas=int(config.get("jobs.replicas")))
+        return place(self, parts, regions, job_owned=False, owner=self.owner)
 
     def drop(self, data: PlacedData) -> None:
         """Release a placed dataset on every region (refused while a job uses it)."""
@@ -274,7 +274,7 @@ class Grid:
                 "pass y, or name the label column with Files(..., target=...)"
             )
         if data is None:
-            data = place(self, parts, regions_list, job_owned=True, owner=self.owner, replicas=int(config.get("jobs.replicas")))
+            data = place(self, parts, regions_list, job_owned=True, owner=self.owner)
         if classification:
             request["classes"] = data.classes
         request["n_features"] = data.n_features

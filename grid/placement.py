@@ -6,10 +6,9 @@ order). On TLS grids a region's threads count each node at most
 ``grid.scheduler.max-node-threads`` (the scheduler caps what nodes claim), so
 a node claiming a big machine does not draw a grid's partitions to its region. Inside a region the
 scheduler picks the nodes: the client scatters each partition without naming
-a node (data scientists do not see node addresses), distributed sends them
-round-robin over the running nodes, and the scheduler copies each to
-``grid.jobs.replicas`` nodes when the dataset is registered, so losing one
-node loses no data where the region has two or more; its replica policy
+a node (data scientists do not see node addresses), and the scheduler sends
+each to ``grid.jobs.replicas`` of its running nodes (the least loaded ones),
+so losing one node loses no data where the region has two or more; its replica policy
 (``grid/scheduler/replicas.py``) keeps that many copies through churn. A node
 that leaves while its region is being placed on (the scatter to it fails)
 makes the region's placement start again (``PLACE_ATTEMPTS``).
@@ -108,7 +107,7 @@ def region_capacity(info: dict) -> int:
 
 def _batches(keys: list[str], indices: list[int], parts: Partitions) -> list[dict[str, Any]]:
     """``{key: partition}`` groups of consecutive partitions, each at most ``SCATTER_BATCH_BYTES``
-    (or one partition): bounded messages, and distributed deals each group round-robin over the nodes."""
+    (or one partition): bounded messages, each placed by the scheduler on its least loaded nodes."""
     from dask.sizeof import sizeof
 
     out: list[dict[str, Any]] = []
@@ -152,12 +151,11 @@ def place(
     *,
     job_owned: bool,
     owner: str,
-    replicas: int = 2,
 ) -> PlacedData:
     """Scatter partitions onto the regions' nodes and register them as one dataset.
 
-    ``replicas`` is what the caller asks for; each region's scheduler copies
-    every partition to its own ``grid.jobs.replicas`` nodes on registration.
+    How many nodes hold each partition is each region's scheduler's
+    ``grid.jobs.replicas`` (its scatter handler places every copy).
     """
     infos, shares = region_shares(grid, regions, len(parts))
     name = dataset_name(job_owned)
@@ -171,8 +169,8 @@ def place(
             held: list = []  # futures of every attempt, released only once the dataset holds the keys
             for attempt in range(PLACE_ATTEMPTS):
                 try:
-                    # no node named: the scheduler deals the partitions over its running nodes
-                    # and copies them to grid.jobs.replicas nodes on registration
+                    # no node named: the scheduler sends each partition to grid.jobs.replicas
+                    # of its running nodes
                     for data in _batches(keys, indices, parts):
                         held.extend(client.scatter(data, hash=False).values())
                     reply = client.sync(

@@ -314,9 +314,9 @@ class GuardedTLS(TLS):
                     )
 
     def _bind(self, op: str, msg: dict) -> None:
+        server = self.peer.receiver
         if op == "register-client":
             client = msg.get("client")
-            server = self.peer.receiver
             if not isinstance(client, str) or client.startswith(RESERVED_CLIENT_PREFIX):
                 raise ProtocolViolation(f"client id {client!r} is reserved for the grid")
             if server is not None and client in getattr(server, "clients", {}):
@@ -324,7 +324,6 @@ class GuardedTLS(TLS):
             self._bound["client"] = client
         elif op == "register-worker":
             address = msg.get("address")
-            server = self.peer.receiver
             if server is not None and address in getattr(server, "workers", {}):
                 raise ProtocolViolation(f"worker address {address!r} is registered already (by another node)")
             self._bound["worker"] = address

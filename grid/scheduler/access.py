@@ -144,6 +144,8 @@ class AccessControl:
                 self.check(op, identity, msg)
                 if op == "register-worker" and identity is not None:
                     address = await self._admit(identity, msg)
+                    # what the node claims about itself is capped before distributed believes it
+                    self.cap_claims(identity, msg)
             except Exception as exc:  # noqa: BLE001 - every refusal is reported, none crashes
                 logger.warning("refused %r: %s", op, exc)
                 if op == "register-worker":
@@ -212,7 +214,7 @@ class AccessControl:
                 )
             if op == "retire_workers":
                 # the addresses bound to this certificate on admission, never ones it claimed
-                own = self._addresses_of(identity)
+                own = self.addresses_of(identity)
                 workers = msg.get("workers")
                 unknown = sorted(set(msg) - RETIRE_FIELDS)
                 if unknown or not isinstance(workers, (list, tuple)) or not workers or not set(workers) <= own:
@@ -223,7 +225,7 @@ class AccessControl:
             if op in ("unregister", "heartbeat_worker"):
                 address = self._coerce(msg.get("address"))
                 live = self.scheduler is not None and address in self.scheduler.workers
-                if live and address not in self._addresses_of(identity):
+                if live and address not in self.addresses_of(identity):
                     raise PermissionError(f"node {identity.name!r} may {op.replace('_worker', '')} only itself, not {address}")
             return
         if identity.role == "client":
@@ -235,7 +237,8 @@ class AccessControl:
             return
         raise PermissionError(f"unknown role {identity.role!r} of {identity.name!r}")
 
-    def _addresses_of(self, identity: Any) -> set[str]:
+    def addresses_of(self, identity: Any) -> set[str]:
+        """The worker addresses bound to ``identity``'s certificate."""
         return {addr for addr, ident in self.worker_identities.items() if ident.serial == identity.serial}
 
     def _coerce(self, address: Any, resolve: bool = True) -> Any:
@@ -316,7 +319,7 @@ class AccessControl:
         real thread pool is untouched): placement and task assignment follow
         the capped numbers.
         """
-        if identity is None or identity.role != "node":
+        if identity.role != "node":
             return
         cap = config.get("scheduler.max-node-threads")
         claimed = msg.get("nthreads")
@@ -383,7 +386,7 @@ class AccessControl:
         nobody is identified and nothing is checked.
         """
         identity = self.identity(comm)
-        if identity is None or identity.role in PRIVILEGED:
+        if _unrestricted(identity):
             return
         for key in keys:
             if not _hashable(key) or self.key_owner(key) != identity.name:
@@ -415,14 +418,13 @@ class AccessControl:
 
     def privileged(self, comm: Any) -> bool:
         """Whether the peer sees and may do everything (admin, scheduler, in-process, plaintext)."""
-        identity = self.identity(comm)
-        return identity is None or identity.role in PRIVILEGED
+        return _unrestricted(self.identity(comm))
 
     def sees_nodes(self, comm: Any) -> bool:
         """Whether the peer may see node addresses and names: privileged peers, and nodes
         (Dask's data path already tells a node its peers' addresses)."""
         identity = self.identity(comm)
-        return identity is None or identity.role in PRIVILEGED or identity.role == "node"
+        return _unrestricted(identity) or identity.role == "node"
 
     def owner(self, comm: Any, claimed: str) -> str:
         """The owner to record: the certificate name on TLS grids, else what the client says."""
@@ -432,7 +434,7 @@ class AccessControl:
     def may_see(self, comm: Any, owner: str) -> bool:
         """Whether the peer may read or cancel a job (or dataset) of ``owner``."""
         identity = self.identity(comm)
-        return identity is None or identity.role in PRIVILEGED or identity.name == owner
+        return _unrestricted(identity) or identity.name == owner
 
     def forget_worker(self, address: str) -> None:
         self.worker_identities.pop(address, None)
@@ -461,6 +463,11 @@ class NodeBindings(SchedulerPlugin):
 
     def remove_worker(self, scheduler: Any, worker: str, **kwargs: Any) -> None:
         self.access.forget_worker(worker)
+
+
+def _unrestricted(identity: Any) -> bool:
+    """No identity (a plaintext grid, the scheduler's own process) or a privileged certificate."""
+    return identity is None or identity.role in PRIVILEGED
 
 
 def _hashable(key: Any) -> bool:

@@ -153,12 +153,10 @@ class GridSchedulerPlugin(SchedulerPlugin):
         quarantine the node, with the evidence, and remove it."""
         evidence = {**evidence, "violation": reason}
         self.quarantine.add_identity(identity.name, peer, f"it broke the grid protocol: {reason}", evidence)
-        for address, ws in list(self.scheduler.workers.items()):
-            known = self.access.worker_identities.get(address)
-            if (known is not None and known.name == identity.name) or str(ws.name) == identity.name:
-                asyncio.ensure_future(
-                    self.scheduler.remove_worker(address=address, stimulus_id=f"grid-protocol-{time.time()}", close=True)
-                )
+        for address in self.access.addresses_of(identity) & set(self.scheduler.workers):
+            asyncio.ensure_future(
+                self.scheduler.remove_worker(address=address, stimulus_id=f"grid-protocol-{time.time()}", close=True)
+            )
 
     async def close(self) -> None:
         protocol_comm.unregister_scheduler(self)
@@ -257,6 +255,17 @@ class GridSchedulerPlugin(SchedulerPlugin):
             state = self.node_state(ws)
             nodes[state] = nodes.get(state, 0) + 1
         nodes["quarantined"] = len(self.quarantine.records)
+        reply = {
+            "status": "OK",
+            "region": self.region,
+            "address": s.address,
+            "dashboard": _dashboard_link(s),
+            "nodes": nodes,
+            "nthreads": sum(ws.nthreads for ws in s.workers.values()),
+            "verification_rejects": self.verification_rejects,
+            "tasks_done": self.tasks_done_total,
+            "time": time.time(),
+        }
         if not self.access.privileged(comm):
             identity = self.access.identity(comm)
             mine = identity.name if identity.role == "client" else None
@@ -265,59 +274,42 @@ class GridSchedulerPlugin(SchedulerPlugin):
                 if job.owner == mine:
                     counts[job.status] += 1
             return {
-                "status": "OK",
-                "region": self.region,
-                "address": s.address,
-                "dashboard": _dashboard_link(s),
+                **reply,
                 "workers": [],  # node addresses and names are the operators' (admin certificates)
-                "nodes": nodes,
-                "nthreads": sum(ws.nthreads for ws in s.workers.values()),
                 "jobs": counts,
                 "datasets": [d.info() for d in self.datasets.datasets.values() if mine is not None and d.owner == mine],
                 "quarantined": [],
-                "verification_rejects": self.verification_rejects,
-                "tasks_done": self.tasks_done_total,
-                "time": time.time(),
             }
-        workers = []
-        for ws in s.workers.values():
-            workers.append(
-                {
-                    "address": ws.address,
-                    "name": self.access.node_name(ws.address) or str(ws.name),
-                    "dask_name": str(ws.name),
-                    "host": ws.host,
-                    "nthreads": ws.nthreads,
-                    "memory_limit": ws.memory_limit,
-                    "memory": ws.memory.process,
-                    "cpu": ws.metrics.get("cpu", 0.0),
-                    "status": ws.status.name,
-                    "state": self.node_state(ws),
-                    "executing": len(ws.processing),
-                    "stored": len(ws.has_what),
-                    "tasks_done": self.tasks_done.get(ws.address, 0),
-                    "rejected": self.rejected.get(ws.address, 0),
-                    "verified": self.reliability.get(self.quarantine.identity_of(ws.address)).valid,
-                }
-            )
+        workers = [
+            {
+                "address": ws.address,
+                "name": self.access.node_name(ws.address) or str(ws.name),
+                "dask_name": str(ws.name),
+                "host": ws.host,
+                "nthreads": ws.nthreads,
+                "memory_limit": ws.memory_limit,
+                "memory": ws.memory.process,
+                "cpu": ws.metrics.get("cpu", 0.0),
+                "status": ws.status.name,
+                "state": self.node_state(ws),
+                "executing": len(ws.processing),
+                "stored": len(ws.has_what),
+                "tasks_done": self.tasks_done.get(ws.address, 0),
+                "rejected": self.rejected.get(ws.address, 0),
+                "verified": self.reliability.get(self.quarantine.identity_of(ws.address)).valid,
+            }
+            for ws in s.workers.values()
+        ]
         return {
-            "status": "OK",
-            "region": self.region,
-            "address": s.address,
-            "dashboard": _dashboard_link(s),
+            **reply,
             "workers": sorted(workers, key=lambda w: w["name"]),
-            "nodes": nodes,
-            "nthreads": sum(w["nthreads"] for w in workers),
             "jobs": self.registry.counts(),
             "datasets": [d.info() for d in self.datasets.datasets.values()],
             "quarantined": self.quarantine.to_list(),
-            "verification_rejects": self.verification_rejects,
-            "tasks_done": self.tasks_done_total,
-            "time": time.time(),
         }
 
     # --- handlers: data --------------------------------------------------------------
-    async def register_dataset(
+    def register_dataset(
         self,
         comm: Any,
         name: str,
@@ -359,7 +351,6 @@ class GridSchedulerPlugin(SchedulerPlugin):
             )
         except Exception as exc:  # noqa: BLE001 - report every rejection to the caller
             return _error(exc)
-        await self._replicate_new(str(name))
         return {"status": "OK"}
 
     def peer_address(self, region: str, claimed: str) -> str:
@@ -388,9 +379,11 @@ class GridSchedulerPlugin(SchedulerPlugin):
         running nodes, each copy straight from the scheduler.
 
         Data scientists do not see node addresses, so the scheduler picks the
-        nodes holding the fewest keys. Copies that come from the client need no
-        node's cooperation: a node that will not serve its partitions to other
-        nodes cannot leave a dataset with a single copy.
+        nodes holding the fewest keys. Every copy comes from the scheduler, none
+        from another node: a node that will not serve its partitions to other
+        nodes cannot leave a dataset with a single copy, and the dataset has its
+        copies before it is registered (the replica policy keeps them through
+        churn afterwards).
         """
 
         async def spread(comm: Any = None, **msg: Any) -> Any:
@@ -415,45 +408,6 @@ class GridSchedulerPlugin(SchedulerPlugin):
             return keys
 
         return spread
-
-    async def _replicate_new(self, name: str) -> None:
-        """Give a newly placed dataset its ``grid.jobs.replicas`` copies before the client goes on.
-
-        ``Grid.scatter`` sends each partition to one node the scheduler picks
-        (data scientists do not see node addresses); copying here, while the
-        client waits, leaves no window with a single copy. The replica policy
-        keeps the copies through churn afterwards.
-        """
-        dataset = self.datasets.datasets.get(name)
-        running = sorted(ws.address for ws in self.scheduler.running)
-        n = min(int(config.get("jobs.replicas")), len(running))
-        if dataset is None or n < 2:
-            return
-        # a partition's copies go to the nodes after its holder in address order: distributed dealt the
-        # partitions round-robin in that order, so every node ends up with the same share (nothing for
-        # the replica policy to rebalance) and the layout does not depend on chance
-        position = {address: i for i, address in enumerate(running)}
-        gathers: dict[str, dict[str, list[str]]] = {}
-        for key in dataset.keys:
-            ts = self.scheduler.tasks.get(key)
-            holders = sorted(ws.address for ws in ts.who_has) if ts is not None and ts.who_has else []
-            if not holders:
-                continue  # lost already: the job that needs it says so (DatasetStore.lost)
-            missing = n - len(holders)
-            start = position.get(holders[0], -1)
-            for step in range(1, len(running)):
-                if missing <= 0:
-                    break
-                target = running[(start + step) % len(running)]
-                if target not in holders:
-                    gathers.setdefault(target, {})[key] = holders
-                    missing -= 1
-        results = await asyncio.gather(
-            *(self.scheduler.gather_on_worker(target, who_has) for target, who_has in gathers.items()), return_exceptions=True
-        )
-        failed = [r for r in results if isinstance(r, BaseException) or r]
-        if failed:  # the replica policy adds missing copies within one cycle
-            logger.info("dataset %s: %d copies to new holders failed (%s); the replica policy retries", name, len(failed), failed[0])
 
     async def register_files(
         self,

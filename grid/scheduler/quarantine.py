@@ -95,12 +95,7 @@ class Quarantine:
 
     async def add(self, address: str, reason: str, evidence: dict | None = None) -> QuarantineRecord:
         """Quarantine the node at ``address`` and remove it from the scheduler."""
-        identity = self.identity_of(address)
-        record = self.records.get(identity)
-        if record is None:
-            record = self.records[identity] = QuarantineRecord(identity, address, reason, dict(evidence or {}))
-            logger.warning("node %s (%s) quarantined: %s", identity, address, reason)
-            self.save()
+        record = self.add_identity(self.identity_of(address), address, reason, evidence)
         if address in self.scheduler.workers:
             result = self.scheduler.remove_worker(address=address, stimulus_id=f"grid-quarantine-{time.time()}", close=True)
             if inspect.isawaitable(result):
@@ -108,7 +103,8 @@ class Quarantine:
         return record
 
     def add_identity(self, identity: str, address: str, reason: str, evidence: dict | None = None) -> QuarantineRecord:
-        """Quarantine a node known only by its certificate name (it never registered)."""
+        """Record ``identity`` as quarantined (once; saved at once), without removing any worker:
+        also for a node known only by its certificate name (it never registered)."""
         record = self.records.get(identity)
         if record is None:
             record = self.records[identity] = QuarantineRecord(identity, address, reason, dict(evidence or {}))
@@ -121,7 +117,7 @@ class Quarantine:
         register = scheduler.handlers["register-worker"]
 
         async def guarded(comm: Any, **msg: Any) -> Any:
-            identity = ident = None
+            identity = None
             try:
                 ident = self.access.identity(comm)
                 identity = ident.name if ident is not None else None
@@ -136,8 +132,6 @@ class Quarantine:
                         {"status": "error", "time": time.time(), "message": f"node {who!r} is quarantined: {reason}"}
                     )
                     return None
-            # what the node claims about itself is capped before distributed believes it
-            self.access.cap_claims(ident, msg)
             return await call_handler(register, comm, msg)
 
         scheduler.handlers["register-worker"] = guarded
