@@ -11,7 +11,7 @@ from grid import protocol
 # tls:// comms of this process read untrusted peers through the grid's checks (grid/protocol)
 protocol.install()
 from grid.client import Grid, current_grid
-from grid.errors import GridConnectionError, JobCancelled, JobFailed, RemoteError, UnknownRegion
+from grid.errors import GridConnectionError, GridWarning, JobCancelled, JobFailed, RemoteError, UnknownRegion
 from grid.job import Job
 from grid.placement import PlacedData
 
@@ -25,4 +25,5 @@ __all__ = [
     "JobFailed",
     "JobCancelled",
     "RemoteError",
+    "GridWarning",
 ]

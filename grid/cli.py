@@ -363,7 +363,7 @@ def node(
 
 
 @main.command()
-@click.option("--regions", "regions_text", default="eu=1,us=1", show_default=True, help="Regions and nodes: NAME=NODES,...")
+@click.option("--regions", "regions_text", default="eu=2,us=1", show_default=True, help="Regions and nodes: NAME=NODES,...")
 @click.option("--file", "grid_file", default="grid.yaml", show_default=True, help="Where to write the grid spec.")
 @click.option("--threads-per-node", default=None, type=click.IntRange(min=1))
 def up(regions_text: str, grid_file: str, threads_per_node: int | None) -> None:
@@ -464,9 +464,13 @@ def cancel(job_id: str, grid_file: str) -> None:
 
 @main.command()
 @click.option("--rows", default=1_000_000, show_default=True, type=click.IntRange(min=1000), help="Rows of the generated problem.")
-@click.option("--regions", "regions_text", default="eu=1,us=1", show_default=True, help="Regions and nodes: NAME=NODES,...")
+@click.option("--regions", "regions_text", default="eu=2,us=1", show_default=True, help="Regions and nodes: NAME=NODES,...")
 def demo(rows: int, regions_text: str) -> None:
-    """Train on digits and a generated problem on an embedded 2-region grid."""
+    """What the grid is for, in under a minute, on an embedded 2-region grid.
+
+    The grid's SGD against serial scikit-learn and lbfgs (time to the same
+    test accuracy), a job across regions, an exact merge, a verified job.
+    """
     from grid.demo import run_demo
 
     run_demo(rows=rows, regions=_parse_regions(regions_text))

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import contextlib
+import atexit
 import contextvars
+import json
 import getpass
 import logging
+import os
 import socket
+import threading
+import warnings
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 from distributed import Client
 
 from grid import config
-from grid.errors import GridConnectionError, UnknownRegion, check_reply
+from grid.errors import GridConnectionError, GridWarning, UnknownRegion, check_reply
 from grid.job import Job
 from grid.placement import PlacedData, drop_on, place, place_files
 from grid.scheduler.verify import check_request
@@ -376,15 +381,51 @@ class Grid:
         if self._local is not None:
             self._local.close()
 
-    def __enter__(self) -> "Grid":
+    @contextlib.contextmanager
+    def as_current(self) -> Iterator["Grid"]:
+        """Make this grid the default of ``est.fit`` for the block, without closing it.
+
+        Like ``distributed.Client.as_current``, plus what a dask ``Client``
+        does with ``set_as_default``: other threads of this process (thread
+        pools, joblib's threading backend) see it too, and job estimators
+        pickled in the block and unpickled in a child process of this one
+        (joblib's loky workers, ``multiprocessing``) connect to it.
+        """
         _current.set([*_current.get(), self])
+        with _process_lock:
+            _process_stack.append(self)
+        try:
+            yield self
+        finally:
+            stack = _current.get()
+            if stack and stack[-1] is self:
+                _current.set(stack[:-1])
+            with _process_lock:
+                for i in range(len(_process_stack) - 1, -1, -1):
+                    if _process_stack[i] is self:
+                        del _process_stack[i]
+                        break
+
+    def __enter__(self) -> "Grid":
+        self._as_current = self.as_current()
+        self._as_current.__enter__()
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        stack = _current.get()
-        if stack and stack[-1] is self:
-            _current.set(stack[:-1])
+        block = self.__dict__.pop("_as_current", None)
+        if block is not None:
+            block.__exit__(None, None, None)
         self.close()
+
+    def connection_recipe(self) -> dict:
+        """Plain data another process of this machine connects to this grid with.
+
+        The spec (addresses and certificate files), the owner, and this
+        process's id: :func:`default_grid` uses a recipe only in a child
+        process of the process that wrote it, so an estimator pickled to disk
+        inside a ``with grid:`` block does not reach for the grid later.
+        """
+        return {"spec": self.spec.to_dict(), "owner": self.owner, "pid": os.getpid()}
 
     def __repr__(self) -> str:
         return f"<Grid regions={self.regions}>"
@@ -394,24 +435,77 @@ class Grid:
 
 
 def current_grid() -> Grid | None:
-    """The grid of the innermost enclosing ``with grid:`` block, if any."""
+    """The grid of the innermost enclosing ``with grid:`` block, if any.
+
+    The block's own context first (so concurrent asyncio tasks keep their
+    own grid), else the latest block still open in any thread of this process.
+    """
     stack = _current.get()
-    return stack[-1] if stack else None
+    if stack:
+        return stack[-1]
+    with _process_lock:
+        return _process_stack[-1] if _process_stack else None
 
 
-@contextlib.contextmanager
-def default_grid(grid: Grid | None = None) -> Iterator[Grid]:
-    """The given grid, else the current one, else an embedded local grid for the block."""
+def default_grid(grid: Grid | None = None, *, recipe: Mapping | None = None) -> Grid:
+    """The grid an estimator's ``fit`` uses.
+
+    In order: the given grid; the current one (:func:`current_grid`); the
+    grid of ``recipe`` (:meth:`Grid.connection_recipe`, carried by an
+    estimator pickled inside a ``with grid:`` block) when this process is a
+    child of the one that wrote it; else this process's embedded local grid,
+    started on first use (and said so once) and closed when the process exits.
+    """
     if grid is not None:
-        yield grid
-        return
+        return grid
     current = current_grid()
     if current is not None:
-        yield current
-        return
-    logger.info("no grid given: starting an embedded local grid for this fit")
-    g = Grid.local()
-    try:
-        yield g
-    finally:
-        g.close()
+        return current
+    if recipe is not None and recipe.get("pid") == os.getppid():
+        return _inherited_grid(recipe)
+    return _embedded_grid()
+
+
+#: ``with grid:`` blocks open in any thread of this process, innermost last
+_process_stack: list[Grid] = []
+_process_lock = threading.Lock()
+#: grids opened by this process on its own: the embedded one and inherited ones
+_owned: dict[str, Grid] = {}
+
+
+def _inherited_grid(recipe: Mapping) -> Grid:
+    key = json.dumps({"spec": recipe["spec"], "owner": recipe["owner"]}, sort_keys=True)
+    with _process_lock:
+        g = _owned.get(key)
+        if g is None or g._closed:
+            g = _owned[key] = Grid.connect(recipe["spec"], owner=recipe["owner"])
+    return g
+
+
+def _embedded_grid() -> Grid:
+    with _process_lock:
+        g = _owned.get("embedded")
+        if g is None or g._closed:
+            regions = {"eu": 1, "us": 1}
+            g = _owned["embedded"] = Grid.local(regions)
+            warnings.warn(
+                "no grid given: started an embedded local grid ("
+                + ", ".join(f"{r}: {n} node" for r, n in regions.items())
+                + ") that this process keeps until it exits; pass grid=, or fit inside "
+                "`with Grid.connect(spec):` or `with Grid.local():` to choose the grid",
+                GridWarning,
+                stacklevel=4,
+            )
+    return g
+
+
+@atexit.register
+def _close_owned() -> None:
+    with _process_lock:
+        owned = list(_owned.values())
+        _owned.clear()
+    for g in owned:
+        try:
+            g.close()
+        except Exception:  # noqa: BLE001 - the interpreter is exiting; close the others
+            logger.debug("error closing a grid at exit", exc_info=True)

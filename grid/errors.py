@@ -49,3 +49,7 @@ def check_reply(reply: dict, what: str) -> dict:
             raise ValueError(f"{what}: {message}")
         raise RemoteError(f"{what}: {message}")
     return reply
+
+
+class GridWarning(UserWarning):
+    """Something the grid did on the user's behalf that they may not expect."""

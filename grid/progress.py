@@ -9,13 +9,16 @@ from tqdm.auto import tqdm
 from grid.scheduler.registry import FINISHED
 
 
-def progress(job: Any, *, interval: float = 0.5, file: Any = None, leave: bool = True) -> str:
+def progress(job: Any, *, interval: float = 0.5, file: Any = None, leave: bool = True, desc: str | None = None) -> str:
     """Show round k/N, loss and samples/s of ``job`` until it finishes.
+
+    ``desc`` labels the bar (default: the job id); the job id is shown either way.
 
     Returns the job's final status.
     """
     info = job.info()
-    bar = tqdm(total=info["rounds"], desc=f"{job.id}", unit="round", file=file, leave=leave)
+    label = f"{job.id} {desc}" if desc else job.id
+    bar = tqdm(total=info["rounds"], desc=label, unit="round", file=file, leave=leave)
     try:
         while True:
             bar.n = info["rounds_done"]
@@ -25,7 +28,7 @@ def progress(job: Any, *, interval: float = 0.5, file: Any = None, leave: bool =
                 bar.set_postfix(loss=f"{last['loss']:.4f}", samples_s=f"{rate:,.0f}", refresh=False)
             bar.refresh()
             if info["status"] in FINISHED:
-                bar.set_description(f"{job.id} {info['status']}")
+                bar.set_description(f"{label} {info['status']}")
                 return info["status"]
             job.wait(timeout=interval)
             info = job.info()

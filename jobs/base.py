@@ -4,11 +4,14 @@ A job estimator describes a training job (:meth:`GridJobMixin._job_request`)
 and hands it to a grid; it learns the result back with
 :meth:`GridJobMixin._load_result`. ``fit`` finds a grid the way a dask
 ``Client`` is found: the ``grid=`` argument, else the grid of an enclosing
-``with grid:`` block, else an embedded local grid started for this one fit.
+``with grid:`` block (in any thread of the process, and in joblib's worker
+processes for estimators sent there from the block), else the process's
+embedded local grid (see ``grid.client.default_grid``).
 """
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from jobs.merge import State
@@ -88,8 +91,8 @@ class GridJobMixin:
             with ``Grid.scatter``
         y : array-like, optional
         grid : grid.Grid, optional
-            Defaults to the grid of an enclosing ``with grid:`` block, else an
-            embedded local grid is started for this call and closed after it.
+            Defaults to the grid of an enclosing ``with grid:`` block, else
+            the embedded local grid of this process, started on first use.
         verbose : bool or int, optional
             Show a progress bar (round k/N, loss, samples/s) on stderr while
             waiting; defaults to the estimator's ``verbose`` parameter.
@@ -106,13 +109,26 @@ class GridJobMixin:
         X, y, sample_weight = self._check_fit_data(X, y, submit_kwargs.pop("sample_weight", None))
         if sample_weight is not None:
             submit_kwargs["sample_weight"] = sample_weight
-        with default_grid(grid) as g:
-            job = g.submit(self, X, y, **submit_kwargs)
-            if verbose if verbose is not None else getattr(self, "verbose", False):
-                job.progress()
-            fitted = job.result()
+        g = default_grid(grid, recipe=self.__dict__.get("_grid_recipe"))
+        job = g.submit(self, X, y, **submit_kwargs)
+        if verbose if verbose is not None else getattr(self, "verbose", False):
+            job.progress()
+        fitted = job.result()
         self.__dict__.update({k: v for k, v in vars(fitted).items() if k.endswith("_")})
         return self
+
+    # --- reaching the grid from joblib's worker processes ------------------------------
+    def __getstate__(self) -> dict:
+        # GridSearchCV and cross_validate pickle a clone of the estimator to each
+        # joblib worker process. Pickled inside a `with grid:` block, it carries how
+        # to reach that grid (plain data), so its fit there uses the same grid.
+        state = dict(super().__getstate__())  # type: ignore[misc]  # a copy: it may be __dict__ itself
+        state.pop("_grid_recipe", None)
+        client = sys.modules.get("grid.client")  # no grid imported: no grid can be current
+        current = client.current_grid() if client is not None else None
+        if current is not None:
+            state["_grid_recipe"] = current.connection_recipe()
+        return state
 
 
 def job_estimator_from_request(request: dict) -> GridJobMixin:

@@ -108,7 +108,10 @@ def partition_metrics(est: Any, X: Any, y: Any) -> dict[str, float]:
         except Exception:  # noqa: BLE001 - transformers without a meaningful score
             return {}
         return {"loss": -value, "score": value}
-    predicted = est.predict(X)
+    # a partition without some class leaves that class a zero prior (naive Bayes): log(0) = -inf is
+    # the right answer there, not something to warn about on every node every round
+    with np.errstate(divide="ignore"):
+        predicted = est.predict(X)
     if getattr(est, "_estimator_type", None) == "classifier" or hasattr(est, "classes_"):
         accuracy = float(np.mean(predicted == y))
         return {"loss": 1.0 - accuracy, "score": accuracy}

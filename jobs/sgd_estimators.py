@@ -159,8 +159,8 @@ class _GridSGD(GridJobMixin, BaseEstimator):
         sample_weight : array-like of shape (n_samples,), optional
             Per-row weights; travel with the partitions.
         grid : grid.Grid, optional
-            Defaults to the grid of an enclosing ``with grid:`` block, else an
-            embedded local grid started for this call.
+            Defaults to the grid of an enclosing ``with grid:`` block, else
+            the embedded local grid of this process, started on first use.
         verbose : bool or int, optional
             Show a progress bar while waiting; defaults to the ``verbose`` parameter.
         **submit_kwargs
