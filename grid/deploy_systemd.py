@@ -25,6 +25,12 @@ Design, in short:
   distributed reads it through its own configuration variables
   (``DASK_DISTRIBUTED__COMM__TLS__...``) pointing into ``%d``, the unit's
   credentials directory.
+- A TLS scheduler checks every call against the grid's revocation list
+  (``--crl-file /etc/dask-grid/crl.pem``). The file is read in place, not
+  through ``LoadCredential=``, because the scheduler rereads it when it
+  changes: a new ``crl.pem`` takes effect without a restart (which would fail
+  the jobs that cannot resume). ``AssertFileNotEmpty=`` makes a missing list
+  a failed start rather than a scheduler that refuses every call.
 - Stopping sends ``SIGTERM`` to the main process only (``KillMode=mixed``): a
   node then retires through its scheduler (data copied off first) and exits
   0; ``TimeoutStopSec`` leaves room for that before systemd kills.
@@ -52,6 +58,8 @@ DEFAULT_ENV_DIR = "/etc/dask-grid"
 DEFAULT_CREDENTIALS_DIR = "/etc/dask-grid/tls"
 #: the ``grid`` executable of the recommended install (``python3 -m venv /opt/dask-grid``)
 DEFAULT_GRID_EXECUTABLE = "/opt/dask-grid/bin/grid"
+#: the grid's revocation list (``crl.pem`` of the CA directory) on a scheduler's host
+DEFAULT_CRL_FILE = "/etc/dask-grid/crl.pem"
 
 SCHEDULER_UNIT = "grid-scheduler@.service"
 NODE_UNIT = "grid-node.service"
@@ -130,6 +138,10 @@ class SchedulerOptions(CommonOptions):
         Dask dashboard (``/health``, ``/metrics``, the Bokeh pages).
     stop_timeout : int
         Seconds systemd waits after ``SIGTERM`` before killing.
+    crl_file : str
+        The grid's revocation list, passed as ``--crl-file`` when ``tls`` is on;
+        the unit does not start while it is missing or empty. Readable by the
+        service's user (mode 0644: a CRL is public).
     """
 
     region: str = "eu"
@@ -137,6 +149,7 @@ class SchedulerOptions(CommonOptions):
     port: int = 8786
     dashboard_address: str = "127.0.0.1:8787"
     stop_timeout: int = 60
+    crl_file: str = DEFAULT_CRL_FILE
 
     def check(self) -> None:
         """Raise ``ValueError`` naming the option and what is allowed."""
@@ -150,6 +163,10 @@ class SchedulerOptions(CommonOptions):
                 raise ValueError(f"{opt}={value!r} must be a non-empty address without spaces or quotes")
         if self.stop_timeout < 1:
             raise ValueError(f"stop_timeout={self.stop_timeout!r} must be at least 1 second")
+        if not os.path.isabs(self.crl_file) or not _SAFE_VALUE.match(self.crl_file):
+            raise ValueError(f"crl_file={self.crl_file!r} must be an absolute path without spaces, quotes, '$', '%', ';' or '#'")
+        if self.tls and _protect_home(self.grid_executable) == "yes" and self.crl_file.startswith(("/home/", "/root/", "/run/user/")):
+            raise ValueError(f"crl_file={self.crl_file!r}: the unit hides home directories (ProtectHome=yes); use e.g. {DEFAULT_CRL_FILE}")
 
     @property
     def env_file(self) -> str:
@@ -339,17 +356,27 @@ def render_scheduler_unit(opts: SchedulerOptions | None = None) -> str:
     opts.check()
     protocol = "tls" if opts.tls else "tcp"
     env_pattern = os.path.join(opts.env_dir, "scheduler-%i.env")
+    crl = f" --crl-file {opts.crl_file}" if opts.tls else ""
     lines = _header(SCHEDULER_UNIT, "grid scheduler install-systemd", env_pattern)
     lines += [
         "[Unit]",
         "Description=dask-grid scheduler of region %i",
         "After=network-online.target",
         "Wants=network-online.target",
+    ]
+    if opts.tls:
+        lines += [
+            "# The grid's revocation list (`grid certs crl` on the CA machine, mode 0644): without it a",
+            "# revoked certificate would be admitted, so the unit does not start while it is missing.",
+            "# The scheduler rereads it when it changes; replace it with a rename, no restart needed.",
+            f"AssertFileNotEmpty={opts.crl_file}",
+        ]
+    lines += [
         "",
         "[Service]",
         "Type=exec",
         f"ExecStart={opts.grid_executable} scheduler --region %i --host ${{GRID_HOST}} --port ${{GRID_PORT}}"
-        " --dashboard-address ${GRID_DASHBOARD_ADDRESS} --protocol ${GRID_PROTOCOL} $GRID_EXTRA_ARGS",
+        f" --dashboard-address ${{GRID_DASHBOARD_ADDRESS}} --protocol ${{GRID_PROTOCOL}}{crl} $GRID_EXTRA_ARGS",
         "# Fallbacks; the environment file overrides them.",
         f"Environment=GRID_HOST=0.0.0.0 GRID_PORT=8786 GRID_DASHBOARD_ADDRESS=127.0.0.1:8787 GRID_PROTOCOL={protocol} GRID_EXTRA_ARGS=",
         f"EnvironmentFile={env_pattern}",
@@ -406,6 +433,16 @@ def render_scheduler_env(opts: SchedulerOptions | None = None) -> str:
         "# Extra arguments of `grid scheduler`, split at spaces.",
         "#GRID_EXTRA_ARGS=",
         "",
+    ]
+    if opts.tls:
+        lines += [
+            f"# Revocation list: the unit passes --crl-file {opts.crl_file} and does not start without it.",
+            "# After `grid certs revoke`, ship the CA's new crl.pem with a rename (the scheduler rereads",
+            "# the file when it changes, no restart):",
+            f"#   install -m 0644 crl.pem {opts.crl_file}.new && mv {opts.crl_file}.new {opts.crl_file}",
+            "",
+        ]
+    lines += [
         "# Grid and Dask configuration, as DASK_GRID__SECTION__KEY / DASK_DISTRIBUTED__... variables:",
         "#DASK_GRID__SCHEDULER__MAX_UPDATE_BYTES=256MiB",
         "#DASK_GRID__SCHEDULER__FINISHED_JOBS_KEPT=1000",
@@ -638,6 +675,10 @@ def scheduler_plan(opts: SchedulerOptions, target_dir: str = DEFAULT_TARGET_DIR)
             f"--out DIR; copy DIR/ca.pem, DIR/{name}.pem and DIR/{name}-key.pem into {creds}/ "
             "(regular files, mode 0600, owned by root; not symlinks)"
         )
+        plan.next_steps.append(
+            f"copy the CA's revocation list: install -m 0644 CA_DIR/crl.pem {opts.crl_file} "
+            "(the unit does not start without it; a new CA's list is empty)"
+        )
     plan.next_steps += [f"systemctl daemon-reload && systemctl enable --now {unit}", f"journalctl -u {unit} -f"]
     return plan
 
@@ -740,14 +781,21 @@ def _common_kwargs(kwargs: Mapping[str, object]) -> dict[str, object]:
 @click.option("--host", default="0.0.0.0", show_default=True, help="Address to listen on.")
 @click.option("--port", default=8786, show_default=True, type=click.IntRange(1, 65535), help="Scheduler port.")
 @click.option("--dashboard-address", default="127.0.0.1:8787", show_default=True, help="Dashboard address (/health, /metrics); it has no login, so this machine only by default.")
+@click.option(
+    "--crl-file", default=DEFAULT_CRL_FILE, show_default=True,
+    help="The grid's revocation list (TLS): passed as `grid scheduler --crl-file`; the unit does not start without it.",
+)
 @_common_options
-def install_systemd_scheduler(region: str, host: str, port: int, dashboard_address: str, **kwargs: object) -> None:
+def install_systemd_scheduler(region: str, host: str, port: int, dashboard_address: str, crl_file: str, **kwargs: object) -> None:
     """Write grid-scheduler@.service and the region's environment file.
 
     Then `systemctl enable --now grid-scheduler@REGION` starts the region.
     """
     try:
-        opts = SchedulerOptions(region=region, host=host, port=port, dashboard_address=dashboard_address, **_common_kwargs(kwargs))  # type: ignore[arg-type]
+        opts = SchedulerOptions(
+            region=region, host=host, port=port, dashboard_address=dashboard_address, crl_file=os.path.abspath(crl_file),
+            **_common_kwargs(kwargs),  # type: ignore[arg-type]
+        )
         plan = scheduler_plan(opts, os.path.abspath(str(kwargs["target_dir"])))
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None

@@ -81,7 +81,7 @@ def test_systemd_analyze_verifies_the_shipped_units(analyze: str, tmp_path: Path
     [
         ([], []),
         (["--no-tls", "--port", "9786", "--dashboard-address", "127.0.0.1:9787"], ["--no-tls", "--scheduler", "tcp://10.0.0.1:9786"]),
-        (["--user", "daemon", "--cert-name", "eu-1"], ["--user", "daemon", "--cpu-quota", "50%", "--name", "lab-pc-7", "--nthreads", "4", "--memory-limit", "6GiB"]),
+        (["--user", "daemon", "--cert-name", "eu-1", "--crl-file", "CRL"], ["--user", "daemon", "--cpu-quota", "50%", "--name", "lab-pc-7", "--nthreads", "4", "--memory-limit", "6GiB"]),
     ],
     ids=["defaults", "no-tls", "dedicated-user-and-quota"],
 )
@@ -90,6 +90,7 @@ def test_systemd_analyze_verifies_the_installed_units(
 ) -> None:
     target, env_dir, creds = tmp_path / "system", tmp_path / "etc", tmp_path / "tls"
     common = ["--target-dir", str(target), "--env-dir", str(env_dir), "--credentials-dir", str(creds), "--grid-executable", GRID]
+    scheduler_args = [str(tmp_path / "crl.pem") if a == "CRL" else a for a in scheduler_args]
     install(ds.install_systemd_scheduler, ["--region", "eu-west", *common, *scheduler_args])
     if "--scheduler" not in node_args:
         node_args = [*node_args, "--scheduler", "tls://eu-west.grid.example.org:8786"]
@@ -105,6 +106,12 @@ def test_systemd_analyze_verifies_the_installed_units(
     assert (creds / "node").is_dir() == tls
     if "--cert-name" in scheduler_args:
         assert f"LoadCredential=cert.pem:{creds}/scheduler-%i/eu-1.pem" in scheduler_unit.read_text()
+    # a TLS scheduler checks the revocation list; a plaintext one has no certificates to check
+    crl = str(tmp_path / "crl.pem") if "--crl-file" in scheduler_args else ds.DEFAULT_CRL_FILE
+    (exec_start,) = settings(scheduler_unit.read_text())["ExecStart"]
+    assert (f"--crl-file {crl} " in exec_start) == tls
+    assert (f"AssertFileNotEmpty={crl}" in scheduler_unit.read_text().splitlines()) == tls
+    assert "--crl-file" not in node_unit.read_text()
     if "--cpu-quota" in node_args:
         assert settings(node_unit.read_text())["CPUQuota"] == ["50%"]
         assert "GRID_NODE_NAME=lab-pc-7" in node_env and "GRID_MEMORY_LIMIT=6GiB" in node_env
@@ -144,6 +151,11 @@ def test_units_are_hardened_and_stop_gracefully(analyze: str, tmp_path: Path) ->
 
     scheduler = settings((SHIPPED / "grid-scheduler@.service").read_text())
     assert scheduler["StateDirectory"] == ["dask-grid/scheduler-%i"]
+    # revocation: the list is passed to every TLS scheduler, and the unit fails to start without it
+    assert "--protocol ${GRID_PROTOCOL} --crl-file /etc/dask-grid/crl.pem $GRID_EXTRA_ARGS" in scheduler["ExecStart"][0]
+    assert scheduler["AssertFileNotEmpty"] == ["/etc/dask-grid/crl.pem"]
+    # read in place (the scheduler rereads it when it changes), not copied once by LoadCredential=
+    assert not [c for c in scheduler["LoadCredential"] if "crl" in c]
     assert "DASK_GRID__SCHEDULER__STATE_DIR=%S/dask-grid/scheduler-%i" in scheduler["Environment"]
     node = settings((SHIPPED / "grid-node.service").read_text())
     assert node["Nice"] == ["19"] and node["IOSchedulingClass"] == ["idle"] and int(node["CPUWeight"][0]) < 100
@@ -165,6 +177,8 @@ def test_dry_run_prints_every_file_and_writes_nothing(tmp_path: Path) -> None:
     assert "systemctl enable --now grid-node.service" in out
     out = install(ds.install_systemd_scheduler, ["--region", "us", "--target-dir", str(target), "--env-dir", str(env_dir), "--dry-run"])
     assert "grid-scheduler@us.service" in out and "GRID_PORT=8786" in out
+    assert "install -m 0644 CA_DIR/crl.pem /etc/dask-grid/crl.pem" in out  # the next step names the revocation list
+    assert "mv /etc/dask-grid/crl.pem.new /etc/dask-grid/crl.pem" in out  # the env file says how to ship a new one
     assert not target.exists()
 
 
@@ -193,6 +207,22 @@ def test_reinstall_keeps_an_edited_environment_file_unless_forced(tmp_path: Path
 )
 def test_bad_node_options_are_refused_with_the_reason(tmp_path: Path, args: list[str], message: str) -> None:
     result = CliRunner().invoke(ds.install_systemd_node, [*args, "--target-dir", str(tmp_path), "--dry-run"])
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--crl-file", "/etc/dask grid/crl.pem"], "crl_file='/etc/dask grid/crl.pem'"),
+        (["--crl-file", "/home/ann/crl.pem"], "ProtectHome=yes"),
+        (["--port", "0"], "not in the range"),
+    ],
+)
+def test_bad_scheduler_options_are_refused_with_the_reason(tmp_path: Path, args: list[str], message: str) -> None:
+    result = CliRunner().invoke(
+        ds.install_systemd_scheduler, ["--region", "eu", *args, "--grid-executable", "/opt/dask-grid/bin/grid", "--target-dir", str(tmp_path), "--dry-run"]
+    )
     assert result.exit_code == 2 and message in result.output, result.output
     assert not any(tmp_path.iterdir())
 

@@ -3,7 +3,8 @@
 There is no systemd service manager in a test machine's container, so this
 test plays its part for the few settings that decide what runs: it reads the
 unit's ``ExecStart=``, ``Environment=``, ``EnvironmentFile=``,
-``LoadCredential=``, ``KillSignal=``, ``KillMode=`` and ``TimeoutStopSec=``,
+``LoadCredential=``, ``KillSignal=``, ``KillMode=``, ``TimeoutStopSec=`` and
+``AssertFileNotEmpty=`` (checked before the start, as systemd does),
 expands specifiers and variables by systemd's rules (``${VAR}`` is one
 argument, a lone ``$VAR`` splits at whitespace), and starts those argv's
 with that environment: one scheduler (``grid-scheduler@eu.service``) and two
@@ -18,6 +19,11 @@ other node has. Stopping the first node the way systemd would (the unit's
 retire it through the scheduler: it exits 0, the scheduler logs the
 retirement and drops the worker, and a second job on the same placed data
 still finishes, which it could not if the node's partitions had been lost.
+
+The TLS scheduler unit is run as shipped too: it does not start without the
+grid's revocation list, and once started with it (its ``--crl-file``) it
+refuses a revoked node, and a node revoked later once the new ``crl.pem`` is
+renamed into place, without a restart.
 """
 
 from __future__ import annotations
@@ -52,8 +58,8 @@ PASS_THROUGH = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 
 
 # --- a small reader of unit files, by systemd's rules -------------------------------------------
-def parse_unit(text: str) -> dict[str, list[str]]:
-    """``[Service]`` settings of a unit: key to values, in file order."""
+def parse_unit(text: str, section_name: str = "Service") -> dict[str, list[str]]:
+    """Settings of one section of a unit (``[Service]`` by default): key to values, in file order."""
     out: dict[str, list[str]] = {}
     section = None
     for raw in text.splitlines():
@@ -64,9 +70,13 @@ def parse_unit(text: str) -> dict[str, list[str]]:
             section = line.strip("[]")
             continue
         key, _, value = line.partition("=")
-        if section == "Service":
+        if section == section_name:
             out.setdefault(key.strip(), []).append(value.strip())
     return out
+
+
+class AssertionNotMet(Exception):
+    """systemd refused to start a unit: one of its ``Assert…=`` settings does not hold."""
 
 
 def expand_specifiers(value: str, specifiers: dict[str, str]) -> str:
@@ -122,10 +132,15 @@ class Service:
     kill_mode: str
     stop_timeout: float
     log: Path
+    #: files of ``AssertFileNotEmpty=``: systemd does not start the unit unless each is a non-empty file
+    assert_not_empty: list[str] = field(default_factory=list)
     proc: subprocess.Popen | None = None
     children: set[int] = field(default_factory=set)
 
     def start(self) -> None:
+        for path in self.assert_not_empty:
+            if not (os.path.isfile(path) and os.path.getsize(path) > 0):
+                raise AssertionNotMet(f"{self.name}: start assertion failed: AssertFileNotEmpty={path} was not met")
         self.log.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log, "wb") as out:
             # a new session stands for the unit's cgroup: the final SIGKILL reaches all of it
@@ -177,6 +192,7 @@ def service_from_unit(
     file this test wrote in its place.
     """
     settings = parse_unit(unit_file.read_text())
+    unit_section = parse_unit(unit_file.read_text(), "Unit")
     creds = tmp / "credentials" / name
     specifiers = {
         "i": instance,
@@ -215,6 +231,7 @@ def service_from_unit(
         kill_mode=settings["KillMode"][0],
         stop_timeout=float(timeout[:-1]),
         log=tmp / "logs" / f"{name}.log",
+        assert_not_empty=[expand_specifiers(v, specifiers) for v in unit_section.get("AssertFileNotEmpty", [])],
     )
 
 
@@ -276,7 +293,13 @@ def test_units_start_run_a_job_and_retire_gracefully(units: dict[str, Path], tmp
     # The units under test run exactly the shipped command lines and stop settings.
     for role, shipped in (("scheduler", "grid-scheduler@.service"), ("node", "grid-node.service")):
         ours = stop_lines(units[role].read_text().replace(GRID, "/opt/dask-grid/bin/grid"))
-        assert ours == stop_lines((ROOT / "deploy" / "systemd" / shipped).read_text())
+        theirs = stop_lines((ROOT / "deploy" / "systemd" / shipped).read_text())
+        if role == "scheduler":
+            # the one difference: a plaintext scheduler has no certificates to check against a revocation list
+            crl = " --crl-file /etc/dask-grid/crl.pem"
+            assert sum(crl in line for line in theirs) == 1
+            theirs = [line.replace(crl, "") for line in theirs]
+        assert ours == theirs
 
     port, dash = free_port(), free_port()
     address = f"tcp://127.0.0.1:{port}"
@@ -382,18 +405,21 @@ def test_units_start_run_a_job_and_retire_gracefully(units: dict[str, Path], tmp
             s.kill_all()
 
 
-def test_tls_scheduler_unit_serves_tls_from_its_credentials(tmp_path: Path) -> None:
-    """The TLS unit as shipped: credentials loaded into %d, distributed configured from them."""
+def test_tls_scheduler_unit_serves_tls_and_refuses_revoked_nodes(tmp_path: Path) -> None:
+    """The TLS unit as shipped: credentials loaded into %d, distributed configured from them,
+    the revocation list required at start, checked on every call and reread when replaced."""
     from grid import Grid
     from grid.errors import GridConnectionError
 
     from grid.security.cli import certs
 
     creds, env_dir, target, ca = tmp_path / "tls", tmp_path / "etc", tmp_path / "units", tmp_path / "ca"
+    crl = env_dir / "crl.pem"  # /etc/dask-grid/crl.pem of the shipped unit
     install(
         install_systemd_scheduler,
-        ["--region", "eu", "--target-dir", str(target), "--env-dir", str(env_dir), "--credentials-dir", str(creds), "--grid-executable", GRID],
-    )
+        ["--region", "eu", "--target-dir", str(target), "--env-dir", str(env_dir), "--credentials-dir", str(creds), "--grid-executable", GRID,
+         "--crl-file", str(crl)],
+    )  # fmt: skip
     unit = (target / "grid-scheduler@.service").read_text()
     shipped = (ROOT / "deploy" / "systemd" / "grid-scheduler@.service").read_text()
     assert unit.replace(GRID, "/opt/dask-grid/bin/grid").replace(str(env_dir), "/etc/dask-grid").replace(str(creds), "/etc/dask-grid/tls") == shipped
@@ -403,6 +429,10 @@ def test_tls_scheduler_unit_serves_tls_from_its_credentials(tmp_path: Path) -> N
     install(certs, ["init", "--dir", str(ca), "--name", "test-grid"])
     install(certs, ["issue", "scheduler", host, "--region", "eu", "--host", "127.0.0.1", "--dir", str(ca), "--out", str(creds / "scheduler-eu")])
     install(certs, ["issue", "client", "alice", "--dir", str(ca), "--out", str(tmp_path / "client")])
+    install(certs, ["issue", "admin", "operator", "--dir", str(ca), "--out", str(tmp_path / "client")])
+    for name in ("n-ok", "n-gone", "n-late"):
+        install(certs, ["issue", "node", name, "--region", "eu", "--dir", str(ca), "--out", str(tmp_path / "nodes")])
+    install(certs, ["revoke", "n-gone", "--reason", "key-compromise", "--dir", str(ca)])
 
     port, dash = free_port(), free_port()
     (tmp_path / "scheduler-eu.env").write_text(
@@ -415,8 +445,27 @@ def test_tls_scheduler_unit_serves_tls_from_its_credentials(tmp_path: Path) -> N
         env_files={str(env_dir / "scheduler-eu.env"): tmp_path / "scheduler-eu.env"},
         tmp=tmp_path,
     )
-    assert scheduler.argv[-2:] == ["--protocol", "tls"]
+    assert scheduler.argv[-4:] == ["--protocol", "tls", "--crl-file", str(crl)]
     assert scheduler.env["DASK_DISTRIBUTED__COMM__TLS__CA_FILE"] == str(tmp_path / "credentials" / "grid-scheduler@eu.service" / "ca.pem")
+    # no revocation list: systemd does not start the unit (rather than a scheduler that would admit revoked nodes)
+    with pytest.raises(AssertionNotMet, match=f"AssertFileNotEmpty={re.escape(str(crl))}"):
+        scheduler.start()
+    assert scheduler.proc is None
+    ship_crl(ca / "crl.pem", crl)
+
+    def node(name: str) -> Service:
+        """`grid node` with its own certificate (the node unit's credentials, given as options)."""
+        d = tmp_path / "nodes"
+        argv = [GRID, "node", "--region", "eu", "--scheduler", f"tls://127.0.0.1:{port}", "--name", name, "--nthreads", "1",
+                "--memory-limit", "1GiB", "--tls-ca-file", str(d / "ca.pem"), "--tls-cert", str(d / f"{name}.pem"), "--tls-key", str(d / f"{name}-key.pem")]  # fmt: skip
+        env = {**SYSTEMD_BASE_ENV, **{k: os.environ[k] for k in PASS_THROUGH if k in os.environ}}
+        return Service(name=name, argv=argv, env=env, kill_signal=signal.SIGTERM, kill_mode="mixed", stop_timeout=120, log=tmp_path / "logs" / f"{name}.log")
+
+    def refused(name: str) -> bool:
+        """The scheduler closed a connection of the node for its revoked certificate."""
+        return any(f"certificate node '{name}' (region eu) was revoked" in line for line in scheduler.text().splitlines())
+
+    nodes: list[Service] = []
     g = None
     try:
         scheduler.start()
@@ -430,11 +479,49 @@ def test_tls_scheduler_unit_serves_tls_from_its_credentials(tmp_path: Path) -> N
         )
         assert g.status()["eu"]["address"] == f"tls://127.0.0.1:{port}"
         g.close()
+        # an operator sees the nodes by name (a data scientist sees placeholders)
+        g = Grid.connect(
+            {
+                "regions": {"eu": f"tls://127.0.0.1:{port}"},
+                "tls": {"ca-file": str(client_dir / "ca.pem"), "cert": str(client_dir / "operator.pem"), "key": str(client_dir / "operator-key.pem")},
+            }
+        )
+        grid = g
+
+        def workers() -> set[str]:
+            return {w["name"] for w in grid.status()["eu"]["workers"]}
+
+        # a valid node joins; the revoked one is refused at registration and never counted
+        for name in ("n-ok", "n-gone"):
+            nodes.append(node(name))
+            nodes[-1].start()
+        wait_for(lambda: workers() == {"n-ok"} and refused("n-gone"), 90, "n-ok to join and n-gone to be refused", [scheduler, nodes[0]])
+        # revoked after the scheduler started: the renamed-in crl.pem is reread, no restart
+        install(certs, ["revoke", "n-late", "--dir", str(ca)])
+        ship_crl(ca / "crl.pem", crl)
+        nodes.append(node("n-late"))
+        nodes[-1].start()
+        wait_for(lambda: refused("n-late"), 90, "n-late to be refused", [scheduler, nodes[0]])
+        assert workers() == {"n-ok"}
+        assert "grid scheduler for region eu at" in scheduler.text() and scheduler.alive()  # the same process throughout
+        g.close()
         g = None
         with pytest.raises(GridConnectionError):
             Grid.connect({"regions": {"eu": f"tcp://127.0.0.1:{port}"}}, timeout=3)
+        for n in nodes:
+            n.kill_all()
         assert scheduler.stop() == 0, scheduler.text()[-4000:]
     finally:
         if g is not None:
             g.close()
+        for n in nodes:
+            n.kill_all()
         scheduler.kill_all()
+
+
+def ship_crl(source: Path, target: Path) -> None:
+    """What docs/operations.md tells an operator: a world-readable copy, renamed into place."""
+    tmp = target.with_name(target.name + ".new")
+    tmp.write_bytes(source.read_bytes())
+    tmp.chmod(0o644)
+    os.replace(tmp, target)

@@ -68,6 +68,70 @@ Call with (dict "base" $copy "override" $regionValues).
 {{- printf "%s://%s.%s.svc:%v" (ternary "tls" "tcp" .root.Values.tls.enabled) $svc .root.Release.Namespace .scheduler.servicePort -}}
 {{- end -}}
 
+{{/* Image of a component: its own `image` values, "" falling back to the global ones
+(the tag to the chart's appVersion); call with (dict "root" $ "values" $componentValues) */}}
+{{- define "dask-grid.image" -}}
+{{- $own := default dict .values.image -}}
+{{- $repository := default .root.Values.image.repository $own.repository -}}
+{{- $tag := default .root.Values.image.tag $own.tag | default .root.Chart.AppVersion -}}
+{{- printf "%s:%v" $repository $tag -}}
+{{- end -}}
+
+{{- define "dask-grid.pullPolicy" -}}
+{{- $own := default dict .values.image -}}
+{{- default .root.Values.image.pullPolicy $own.pullPolicy -}}
+{{- end -}}
+
+{{/* `grid node --nthreads` from a CPU quantity ("2", 1.5, "500m"): rounded up, at least 1 */}}
+{{- define "dask-grid.cpuThreads" -}}
+{{- $cpu := toString . -}}
+{{- $cores := 0.0 -}}
+{{- if hasSuffix "m" $cpu -}}
+{{- $cores = divf (trimSuffix "m" $cpu | float64) 1000 -}}
+{{- else -}}
+{{- $cores = float64 $cpu -}}
+{{- end -}}
+{{- max 1 (ceil $cores | int) -}}
+{{- end -}}
+
+{{/* A node's thread count: worker.nthreads, else its CPU limit, else its CPU request; "" for none */}}
+{{- define "dask-grid.nthreads" -}}
+{{- if .nthreads -}}
+{{- .nthreads -}}
+{{- else -}}
+{{- $resources := default dict .resources -}}
+{{- $cpu := dig "limits" "cpu" "" $resources | default (dig "requests" "cpu" "" $resources) -}}
+{{- if $cpu -}}
+{{- include "dask-grid.cpuThreads" $cpu -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Where the schedulers read the revocation list (a Secret or ConfigMap volume) */}}
+{{- define "dask-grid.crlPath" -}}/etc/grid/crl/crl.pem{{- end -}}
+
+{{/* The revocation list's volume source, "" when the schedulers run without one */}}
+{{- define "dask-grid.crlVolumeSource" -}}
+{{- $crl := .Values.tls.crl -}}
+{{- if .Values.tls.enabled -}}
+{{- if $crl.secret -}}
+secret:
+  secretName: {{ $crl.secret }}
+  items:
+    - key: crl.pem
+      path: crl.pem
+  defaultMode: 0444
+{{- else if $crl.configMap -}}
+configMap:
+  name: {{ $crl.configMap }}
+  items:
+    - key: crl.pem
+      path: crl.pem
+  defaultMode: 0444
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
 {{/* Environment every grid container gets: a writable HOME with the pip-installed packages */}}
 {{- define "dask-grid.baseEnv" -}}
 - name: HOME
@@ -94,18 +158,25 @@ Call with (dict "base" $copy "override" $regionValues).
 {{- end }}
 {{- end -}}
 
-{{/* The init container that pip-installs extraPipPackages with the image's prepare.sh */}}
+{{/* The init container that pip-installs extraPipPackages into the pod's /home/grid/.local */}}
 {{- define "dask-grid.installContainer" -}}
 {{- if .root.Values.extraPipPackages }}
 - name: install-packages
-  image: "{{ .root.Values.image.repository }}:{{ .root.Values.image.tag }}"
-  imagePullPolicy: {{ .root.Values.image.pullPolicy }}
-  # The image's entrypoint (prepare.sh) installs EXTRA_PIP_PACKAGES, then runs this check.
-  args: ["python", "-c", "import grid.cli"]
+  image: {{ include "dask-grid.image" . | quote }}
+  imagePullPolicy: {{ include "dask-grid.pullPolicy" . }}
+  # pip itself, no shell: each word of extraPipPackages is one requirement
+  command:
+    - python
+    - -m
+    - pip
+    - install
+    {{- range splitList " " .root.Values.extraPipPackages }}
+    {{- if . }}
+    - {{ . | quote }}
+    {{- end }}
+    {{- end }}
   env:
     {{- include "dask-grid.baseEnv" . | nindent 4 }}
-    - name: EXTRA_PIP_PACKAGES
-      value: {{ .root.Values.extraPipPackages | quote }}
     - name: PIP_USER
       value: "1"
     - name: PIP_NO_CACHE_DIR
@@ -154,6 +225,13 @@ tolerations:
 
 {{/* Checks that JSON schema cannot express */}}
 {{- define "dask-grid.validate" -}}
+{{- $crl := .Values.tls.crl -}}
+{{- if and .Values.tls.enabled $crl.secret $crl.configMap -}}
+{{- fail "tls.crl: set either secret or configMap, not both (every scheduler reads one revocation list)" -}}
+{{- end -}}
+{{- if and .Values.tls.enabled $crl.required (not (or $crl.secret $crl.configMap)) -}}
+{{- fail "tls.enabled is true but no revocation list is given, so the schedulers would admit revoked certificates. Put the CA's crl.pem in a Secret (kubectl create secret generic grid-crl --from-file=crl.pem=CA_DIR/crl.pem) and set tls.crl.secret=grid-crl (or tls.crl.configMap), or set tls.crl.required=false to run without one" -}}
+{{- end -}}
 {{- $seen := dict -}}
 {{- range .Values.regions -}}
 {{- if hasKey $seen .name -}}
