@@ -67,12 +67,12 @@ ENV_EXAMPLE = "grid.env.example"
 #: file names inside a credentials directory, which are also the credential ids in ``%d``
 TLS_FILES = ("ca.pem", "cert.pem", "key.pem")
 
-_REGION = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
-_ADDRESS = re.compile(r"^(tcp|tls)://[^\s/]+:\d{1,5}$")
-_USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
-_SAFE_VALUE = re.compile(r"^[^\s'\"\\$%;#]*$")
-_CPU_QUOTA = re.compile(r"^\d{1,5}%$")
-_NODE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_REGION = re.compile(r"^[a-z][a-z0-9-]{0,62}\Z")
+_ADDRESS = re.compile(r"^(tcp|tls)://[^\s/]+:\d{1,5}\Z")
+_USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}\Z")
+_SAFE_VALUE = re.compile(r"^[^\s'\"\\$%;#]*\Z")
+_CPU_QUOTA = re.compile(r"^\d{1,5}%\Z")
+_NODE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
 
 
 # --- options ------------------------------------------------------------------------------

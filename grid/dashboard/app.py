@@ -113,6 +113,46 @@ def make_application(view_factory: ViewFactory, *, interval_ms: int = DEFAULT_IN
     return Application(FunctionHandler(make_doc))
 
 
+def certificate_note(spec: Any) -> str | None:
+    """Why the dashboard of ``spec`` would see less than the whole grid, if it would.
+
+    On a TLS grid the dashboard connects with the certificate of the spec's
+    ``tls`` section. An observer (or admin) certificate sees every job and
+    node; a client certificate sees only that user's jobs and node counts.
+
+    Parameters
+    ----------
+    spec : str, dict or GridSpec
+
+    Returns
+    -------
+    str or None
+        A message naming the certificate and the fix, or None when the
+        certificate sees the whole grid (or the grid is plaintext).
+    """
+    from cryptography import x509
+
+    from grid.security.certs import identity_from_certificate
+    from grid.spec import load_spec
+
+    spec = load_spec(spec)
+    if spec.tls is None:
+        return None
+    try:
+        with open(spec.tls.cert, "rb") as f:
+            identity = identity_from_certificate(x509.load_pem_x509_certificate(f.read()))
+    except Exception:  # noqa: BLE001 - the schedulers judge the certificate; this is advice only
+        return None
+    if identity.role != "client":
+        return None
+    return (
+        f"the grid spec's certificate ({spec.tls.cert}) is the client certificate of {identity.name!r}: "
+        f"the schedulers show this dashboard only {identity.name}'s jobs and node counts. For every job and "
+        "node of the grid, issue an observer certificate (`grid certs issue observer dashboard`) and name it "
+        "in the spec's tls section"
+    )
+
+
 def serve(
     spec: Any,
     *,
@@ -141,12 +181,22 @@ def serve(
     -------
     bokeh.server.server.Server
         Started; ``server.io_loop.start()`` runs it.
+
+    Notes
+    -----
+    On a TLS grid, give the spec an observer certificate
+    (``grid certs issue observer NAME``): it sees every job and node and can
+    change nothing. With a client certificate the page works but shows only
+    that user's jobs; a warning says so, once per server.
     """
     from bokeh.server.server import Server
 
     from grid.spec import load_spec
 
     spec = load_spec(spec)
+    note = certificate_note(spec)
+    if note is not None:
+        logger.warning("grid dashboard: %s", note)
 
     def view_factory() -> GridRPCView:
         return GridRPCView.from_spec(spec)
@@ -180,7 +230,12 @@ def dashboard_url(server: Any, host: str) -> str:
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on; 0.0.0.0 for every interface.")
 @click.option("--interval", default=DEFAULT_INTERVAL_MS, show_default=True, type=click.IntRange(min=100, max=1000), help="Refresh period in milliseconds.")
 def dashboard(grid_file: str, port: int, host: str, interval: int) -> None:
-    """Serve the grid dashboard: every region, node and job, live in a browser."""
+    """Serve the grid dashboard: every region, node and job, live in a browser.
+
+    On a TLS grid, name an observer certificate (`grid certs issue observer
+    dashboard`) in the spec's tls section: it sees every job and node and
+    changes nothing. A client certificate shows only that user's jobs.
+    """
     from tornado.ioloop import IOLoop
 
     from grid.spec import SpecError, load_spec

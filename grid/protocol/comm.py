@@ -8,13 +8,15 @@ interoperate unchanged; what changes is how a message is *read*:
 * the peer's grid identity comes from its certificate when the connection is
   made, before anything is read. A grid scheduler closes connections from
   revoked certificates, from nodes of another region or in quarantine; a grid
-  node closes connections from data scientists' certificates (they reach
-  nodes only through the scheduler) and from nodes of another region;
+  node closes connections from data scientists' and observers' certificates
+  (they reach nodes only through the scheduler) and from nodes of another
+  region;
 * from a trusted peer (``admin`` or ``scheduler`` certificate) a message is
   read exactly as distributed reads it;
-* from an untrusted peer (``node`` or ``client`` certificate) the size the
-  message announces is checked against ``grid.protocol.max-message-bytes``
-  before its buffers are allocated, its frames are checked by
+* from an untrusted peer (``node``, ``client`` or ``observer`` certificate)
+  the size the message announces is checked against
+  ``grid.protocol.max-message-bytes`` (:data:`MAX_OBSERVER_BYTES` for
+  observers) before its buffers are allocated, its frames are checked by
   :func:`grid.protocol.payload.check_frames` before distributed decodes
   them (no pickle is ever unpickled, handshake included), and on a
   connection it opened to a grid scheduler or node every message is checked
@@ -61,10 +63,13 @@ from grid.protocol.payload import UntrustedPayload, check_frames
 
 logger = logging.getLogger("grid.protocol")
 
-#: roles whose messages are checked (peers with these certificates are untrusted)
+#: roles whose messages are checked (peers with these certificates are untrusted); any role
+#: not trusted (PRIVILEGED) is checked, these are the ones with a configured message size
 UNTRUSTED = frozenset({"node", "client"})
 #: the first message of a connection (the comm handshake) is a few hundred bytes
 MAX_HANDSHAKE_BYTES = 64 * 1024
+#: an observer sends only small read requests (no data): a megabyte is plenty
+MAX_OBSERVER_BYTES = 2**20
 #: the grid scheduler plugins of this process: connections they open are checked against
 #: their revocation lists, and a node breaking the protocol on one is reported to its region's
 _schedulers: "weakref.WeakSet[Any]" = weakref.WeakSet()
@@ -184,7 +189,12 @@ def decide(peercert: Any, server: Any = None) -> Peer:
     if identity.role in PRIVILEGED:
         return peer
     peer.guarded = True
-    peer.max_bytes = max_message_bytes(identity.role if identity.role in UNTRUSTED else "client")
+    if identity.role in UNTRUSTED:
+        peer.max_bytes = max_message_bytes(identity.role)
+    elif identity.role == "observer":
+        peer.max_bytes = MAX_OBSERVER_BYTES
+    else:  # a role this version does not know: read like a data scientist, never like an operator
+        peer.max_bytes = max_message_bytes("client")
     if kind is None:  # a connection we opened: its replies are checked, not its operations
         return peer
     proto = PROTOCOL.get(kind, {}).get(identity.role)

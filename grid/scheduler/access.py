@@ -1,9 +1,9 @@
 """Who may call what on a grid scheduler: admission of nodes and roles of clients.
 
 On a TLS grid every peer presents a certificate from the grid CA that names
-its role (``scheduler``, ``node``, ``client``, ``admin``) and, for nodes, its
-region (``grid certs``). This module wraps the scheduler's handlers (an
-extension point: the plugin replaces entries of ``scheduler.handlers`` and
+its role (``scheduler``, ``node``, ``client``, ``admin``, ``observer``) and,
+for nodes, its region (``grid certs``). This module wraps the scheduler's
+handlers (an extension point: the plugin replaces entries of ``scheduler.handlers`` and
 ``scheduler.client_handlers`` with checked versions, distributed's code is
 untouched) so that:
 
@@ -12,7 +12,14 @@ untouched) so that:
 * data scientists (``client``) reach only the grid's job handlers and data
   placement, and only their own jobs; the generic handlers that execute code
   (``run_function``, plugin registration, ``broadcast``, task graphs, ...)
-  answer ``PermissionError`` for everyone but ``admin`` and ``scheduler``.
+  answer ``PermissionError`` for everyone but ``admin`` and ``scheduler``;
+* the operators' dashboard (``observer``) reaches only the grid's read
+  handlers (``grid_info``, ``grid_jobs``, ``grid_job``) and sees what the
+  scheduler itself sees there: every job's metadata and the node view, with
+  quarantine evidence withheld (:meth:`AccessControl._observe`). The handlers
+  that read or change a job or data (``grid_result``, ``grid_cancel``,
+  ``grid_wait``, ``grid_drop_dataset``, ...) still judge an observer like any
+  other user (:meth:`AccessControl.may_see`), so it owns nothing there either.
 
 Identities are bound, and claims checked, here too:
 
@@ -59,6 +66,11 @@ logger = logging.getLogger("grid.access")
 #: defined once, with the checks of each message, in the grid's protocol table
 CLIENT_HANDLERS = handler_names("scheduler", "client")
 NODE_HANDLERS = handler_names("scheduler", "node")
+OBSERVER_HANDLERS = handler_names("scheduler", "observer")
+
+#: the grid handlers an observer calls whose answer depends on who asks: an observer
+#: gets the scheduler's own view (every job and node), made safe by _observer_view
+OBSERVER_VIEWS = frozenset({"grid_info", "grid_jobs", "grid_job"})
 
 #: handlers other schedulers of the grid call on this one
 SCHEDULER_ONLY = frozenset({"grid_attach", "grid_detach", "grid_region_round"})
@@ -127,6 +139,9 @@ class AccessControl:
         for op in ("identity", "ncores"):
             if op in scheduler.handlers:
                 scheduler.handlers[op] = self._hide_nodes(op, scheduler.handlers[op])
+        for op in OBSERVER_VIEWS & OBSERVER_HANDLERS:
+            if op in scheduler.handlers:
+                scheduler.handlers[op] = self._observe(op, scheduler.handlers[op])
         # identities are bound when distributed admits a worker, not when it asks to be
         scheduler.add_plugin(NodeBindings(self), name=NodeBindings.name, idempotent=True)
         for op, handler in list(scheduler.handlers.items()):
@@ -233,6 +248,14 @@ class AccessControl:
                 raise PermissionError(
                     f"{identity.name!r} has a client certificate, which may submit and manage its own "
                     f"grid jobs but not call {op!r}; that needs an admin certificate"
+                )
+            return
+        if identity.role == "observer":
+            if op not in OBSERVER_HANDLERS:
+                raise PermissionError(
+                    f"{identity.name!r} has an observer certificate, which may watch the grid "
+                    f"({', '.join(sorted(OBSERVER_VIEWS))}) but not call {op!r}; submitting and managing "
+                    "jobs needs a client certificate, anything else an admin certificate"
                 )
             return
         raise PermissionError(f"unknown role {identity.role!r} of {identity.name!r}")
@@ -416,6 +439,24 @@ class AccessControl:
         hidden.__name__ = getattr(handler, "__name__", op)
         return hidden
 
+    def _observe(self, op: str, handler: Callable) -> Callable:
+        """An observer's ``grid_info`` / ``grid_jobs`` / ``grid_job``: the scheduler's own view.
+
+        The handler answers as for the scheduler's own process (no caller), so
+        an observer sees every job and node; :func:`_observer_view` then
+        withholds what an observer has no use for. Everyone else is answered
+        by the handler as before.
+        """
+
+        async def observed(comm: Any = None, **msg: Any) -> Any:
+            identity = self.identity(comm)
+            if identity is None or identity.role != "observer":
+                return await call_handler(handler, comm, msg)
+            return _observer_view(op, await call_handler(handler, None, msg))
+
+        observed.__name__ = getattr(handler, "__name__", op)
+        return observed
+
     def privileged(self, comm: Any) -> bool:
         """Whether the peer sees and may do everything (admin, scheduler, in-process, plaintext)."""
         return _unrestricted(self.identity(comm))
@@ -432,9 +473,16 @@ class AccessControl:
         return identity.name if identity is not None else str(claimed)
 
     def may_see(self, comm: Any, owner: str) -> bool:
-        """Whether the peer may read or cancel a job (or dataset) of ``owner``."""
+        """Whether the peer may read or cancel a job (or dataset) of ``owner``.
+
+        An observer owns nothing: it is refused here too, for every owner (it
+        sees job metadata through :meth:`_observe`, never results or data).
+        """
         identity = self.identity(comm)
-        return _unrestricted(identity) or identity.name == owner
+        if _unrestricted(identity):
+            return True
+        # an observer named like a user (its certificate name is free) is not that user
+        return identity.role != "observer" and identity.name == owner
 
     def forget_worker(self, address: str) -> None:
         self.worker_identities.pop(address, None)
@@ -442,6 +490,11 @@ class AccessControl:
     def node_name(self, address: str) -> str | None:
         identity = self.worker_identities.get(address)
         return identity.name if identity is not None else None
+
+    def owner_of(self, address: str) -> str | None:
+        """Who holds the certificate of the node at ``address`` (its ``owner``), if it names one."""
+        identity = self.worker_identities.get(address)
+        return getattr(identity, "owner", None) or None
 
 
 class NodeBindings(SchedulerPlugin):
@@ -463,6 +516,23 @@ class NodeBindings(SchedulerPlugin):
 
     def remove_worker(self, scheduler: Any, worker: str, **kwargs: Any) -> None:
         self.access.forget_worker(worker)
+
+
+def _observer_view(op: str, reply: Any) -> Any:
+    """What an observer gets of the scheduler's own answer to ``op``.
+
+    Job summaries and round histories (metrics only) pass unchanged, and so
+    does the node view of ``grid_info``. Quarantine evidence is withheld: it
+    can quote task keys and the first bytes of a node's message, and the
+    dashboard shows the reason only.
+    """
+    if op != "grid_info" or not isinstance(reply, dict) or not isinstance(reply.get("quarantined"), list):
+        return reply
+    reply = dict(reply)
+    reply["quarantined"] = [
+        {**record, "evidence": {}} if isinstance(record, dict) else record for record in reply["quarantined"]
+    ]
+    return reply
 
 
 def _unrestricted(identity: Any) -> bool:

@@ -1,8 +1,9 @@
 """The grid certificate authority: create it, issue role certificates, revoke them.
 
-A grid has one CA. Every scheduler, node, data scientist (client) and operator
-(admin) holds a certificate issued by it; mutual TLS between them proves both
-ends belong to the grid, and the certificate says *who* the peer is.
+A grid has one CA. Every scheduler, node, data scientist (client), operator
+(admin) and operators' dashboard (observer) holds a certificate issued by it;
+mutual TLS between them proves both ends belong to the grid, and the
+certificate says *who* the peer is.
 
 Key type
     ECDSA P-256 with SHA-256 signatures, for the CA and every certificate.
@@ -15,7 +16,7 @@ Where the identity lives
     Subject ``CN=<name>, OU=<role>, O=<grid name>`` for humans and logs, and
     one subjectAltName URI that is authoritative::
 
-        grid://<role>/<name>                  client, admin (and a scheduler without region)
+        grid://<role>/<name>                  client, admin, observer (and a scheduler without region)
         grid://<role>/<name>?region=<region>  node (always), scheduler (when given)
 
     Python's ``ssl`` shows this URI in ``getpeercert()`` (``('URI', ...)``)
@@ -30,8 +31,8 @@ Extensions
     digitalSignature (critical), extendedKeyUsage serverAuth + clientAuth
     for schedulers and nodes (both listen and both dial out: a scheduler
     connects to its workers, workers to each other) and clientAuth only for
-    clients and admins, subject and authority key identifiers, and DNS / IP
-    SANs for the ``--host`` names of schedulers and nodes.
+    clients, admins and observers, subject and authority key identifiers,
+    and DNS / IP SANs for the ``--host`` names of schedulers and nodes.
 
 Layout of a CA directory (mode 0700; every file mode 0600)::
 
@@ -41,9 +42,9 @@ Layout of a CA directory (mode 0700; every file mode 0600)::
     issued/<serial>.pem  a copy of every certificate issued (for ``list`` and ``revoke NAME``)
     <role>/<name>/     default output of ``issue``: <name>.pem, <name>-key.pem, ca.pem
 
-Defaults (days): CA 1825, scheduler 365, node 90, client 365, admin 365, CRL
-90; the ``grid.security`` section of the dask config overrides them (see
-:func:`default_days`).
+Defaults (days): CA 1825, scheduler 365, node 90, client 365, admin 365,
+observer 365, CRL 90; the ``grid.security`` section of the dask config
+overrides them (see :func:`default_days`).
 """
 
 from __future__ import annotations
@@ -72,11 +73,14 @@ from grid.errors import GridError
 
 logger = logging.getLogger(__name__)
 
-#: The roles a grid certificate can carry.
-ROLES: tuple[str, ...] = ("scheduler", "node", "client", "admin")
+#: The roles a grid certificate can carry. An ``observer`` (the operators' dashboard)
+#: reads every job's metadata and the node view, and changes nothing (docs/security.md).
+ROLES: tuple[str, ...] = ("scheduler", "node", "client", "admin", "observer")
+#: Roles that belong to people or tools rather than machines: no region, no host names.
+UNBOUND_ROLES = frozenset({"client", "admin", "observer"})
 
 #: Built-in lifetimes in days; ``grid.security.days.<kind>`` overrides them.
-BUILTIN_DAYS: dict[str, int] = {"ca": 1825, "scheduler": 365, "node": 90, "client": 365, "admin": 365}
+BUILTIN_DAYS: dict[str, int] = {"ca": 1825, "scheduler": 365, "node": 90, "client": 365, "admin": 365, "observer": 365}
 #: Built-in CRL lifetime in days (``grid.security.crl-days``).
 BUILTIN_CRL_DAYS = 90
 #: Default CA directory when ``grid.security.ca-dir`` is not set.
@@ -88,8 +92,8 @@ CRL_FILE = "crl.pem"
 ISSUED_DIR = "issued"
 
 URI_SCHEME = "grid"
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-_DNS_RE = re.compile(r"^(\*\.)?([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")  # \Z: "$" would accept a trailing newline
+_DNS_RE = re.compile(r"^(\*\.)?([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?\Z")
 _LOCALHOST = ("localhost", "127.0.0.1", "::1")
 _BACKDATE = _dt.timedelta(minutes=5)  # tolerate clock skew between the CA machine and the grid
 
@@ -163,11 +167,15 @@ class Identity:
     role : str
         One of :data:`ROLES`.
     region : str or None
-        The region a node (or scheduler) belongs to; None for clients and admins.
+        The region a node (or scheduler) belongs to; None for clients, admins and observers.
     serial : int
         The certificate's serial number (what the CRL lists).
     not_after : datetime or None
         End of validity (UTC), when known.
+    owner : str or None
+        Who runs a node (``grid certs issue node NAME --owner VOLUNTEER``):
+        nodes of one owner count once in a verification quorum. None when
+        the certificate names none (the node is then its own owner).
     """
 
     name: str
@@ -175,6 +183,7 @@ class Identity:
     region: str | None
     serial: int
     not_after: _dt.datetime | None = field(default=None, compare=False)
+    owner: str | None = None
 
     @property
     def is_admin(self) -> bool:
@@ -184,7 +193,7 @@ class Identity:
     @property
     def uri(self) -> str:
         """The ``grid://`` SAN URI that encodes this identity."""
-        return identity_uri(self.role, self.name, self.region)
+        return identity_uri(self.role, self.name, self.region, self.owner)
 
     @property
     def serial_hex(self) -> str:
@@ -275,7 +284,7 @@ class IssuedCert:
         A scheduler certificate fills the scheduler and client slots (the
         grid plugin's own client dials its scheduler), a node certificate the
         worker and client slots (the node agent dials its scheduler as a
-        client), a client or admin certificate the client slot.
+        client), a client, admin or observer certificate the client slot.
 
         Parameters
         ----------
@@ -294,7 +303,8 @@ def security_for(role: str, ca_file: Any, cert: Any, key: Any, **kwargs: Any) ->
 
     Schedulers fill the scheduler and client slots (their driver dials its own
     scheduler and other regions), nodes the worker and client slots (the node
-    agent dials its scheduler as a client), clients and admins the client slot.
+    agent dials its scheduler as a client), clients, admins and observers the
+    client slot (they only ever dial out).
     """
     from distributed.security import Security
 
@@ -395,33 +405,48 @@ def _check_role(role: str) -> str:
     return role
 
 
-def identity_uri(role: str, name: str, region: str | None = None) -> str:
+def identity_uri(role: str, name: str, region: str | None = None, owner: str | None = None) -> str:
     """The SAN URI recording a grid identity.
 
     Parameters
     ----------
     role, name : str
     region : str, optional
+    owner : str, optional
+        A node's owner.
 
     Returns
     -------
     str
-        ``grid://<role>/<name>`` or ``grid://<role>/<name>?region=<region>``.
+        ``grid://<role>/<name>``, with ``?region=<region>`` and
+        ``&owner=<owner>`` when given.
     """
     uri = f"{URI_SCHEME}://{role}/{name}"
-    return f"{uri}?region={region}" if region else uri
+    query = "&".join(f"{k}={v}" for k, v in (("region", region), ("owner", owner)) if v)
+    return f"{uri}?{query}" if query else uri
 
 
-def _parse_uri(uri: str) -> tuple[str, str, str | None]:
+def _parse_uri(uri: str) -> tuple[str, str, str | None, str | None]:
     parts = urlsplit(uri)
     name = parts.path.lstrip("/")
     query = parse_qs(parts.query, keep_blank_values=True)
-    if set(query) - {"region"} or any(len(v) != 1 for v in query.values()) or parts.fragment:
-        raise NotAGridCertificate(f"grid identity URI {uri!r} has unexpected parts; expected grid://ROLE/NAME[?region=REGION]")
+    if set(query) - {"region", "owner"} or any(len(v) != 1 for v in query.values()) or parts.fragment:
+        raise NotAGridCertificate(
+            f"grid identity URI {uri!r} has unexpected parts; expected grid://ROLE/NAME[?region=REGION][&owner=OWNER]"
+        )
     region = query["region"][0] if "region" in query else None
-    if parts.netloc not in ROLES or not _NAME_RE.match(name) or (region is not None and not _NAME_RE.match(region)):
-        raise NotAGridCertificate(f"grid identity URI {uri!r} is malformed; expected grid://ROLE/NAME[?region=REGION] with ROLE one of {', '.join(ROLES)}")
-    return parts.netloc, name, region
+    owner = query["owner"][0] if "owner" in query else None
+    if (
+        parts.netloc not in ROLES
+        or not _NAME_RE.match(name)
+        or (region is not None and not _NAME_RE.match(region))
+        or (owner is not None and (parts.netloc != "node" or not _NAME_RE.match(owner)))
+    ):
+        raise NotAGridCertificate(
+            f"grid identity URI {uri!r} is malformed; expected grid://ROLE/NAME[?region=REGION][&owner=OWNER] "
+            f"with ROLE one of {', '.join(ROLES)} (an owner on node certificates only)"
+        )
+    return parts.netloc, name, region, owner
 
 
 def _write_private(path: Path, data: bytes) -> None:
@@ -727,6 +752,7 @@ def issue(
     days: int | None = None,
     out: str | os.PathLike[str] | None = None,
     not_before: _dt.datetime | None = None,
+    owner: str | None = None,
 ) -> IssuedCert:
     """Issue a certificate for one role and write it with its key (mode 0600).
 
@@ -734,12 +760,12 @@ def issue(
     ----------
     ca : path or CA or None
         The CA directory (default :func:`default_ca_dir`) or a loaded CA.
-    role : {"scheduler", "node", "client", "admin"}
+    role : {"scheduler", "node", "client", "admin", "observer"}
     name : str
-        The identity: node name, user name, scheduler name.
+        The identity: node name, user name, scheduler name, dashboard name.
     region : str, optional
         Required for nodes (the only region whose scheduler admits them),
-        optional for schedulers, refused for clients and admins.
+        optional for schedulers, refused for clients, admins and observers.
     hosts : iterable of str
         DNS names and IP addresses for the subjectAltName of schedulers and
         nodes (Dask does not check host names, but other TLS clients do).
@@ -748,7 +774,8 @@ def issue(
         schedulers, False otherwise.
     days : int, optional
         Lifetime; default ``grid.security.days.<role>`` (scheduler 365,
-        node 90, client 365, admin 365). Never extends past the CA's end.
+        node 90, client 365, admin 365, observer 365). Never extends past
+        the CA's end.
     out : path, optional
         Output directory; default ``<ca dir>/<role>/<name>``. Receives
         ``<name>.pem``, ``<name>-key.pem`` and ``ca.pem``; existing files of
@@ -756,6 +783,10 @@ def issue(
     not_before : datetime, optional
         Start of validity (UTC); default now minus five minutes. Tests use
         a start in the past to make expired certificates.
+    owner : str, optional
+        Nodes only: who runs the node (e.g. the volunteer's account name).
+        Nodes of one owner count as one in a ``verify`` quorum on TLS grids;
+        give a volunteer's nodes the same owner.
 
     Returns
     -------
@@ -766,7 +797,11 @@ def issue(
     hosts = [hosts] if isinstance(hosts, str) else list(hosts)
     if role == "node" and not region:
         raise ValueError(f"a node certificate must name its region (e.g. --region eu); node {name!r} has none")
-    if role in ("client", "admin"):
+    if owner is not None:
+        if role != "node":
+            raise ValueError(f"only node certificates name an owner (got --owner {owner!r} for a {role}); drop --owner")
+        _check_name(owner, "owner")
+    if role in UNBOUND_ROLES:
         if region:
             raise ValueError(f"{role} certificates are not bound to a region (got region {region!r}); drop --region")
         if hosts or include_localhost:
@@ -791,7 +826,7 @@ def issue(
         )
 
     key = _new_key()
-    uri = identity_uri(role, name, region)
+    uri = identity_uri(role, name, region, owner)
     general_names: list[x509.GeneralName] = [x509.UniformResourceIdentifier(uri), *_sans(hosts)]
     eku = [ExtendedKeyUsageOID.CLIENT_AUTH]
     if role in ("scheduler", "node"):
@@ -1288,7 +1323,7 @@ def identity_from_certificate(cert: x509.Certificate) -> Identity:
             f"certificate {subject!r} carries {'no' if not uris else 'several'} grid identity URI "
             "(grid://ROLE/NAME); issue grid certificates with `grid certs issue`"
         )
-    role, name, region = _parse_uri(uris[0])
+    role, name, region, owner = _parse_uri(uris[0])
     cn = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     ou = cert.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)
     if not cn or cn[0].value != name or not ou or ou[0].value != role:
@@ -1296,7 +1331,7 @@ def identity_from_certificate(cert: x509.Certificate) -> Identity:
             f"certificate {subject!r} contradicts its identity URI {uris[0]!r} (CN must be the name, OU the role); "
             "issue it again with `grid certs issue`"
         )
-    return Identity(name, role, region, cert.serial_number, cert.not_valid_after_utc)
+    return Identity(name, role, region, cert.serial_number, cert.not_valid_after_utc, owner)
 
 
 def identity_from_der(der: bytes) -> Identity:
@@ -1351,14 +1386,14 @@ def identity_from_peercert(peercert: Mapping[str, Any]) -> Identity:
         raise NotAGridCertificate(
             f"peer certificate {peercert.get('subject')!r} carries {'no' if not uris else 'several'} grid identity URI"
         )
-    role, name, region = _parse_uri(uris[0])
+    role, name, region, owner = _parse_uri(uris[0])
     subject = {k: v for rdn in peercert.get("subject", ()) for k, v in rdn}
     if subject.get("commonName") != name or subject.get("organizationalUnitName") != role:
         raise NotAGridCertificate(f"peer certificate subject {subject!r} contradicts its identity URI {uris[0]!r}")
     not_after = None
     if peercert.get("notAfter"):
         not_after = _dt.datetime.fromtimestamp(ssl.cert_time_to_seconds(peercert["notAfter"]), _dt.timezone.utc)
-    return Identity(name, role, region, int(peercert["serialNumber"], 16), not_after)
+    return Identity(name, role, region, int(peercert["serialNumber"], 16), not_after, owner)
 
 
 def _as_cert(value: Any) -> x509.Certificate:
@@ -1496,6 +1531,8 @@ class ThrowawayGrid:
         A data scientist's certificate (name ``client``).
     admin : IssuedCert
         An operator's certificate (name ``admin``).
+    observer : IssuedCert or None
+        A dashboard's read-only certificate (name ``observer``).
     """
 
     ca: CA
@@ -1503,6 +1540,7 @@ class ThrowawayGrid:
     nodes: dict[str, list[IssuedCert]]
     client: IssuedCert
     admin: IssuedCert
+    observer: IssuedCert | None = None
 
     @property
     def ca_file(self) -> Path:
@@ -1525,7 +1563,7 @@ class ThrowawayGrid:
         region : str
         node : int
             Which of the region's node certificates fills the worker slot.
-        client : {"admin", "client"}
+        client : {"admin", "client", "observer"}
             Which certificate fills the client slot.
         **kwargs
             More ``Security`` arguments.
@@ -1538,7 +1576,9 @@ class ThrowawayGrid:
 
         if region not in self.schedulers:
             raise KeyError(f"no region {region!r} in this throw-away grid; it has {', '.join(self.schedulers)}")
-        who = {"admin": self.admin, "client": self.client}[client]
+        who = {"admin": self.admin, "client": self.client, "observer": self.observer}.get(client)
+        if who is None:
+            raise KeyError(f"no {client!r} certificate in this throw-away grid; choose 'admin', 'client' or 'observer'")
         sched, worker = self.schedulers[region], self.nodes[region][node]
         args: dict[str, Any] = {
             "tls_ca_file": str(self.ca_file),
@@ -1594,4 +1634,5 @@ def make_throwaway_grid(
         ]
     client = issue(ca, "client", "client", days=days)
     admin = issue(ca, "admin", "admin", days=days)
-    return ThrowawayGrid(ca, schedulers, nodes, client, admin)
+    observer = issue(ca, "observer", "observer", days=days)
+    return ThrowawayGrid(ca, schedulers, nodes, client, admin, observer)

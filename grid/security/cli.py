@@ -3,7 +3,7 @@
 ``grid/cli.py`` adds the :data:`certs` group to the ``grid`` command::
 
     grid certs init [--dir DIR] [--name NAME] [--days N]
-    grid certs issue {scheduler|node|client|admin} NAME [--dir DIR] [--region R] [--host H ...] [--days N] [--out DIR]
+    grid certs issue {scheduler|node|client|admin|observer} NAME [--dir DIR] [--region R] [--host H ...] [--days N] [--out DIR]
     grid certs revoke NAME_OR_SERIAL [--dir DIR] [--role ROLE] [--reason REASON]
     grid certs list [--dir DIR] [--json]
     grid certs crl [--dir DIR] [--days N]
@@ -44,7 +44,7 @@ def certs() -> None:
 
     Every scheduler, node and client of a TLS grid holds a certificate from
     the grid CA; the certificate records the role (scheduler, node, client,
-    admin), the name and, for nodes, the region. See docs/security.md.
+    admin, observer), the name and, for nodes, the region. See docs/security.md.
     """
 
 
@@ -81,6 +81,10 @@ def init(ca_dir: str | None, name: str, days: int | None) -> None:
 )
 @click.option("--days", default=None, type=click.IntRange(min=1), help="Lifetime in days (default: grid.security.days.<role>).")
 @click.option("--out", default=None, help="Output directory (default: <CA dir>/<role>/<name>).")
+@click.option(
+    "--owner", default=None,
+    help="Nodes: who runs the node. A volunteer's nodes share one owner and count once in a verify quorum.",
+)
 def issue(
     role: str,
     name: str,
@@ -90,8 +94,13 @@ def issue(
     include_localhost: bool | None,
     days: int | None,
     out: str | None,
+    owner: str | None,
 ) -> None:
-    """Issue a certificate for ROLE (scheduler, node, client, admin) named NAME."""
+    """Issue a certificate for ROLE (scheduler, node, client, admin, observer) named NAME.
+
+    An observer certificate is for the operators' dashboard: it sees every job
+    and node of the grid and can change nothing.
+    """
     try:
         issued = _certs.issue(
             _dir(ca_dir),
@@ -102,6 +111,7 @@ def issue(
             include_localhost=include_localhost,
             days=days,
             out=os.path.expanduser(out) if out else None,
+            owner=owner,
         )
     except _ERRORS as exc:
         raise _fail(exc) from None

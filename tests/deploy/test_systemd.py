@@ -202,6 +202,9 @@ def test_reinstall_keeps_an_edited_environment_file_unless_forced(tmp_path: Path
         (["--region", "eu", "--scheduler", "tls://h:8786", "--memory-limit", "lots"], "memory_limit='lots'"),
         (["--region", "eu", "--scheduler", "tls://h:8786", "--cpu-quota", "half"], "cpu_quota='half'"),
         (["--region", "eu", "--scheduler", "tls://h:8786", "--name", "a b"], "name='a b'"),
+        # a trailing newline would end the unit's line and start another one of the caller's choosing
+        (["--region", "eu", "--scheduler", "tls://h:8786", "--name", "node1\n"], "name='node1\\n'"),
+        (["--region", "eu\n", "--scheduler", "tls://h:8786"], "region='eu\\n'"),
         (["--region", "eu", "--scheduler", "tls://h:8786", "--user", "nobody"], "user='nobody' is not allowed"),
     ],
 )

@@ -514,3 +514,24 @@ async def test_real_tls_handshake_refuses_a_revoked_client(tmp_path: Path) -> No
         assert "certificate revoked" in str(refused.value).lower()
         async with Client(s.address, security=tg.client.security(), asynchronous=True) as c:
             assert (await c.scheduler.identity())["type"] == "Scheduler"
+
+
+def test_a_node_certificate_names_its_owner(tmp_path) -> None:
+    from cryptography import x509
+
+    from grid.security.certs import NotAGridCertificate, _parse_uri, identity_from_certificate, init_ca, issue
+
+    ca = init_ca(tmp_path / "ca")
+    issued = issue(ca, "node", "laptop-2", region="eu", owner="alice", out=tmp_path / "n")
+    cert = x509.load_pem_x509_certificate(issued.cert_path.read_bytes())
+    identity = identity_from_certificate(cert)
+    assert (identity.name, identity.owner, identity.region) == ("laptop-2", "alice", "eu")
+    assert identity.uri == "grid://node/laptop-2?region=eu&owner=alice"
+    assert identity_from_certificate(x509.load_pem_x509_certificate(
+        issue(ca, "node", "laptop-3", region="eu", out=tmp_path / "m").cert_path.read_bytes())).owner is None
+    with pytest.raises(ValueError, match="only node certificates name an owner"):
+        issue(ca, "client", "bob", owner="alice", out=tmp_path / "c")
+    with pytest.raises(ValueError, match="owner"):
+        issue(ca, "node", "n9", region="eu", owner="alice\n", out=tmp_path / "x")
+    with pytest.raises(NotAGridCertificate, match="an owner on node certificates only"):
+        _parse_uri("grid://client/bob?owner=alice")
