@@ -14,7 +14,7 @@ import pytest
 from sklearn.datasets import make_classification
 from sklearn.linear_model import SGDClassifier
 
-from grid import Grid
+from grid import Grid, wire
 from grid.errors import JobFailed
 from grid.scheduler.recovery import LOST_REASON
 from grid.scheduler.state import StateDir
@@ -78,7 +78,9 @@ def test_jobs_checkpoints_and_results_survive_a_scheduler_restart(tmp_path, npz_
     assert records[job.id].status == "running" and records[in_memory.id].status == "running"
     cp = disk.load_checkpoint(job.id)
     assert cp is not None and cp.rounds_done >= 3 and len(cp.history) == cp.rounds_done
-    assert disk.load_result(clean.id) is not None
+    saved = disk.load_result(clean.id)
+    assert saved is not None, "the finished job's result is not on disk"
+    np.testing.assert_array_equal(wire.decode(saved)[0]["coef_"], reference.estimator_.coef_)  # the model it returned
     assert [d["paths"] for d in disk.load_datasets()] and all(d["job_owned"] for d in disk.load_datasets())
 
     g2 = _local_grid(state)

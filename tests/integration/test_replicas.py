@@ -14,6 +14,7 @@ import pytest
 from sklearn.datasets import make_classification
 from sklearn.linear_model import SGDClassifier
 
+from grid.errors import JobFailed
 from jobs import PartialFit
 from jobs.data import Files
 from tests.conftest import wait_for
@@ -179,7 +180,7 @@ def test_a_scattered_partition_without_holders_fails_the_job_with_the_reason(gri
     first = next(iter(placed))
     c.run_on_scheduler(kill, addresses=placed[first])
     job = grid3.submit(PartialFit(SGDClassifier(random_state=0), rounds=3), data)
-    with pytest.raises(Exception):
+    with pytest.raises(JobFailed, match=r"region 'eu' lost \d+ partition\(s\) of job .*resubmit the job"):
         job.result(timeout=60)
     assert job.status == "failed"
     assert re.search(r"region 'eu' lost \d+ partition\(s\) of job .*resubmit the job", job.info()["error"]), job.info()["error"]

@@ -29,7 +29,7 @@ import pytest
 from sklearn import linear_model as sk
 from sklearn.base import clone
 from sklearn.datasets import make_classification, make_regression
-from sklearn.model_selection import GridSearchCV
+from sklearn.model_selection import GridSearchCV, StratifiedKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
@@ -37,6 +37,7 @@ from grid import Grid
 from grid.client import _current, current_grid
 from jobs import PartialFit, SGDClassifier, SGDRegressor
 from jobs.data import DataError
+from tests.integration.reference import assert_same_model, fedavg, grid_sgd
 
 PENALTIES = ["l2", "l1", "elasticnet", None]
 #: scikit-learn's SGD is noisy from seed to seed: compare with its mean over these seeds
@@ -172,6 +173,14 @@ def coef(est) -> np.ndarray:
     return est.estimator_.coef_ if isinstance(est, PartialFit) else est.coef_
 
 
+def reference_fit(name: str, X, y, **params):
+    """``job_estimators()[name]`` with ``params``, trained in this process (see tests/integration/reference.py)."""
+    est = job_estimators()[name].set_params(**params)
+    if isinstance(est, PartialFit):
+        return fedavg(est.estimator, X, y, rounds=est.rounds, seed=est.seed)
+    return grid_sgd(est, X, y)
+
+
 @pytest.mark.parametrize("name", list(job_estimators()))
 def test_pipeline_with_grid_argument_and_inside_with_block(g2, unscaled, name):
     X, y = unscaled
@@ -179,7 +188,10 @@ def test_pipeline_with_grid_argument_and_inside_with_block(g2, unscaled, name):
     pipe = make_pipeline(StandardScaler(), job_estimators()[name])
     assert pipe.fit(X, y, **{f"{name}__grid": g2}) is pipe
     assert n_jobs(g2) == before + 1
-    assert pipe.score(X, y) > 0.75
+    scaled = StandardScaler().fit_transform(X)
+    reference = reference_fit(name, scaled, y)
+    assert_same_model(pipe[-1], reference)
+    assert pipe.score(X, y) == reference.score(scaled, y)
     with as_current(g2):
         assert current_grid() is g2
         again = make_pipeline(StandardScaler(), job_estimators()[name]).fit(X, y)
@@ -216,8 +228,17 @@ def test_gridsearchcv_with_grid_argument_and_inside_with_block(g2, unscaled, nam
     search = GridSearchCV(job_estimators()[name], grid_params, cv=3).fit(X, y, grid=g2)
     assert n_jobs(g2) == before + 4 * 3 + 1  # every candidate and fold, and the refit, ran on the grid
     assert type(search.best_estimator_) is type(job_estimators()[name])
-    assert search.best_score_ > 0.75
-    assert search.score(X, y) > 0.75
+    # every fold's score, the choice and the refit are those of the same search in this process
+    folds = list(StratifiedKFold(n_splits=3).split(X, y))
+    expected = [
+        np.mean([reference_fit(name, X[train], y[train], **params).score(X[test], y[test]) for train, test in folds])
+        for params in search.cv_results_["params"]
+    ]
+    np.testing.assert_allclose(search.cv_results_["mean_test_score"], expected, rtol=0, atol=1e-12)
+    assert search.best_score_ == pytest.approx(max(expected), rel=0, abs=1e-12)
+    best = reference_fit(name, X, y, **search.best_params_)
+    assert_same_model(search.best_estimator_, best)
+    assert search.score(X, y) == best.score(X, y)
     with as_current(g2):
         again = GridSearchCV(job_estimators()[name], grid_params, cv=3).fit(X, y)
     assert again.best_params_ == search.best_params_
@@ -395,7 +416,8 @@ def test_bad_partition_is_rejected_by_name_and_the_grid_serves_the_next_job(g2, 
     assert leftovers(g2) == ([], [])  # ... and before any data was placed
     # the grid serves the next job
     good = SGDClassifier(rounds=2).fit(da.from_array(X, chunks=(CHUNK, D)), y_chunks(y), grid=g2)
-    assert good.score(X, y) > 0.9
+    chunks = [(X[i : i + CHUNK], y[i : i + CHUNK]) for i in range(0, N, CHUNK)]
+    assert_same_model(good, grid_sgd(SGDClassifier(rounds=2), parts=chunks))
     assert n_jobs(g2) == before + 1
 
 
@@ -409,4 +431,5 @@ def test_partitions_with_dtypes_that_can_be_aligned_are_accepted(g2, clean):
     ])
     est = SGDClassifier(rounds=3).fit(Xm, y_chunks(y), grid=g2)
     assert est.history_[-1]["updates"] == 3
-    assert est.score(X, y) > 0.9
+    chunks = [(block.compute(), y[i * CHUNK : (i + 1) * CHUNK]) for i, block in enumerate(Xm.blocks)]
+    assert_same_model(est, grid_sgd(SGDClassifier(rounds=3), parts=chunks))

@@ -122,13 +122,17 @@ def test_registry_trim_deletes_the_files_of_forgotten_jobs(tmp_path):
     state = StateDir(tmp_path, "eu")
     registry = JobRegistry("eu", keep_finished=2)
     registry.on_forget = state.forget_job
+    results = {}
     for i in range(4):
         record = _record(f"eu-{i:012d}", status="done")
         state.save_job(record)
-        state.save_result(record.id, wire.encode({"w": np.zeros(1)}))
+        results[record.id] = wire.encode({"w": np.full(1, float(i))})
+        state.save_result(record.id, results[record.id])
         registry.add(record)
     assert sorted(j.id for j in state.load_jobs()) == ["eu-000000000002", "eu-000000000003"]
-    assert state.load_result("eu-000000000000") is None and state.load_result("eu-000000000003") is not None
+    assert state.load_result("eu-000000000000") is None and state.load_result("eu-000000000001") is None
+    for kept in ("eu-000000000002", "eu-000000000003"):
+        assert state.load_result(kept) == results[kept]  # each kept job keeps its own result
 
 
 class _Access:
