@@ -115,6 +115,12 @@ def scheduler(
     if security is not None:
         protocol = protocol or "tls"
     if crl_file:
+        from grid.security.certs import CertError, RevocationList
+
+        try:  # before anything starts: a list that is missing or not signed by the CA is named now
+            RevocationList(crl_file, ca=tls_ca_file).serials()
+        except CertError as exc:
+            raise click.BadParameter(str(exc), param_hint="--crl-file") from None
         dask.config.set({"grid.scheduler.crl-file": crl_file})
     if state_dir:
         dask.config.set({"grid.scheduler.state-dir": os.path.abspath(state_dir)})
@@ -214,7 +220,15 @@ run admins' plain Dask work (g.joblib(), g.client()) too.
 Stopping: SIGTERM/SIGINT retires every worker through the scheduler (data
 copied off first, within grid.node.retire-timeout); when the scheduler does
 not answer within seconds the node closes without it. A second signal exits
-at once. Exit status 75 when the node ended because its scheduler went away.
+at once.
+
+\b
+Waiting for the scheduler: a node whose scheduler is not up yet, or goes
+away, waits for it and joins again by itself under the same name and
+options, trying after random delays that double up to a minute
+(grid.node.reconnect). A signal ends the waiting node at once (status 0).
+With --death-timeout it gives up after that many seconds without a
+scheduler and exits with status 75, for systemd's Restart=on-failure.
 
 \b
 The worker options mean what they mean for `dask worker`, with the same
@@ -269,6 +283,10 @@ defaults except, for a volunteer's machine:
 @click.option("--preload", multiple=True, help='Module or file each worker process loads, e.g. "foo.bar" or "/path/to/foo.py" (repeatable).')
 @click.option("--dashboard-address", default="127.0.0.1:0", show_default=True, help="Where the worker serves its dashboard; ':0' for every interface.")
 @click.option("--dashboard/--no-dashboard", default=True, show_default=True, help="Serve the worker's dashboard.")
+@click.option(
+    "--death-timeout", default=None,
+    help="Seconds to wait for a scheduler (at start, or after it went away) before exiting with status 75  [default: wait until stopped]",
+)
 @tls_options
 def node(
     ctx: click.Context, region: str | None, scheduler_address: str | None, nthreads: int | None, nworkers: str, memory_limit: str,
@@ -276,12 +294,20 @@ def node(
     data_roots: tuple[str, ...], allow_private_urls: bool | None, host: str | None, listen_address: str | None,
     contact_address: str | None, worker_port: str | None, nanny_port: str | None, resources: str | None, lifetime: str | None,
     lifetime_stagger: str | None, lifetime_restart: bool | None, preload: tuple[str, ...], dashboard_address: str,
-    dashboard: bool, tls_ca_file: str | None, tls_cert: str | None, tls_key: str | None,
+    dashboard: bool, death_timeout: str | None, tls_ca_file: str | None, tls_cert: str | None, tls_key: str | None,
 ) -> None:
     if ctx.invoked_subcommand is not None:
         return
     if region is None or scheduler_address is None:
         raise click.UsageError("Missing option '--region' or '--scheduler'.")
+    from dask.utils import parse_timedelta
+
+    try:
+        death_seconds = None if death_timeout is None else float(parse_timedelta(death_timeout, default="seconds"))
+    except (ValueError, KeyError):
+        raise click.BadParameter(f"{death_timeout!r} is not a duration; e.g. --death-timeout 60 or 5min", param_hint="--death-timeout") from None
+    if death_seconds is not None and death_seconds <= 0:
+        raise click.BadParameter("must be more than 0 seconds (leave it out to wait until stopped)", param_hint="--death-timeout")
     from dask.system import CPU_COUNT
     from distributed.comm import get_address_host_port
 
@@ -354,7 +380,7 @@ def node(
                 scheduler_address, region, nthreads=nthreads, memory_limit=memory_limit, name=name,
                 security=security, community=community, allow_admin_tasks=allow_admin_tasks, plugins=plugins,
                 nworkers=n_workers, worker_kwargs=[{"worker_port": w, "port": n} for w, n in zip(worker_ports, nanny_ports)],
-                **nanny_kwargs,
+                death_timeout=death_seconds, **nanny_kwargs,
             )
         )
     except (RuntimeError, OSError) as exc:

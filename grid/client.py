@@ -243,7 +243,7 @@ class Grid:
         request = estimator._job_request()  # validates every parameter
         request["verify"] = int(config.get("jobs.verify")) if verify is None else verify
         request["partial_participation"] = partial_participation
-        check_request(request, region="", usable_nodes=None)  # node counts are the schedulers' to check
+        check_request(request)
         classification = estimator._is_classifier()
         if isinstance(X, PlacedData):
             if y is not None or sample_weight is not None:
@@ -270,7 +270,7 @@ class Grid:
             data = None
         home = home or (list(data.regions)[0] if data else regions_list[0])
         self._check_region(home)
-        if data is not None and classification and data.classes is None:
+        if data is not None and classification and data.classes is None and not data.pending:  # pending: the scheduler checks
             if data.job_owned:
                 for r in data.regions:
                     drop_on(self, r, data.name)

@@ -13,6 +13,12 @@ so losing one node loses no data where the region has two or more; its replica p
 that leaves while its region is being placed on (the scatter to it fails)
 makes the region's placement start again (``PLACE_ATTEMPTS``).
 
+A region without nodes is waited for, up to ``grid.jobs.wait-for-nodes``
+seconds with one progress line, before placement fails with the reason. A job
+on a ``jobs.data.Files`` dataset of one region does not wait here: its files
+are registered as *pending* and the job is queued on the scheduler, which has
+the files read (and starts the job) when the first node joins.
+
 Dataset names, and with them partition keys, carry 128 random bits
 (``secrets.token_hex(16)``): nobody places data under a name another user
 will pick, or finds another user's partitions by guessing.
@@ -26,8 +32,10 @@ from typing import Any
 
 import numpy as np
 
+from grid import config
 from grid.errors import check_reply
 from grid.keys import partition_key
+from grid.progress import wait_for_nodes
 from jobs.data import Files, Partitions, split_counts
 
 
@@ -46,6 +54,11 @@ class PlacedData:
     n_samples, n_features, n_partitions : int
     classes : list or None
         Sorted labels when ``y`` looked like class labels.
+    pending : bool
+        A ``jobs.data.Files`` dataset of a job whose region had no nodes: the
+        scheduler has the files read when a node joins, and only then knows
+        their rows, features and labels (``n_samples`` and ``n_features`` are
+        0 until then).
     """
 
     name: str
@@ -56,6 +69,7 @@ class PlacedData:
     classes: list | None = None
     job_owned: bool = False
     supervised: bool = True
+    pending: bool = False
     _dropped: bool = field(default=False, repr=False)
 
     def __repr__(self) -> str:
@@ -128,12 +142,20 @@ def region_shares(grid: Any, regions: list[str], n_parts: int) -> tuple[dict, li
     Returns the regions' ``grid_info`` replies and ``[(region, indices), ...]``
     (regions that get no partition are left out).
     """
-    infos = {r: grid._info(r) for r in regions}
+    infos: dict[str, dict] = {}
+
+    def count() -> dict[str, int]:
+        infos.update({r: grid._info(r) for r in regions})
+        return {r: node_count(infos[r]) for r in regions}
+
+    timeout = config.seconds("jobs.wait-for-nodes")
+    wait_for_nodes(count, timeout)
     threads = [region_capacity(infos[r]) for r in regions]
     for r, t in zip(regions, threads):
         if t == 0:
+            waited = f" (waited {timeout:g} s: grid.jobs.wait-for-nodes)" if timeout > 0 else ""
             raise RuntimeError(
-                f"region {r!r} has no nodes; start one with `grid node --region {r} --scheduler ...` "
+                f"region {r!r} has no nodes{waited}; start one with `grid node --region {r} --scheduler ...` "
                 "or leave the region out with regions=[...]"
             )
     shares, start = [], 0
@@ -184,6 +206,8 @@ def place(
                         owner=owner,
                         job_owned=job_owned,
                     )
+                except PermissionError:  # refused (e.g. a certificate that may not place data): no retry helps
+                    raise
                 except OSError:  # a node left while we scattered to it (distributed closes the comm)
                     reply = None
                 # a node that left during the scatter, or took a partition with it before the
@@ -225,8 +249,48 @@ def drop_on(grid: Any, region: str, name: str) -> None:
     client.sync(client.scheduler.grid_drop_dataset, name=name)
 
 
+def queue_files(grid: Any, files: Files, region: str, *, owner: str) -> PlacedData:
+    """Register a job's file dataset on a region without nodes: its nodes read it once one joins.
+
+    The scheduler answers at once; the job submitted on the returned (pending)
+    dataset is queued there until the files are read.
+    """
+    paths = files.paths()
+    name = dataset_name(True)
+    client = grid.client(region)
+    check_reply(
+        client.sync(
+            client.scheduler.grid_register_files,
+            name=name,
+            paths=paths,
+            indices=list(range(len(paths))),
+            options=files.options(),
+            owner=owner,
+            job_owned=True,
+            wait=False,
+        ),
+        f"reading {files.pattern!r} on region {region!r}",
+    )
+    return PlacedData(
+        name=name,
+        regions={region: {"address": grid.spec.regions[region].address, "dataset": name, "partitions": len(paths), "rows": 0}},
+        n_samples=0,
+        n_features=0,
+        n_partitions=len(paths),
+        job_owned=True,
+        supervised=files.target is not None,
+        pending=True,
+    )
+
+
 def place_files(grid: Any, files: Files, regions: list[str], *, job_owned: bool, owner: str) -> PlacedData:
-    """Have the regions' nodes read a file dataset (one partition per file); nothing moves through the client."""
+    """Have the regions' nodes read a file dataset (one partition per file); nothing moves through the client.
+
+    A job's dataset (``job_owned``) on one region that has no nodes is queued
+    instead (:func:`queue_files`): the job waits on the scheduler, not here.
+    """
+    if job_owned and len(regions) == 1 and not node_count(grid._info(regions[0])):
+        return queue_files(grid, files, regions[0], owner=owner)
     paths = files.paths()
     _, shares = region_shares(grid, regions, len(paths))
     name = dataset_name(job_owned)

@@ -1,7 +1,9 @@
-"""Progress bars for grid jobs (tqdm: terminal or notebook)."""
+"""Progress lines (tqdm: terminal or notebook): a job's rounds, and placement waiting for nodes."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import Any
 
 from tqdm.auto import tqdm
@@ -32,5 +34,51 @@ def progress(job: Any, *, interval: float = 0.5, file: Any = None, leave: bool =
                 return info["status"]
             job.wait(timeout=interval)
             info = job.info()
+    finally:
+        bar.close()
+
+
+def wait_for_nodes(
+    count: Callable[[], dict[str, int]], timeout: float, *, interval: float = 0.5, file: Any = None
+) -> dict[str, int]:
+    """Wait up to ``timeout`` seconds until every region has a node, showing one progress line.
+
+    Parameters
+    ----------
+    count : callable
+        Returns the nodes of each region now, ``{region: nodes}``.
+    timeout : float
+        Seconds to wait; 0 does not wait (and shows nothing).
+    interval : float
+        Seconds between two calls of ``count``.
+    file : file-like, optional
+        Where the line goes (tqdm's default: stderr).
+
+    Returns
+    -------
+    dict
+        The last counts: every region has a node unless ``timeout`` passed first.
+    """
+    counts = count()
+    if all(counts.values()) or timeout <= 0:
+        return counts
+    needed = len(counts)  # one node per region is what placing data needs; more only add replicas
+    deadline = time.monotonic() + timeout
+
+    def line(counts: dict[str, int]) -> str:
+        there = sum(1 for n in counts.values() if n)
+        each = ", ".join(f"{r}: {n}" for r, n in counts.items())
+        return f"waiting for nodes: {there}/{needed} needed nodes there ({each}; up to {timeout:g} s, grid.jobs.wait-for-nodes)"
+
+    bar = tqdm(total=needed, desc=line(counts), file=file, leave=True, bar_format="{desc} {elapsed}")
+    try:
+        while True:
+            bar.n = sum(1 for n in counts.values() if n)
+            bar.set_description_str(line(counts), refresh=False)
+            bar.refresh()
+            if all(counts.values()) or time.monotonic() >= deadline:
+                return counts
+            time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
+            counts = count()
     finally:
         bar.close()

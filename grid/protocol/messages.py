@@ -1,8 +1,9 @@
 """Every message an untrusted peer may send, in one table.
 
-Admin and scheduler certificates are trusted with the whole of Dask. Nodes
-and clients (data scientists) are not: what they may send a grid scheduler,
-and what a node may send another node, is listed here, per role:
+Admin and scheduler certificates are trusted with the whole of Dask. Nodes,
+clients (data scientists) and observers (the operators' read-only dashboard)
+are not: what they may send a grid scheduler, and what a node may send another
+node, is listed here, per role:
 
 * ``handlers``: the RPC operations the role may call. Each maps to the types
   of the fields the grid checks before the handler runs (a field present with
@@ -70,7 +71,7 @@ SCREEN_TOPICS = frozenset({"print", "warn"})
 
 def screen_topics_only(op: str, topic: Any) -> None:
     """A client subscribes only to the topics every Dask client subscribes to at start."""
-    if topic not in SCREEN_TOPICS:
+    if not isinstance(topic, str) or topic not in SCREEN_TOPICS:  # (a list is no topic, and unhashable)
         raise ProtocolViolation(f"{op!r}: topic {topic!r} is for admin certificates (clients may follow print and warn)")
 
 
@@ -92,6 +93,16 @@ CLIENT_STREAM: Mapping[str, Mapping[str, tuple]] = {
     "subscribe-topic": {"topic": screen_topics_only, "client": STR},
     "unsubscribe-topic": {"topic": screen_topics_only, "client": STR},
     "close-stream": {},  # distributed's own end of a stream
+}
+
+#: what an observer's stream may carry: a Dask client's own bookkeeping, and no keys (an
+#: observer holds no futures, so it has no reason to desire or release any key)
+OBSERVER_STREAM: Mapping[str, Mapping[str, tuple]] = {
+    "heartbeat-client": {"client": STR},
+    "close-client": {"client": STR},
+    "subscribe-topic": {"topic": screen_topics_only, "client": STR},
+    "unsubscribe-topic": {"topic": screen_topics_only, "client": STR},
+    "close-stream": {},
 }
 
 #: what a node's worker stream may carry
@@ -125,7 +136,7 @@ SCHEDULER_FROM_CLIENT = RoleProtocol(
         },
         "grid_drop_dataset": {"name": STR},
         "grid_register_files": {
-            "name": STR, "paths": SEQ, "indices": SEQ, "options": MAP, "owner": STR, "job_owned": BOOL,
+            "name": STR, "paths": SEQ, "indices": SEQ, "options": MAP, "owner": STR, "job_owned": BOOL, "wait": BOOL,
         },
         "grid_submit": {"request": MAP, "placement": MAP, "owner": STR},
         "grid_job": {"job_id": STR, "history": BOOL},
@@ -135,6 +146,21 @@ SCHEDULER_FROM_CLIENT = RoleProtocol(
         "grid_result": {"job_id": STR},
     },
     streams={"client": CLIENT_STREAM},
+)
+
+#: what the operators' dashboard (an observer certificate) may send a scheduler: the reads
+#: `grid dashboard`, `grid status` and `grid jobs` make (every job's metadata and the node
+#: view, answered by grid.scheduler.access), and what a Dask client needs to connect; no
+#: data, no results, nothing that changes the grid or runs code
+SCHEDULER_FROM_OBSERVER = RoleProtocol(
+    handlers={
+        "identity": {},
+        "register-client": {"client": STR},
+        "grid_info": {},
+        "grid_jobs": {},
+        "grid_job": {"job_id": STR, "history": BOOL},
+    },
+    streams={"client": OBSERVER_STREAM},
 )
 
 #: what a node may send its region's scheduler
@@ -164,8 +190,9 @@ NODE_FROM_NODE = RoleProtocol(handlers={"get_data": {"keys": KEYS, "who": OPT_ST
 NANNY_FROM_NODE = RoleProtocol(handlers={"close_gracefully": {"reason": OPT_STR}})
 
 #: receiver kind -> peer role -> protocol; a role not listed may not connect at all
+#: (clients and observers reach nodes only through their scheduler)
 PROTOCOL: Mapping[str, Mapping[str, RoleProtocol]] = {
-    "scheduler": {"client": SCHEDULER_FROM_CLIENT, "node": SCHEDULER_FROM_NODE},
+    "scheduler": {"client": SCHEDULER_FROM_CLIENT, "node": SCHEDULER_FROM_NODE, "observer": SCHEDULER_FROM_OBSERVER},
     "node": {"node": NODE_FROM_NODE},
     "nanny": {"node": NANNY_FROM_NODE},
 }

@@ -14,10 +14,10 @@ workunit and Spark runs a stage:
   a replica that must run on a node without the data) becomes a Dask task, as
   every update was before (``grid.scheduler.round-engine: tasks`` makes every
   update a task: one graph per round, placed by Dask next to the data). With
-  ``verify=N`` each partition gets ``N`` updates on ``N`` distinct nodes
-  (holders of the partition first), unless the node chosen first has earned
-  trust (see :class:`grid.scheduler.verify.Reliability`): then one, as BOINC's
-  adaptive replication does.
+  ``verify=N`` each partition gets ``N`` updates on ``N`` independent nodes
+  (holders of the partition first; see :func:`grid.scheduler.verify.independent`),
+  in every round. When the region has fewer independent nodes than that, the
+  round waits for them (the job's status says so) rather than accept fewer.
 * **Verify.** An update is accepted when ``N`` replicas agree within
   ``grid.scheduler.verify.rtol`` / ``atol``; a disagreement sends one more
   replica to a further node to settle it by majority, up to
@@ -45,7 +45,6 @@ import collections
 import functools
 import logging
 import math
-import random
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -58,7 +57,7 @@ from distributed.worker import get_data_from_worker
 from grid import config, wire
 from grid.node.tasks import partition_update
 from grid.scheduler import recovery
-from grid.scheduler.verify import Update, difference, quorum
+from grid.scheduler.verify import Origin, Update, difference, independent, independent_count, quorum
 
 if TYPE_CHECKING:
     from grid.scheduler.driver import RegionRun
@@ -129,6 +128,8 @@ class PartitionRound:
     accepted: Update | None = None
     reissues: int = 0
     speculated: bool = False
+    missing: int = 0  # copies still to issue, waiting for an independent node
+    origins: dict[str, Origin] = field(default_factory=dict)  # node address -> origin, taken when issued
 
     @property
     def pending(self) -> list[Attempt]:
@@ -185,7 +186,8 @@ class RoundAttempts:
         self.done_seconds: list[float] = []
         self.load: dict[str, int] = {}
         self.counts = {"reissued": 0, "speculative": 0, "replicas": 0, "quarantined": 0, "requests": 0, "tasks": 0}
-        self.rng = random.Random(f"{run.job_id}-{round_no}")  # adaptive replication draws
+        self.independence = self.plugin.independence() if self.verify > 1 else "nodes"
+        self.waiting: str | None = None  # why this round waits, as the job's status says it
         spec = config.get("scheduler.speculation")
         self.speculate = bool(spec["enabled"])
         self.quantile = float(spec["quantile"])
@@ -234,6 +236,8 @@ class RoundAttempts:
             self.to_cancel.extend(f for pr in self.partitions for a in pr.pending for f in [a.future])
             await self._cancel()
             self.release()
+            if self.waiting:  # a cancelled job waits no more
+                self.plugin.note_waiting(self.run.job_id, None)
         self.run.last_round_seconds = list(self.done_seconds)
         if self.verify > 1:
             recovery.save_reliability(self.plugin)
@@ -276,16 +280,17 @@ class RoundAttempts:
                 self._track(pr, Attempt(future, None, time.monotonic(), "first"))
             self.counts["tasks"] += len(futures)
             return
-        reliability = self.plugin.reliability
         for pr in self.partitions:
-            first = self._choose(pr)
-            if first is None:
-                raise self._too_few_nodes(pr)
-            trusted = not reliability.should_replicate(self.plugin.quarantine.identity_of(first), self.rng)
-            pr.needed = 1 if trusted else self.verify
-            self._submit(pr, first, "first")
-            for _ in range(pr.needed - 1):
-                self._add_replica(pr)
+            pr.needed = self.verify
+            worker = self._choose(pr)
+            if worker is None:
+                pr.missing = self.verify
+                continue
+            self._submit(pr, worker, "first")
+            for _ in range(self.verify - 1):
+                if not self._add_replica(pr):
+                    pr.missing += 1
+        self._note_waiting()
 
     def _holder(self, pr: PartitionRound) -> str | None:
         """The least-loaded running node holding ``pr``'s data that serves node requests, if any.
@@ -323,6 +328,8 @@ class RoundAttempts:
         key = f"{self.prefix}-p{pr.index}" + (f"-{kind[0]}{n}" if n else "")
         if worker:
             self.load[worker] = self.load.get(worker, 0) + 1
+            if self.verify > 1:
+                pr.origins[worker] = self.plugin.origin_of(worker)
         if not task and worker and self._can_call(worker) and worker in self._holders(pr):
             call = NodeCall(key, worker, asyncio.get_running_loop().create_future())
             attempt = Attempt(call, worker, time.monotonic(), kind)
@@ -445,12 +452,49 @@ class RoundAttempts:
             task = self.plugin.scheduler.tasks.get(attempt.future.key)
             if task is not None and task.processing_on is not None:
                 used.add(task.processing_on.address)
-        candidates = [w for w in self._usable() if w not in used]
+        candidates = [w for w in self._usable() if w not in used and self._may_vote(pr, w)]
         if not candidates:  # a paused node will run it when it resumes (or the deadline moves it on)
-            candidates = [w for w in self.plugin.scheduler.workers if w not in used]
+            candidates = [w for w in self.plugin.scheduler.workers if w not in used and self._may_vote(pr, w)]
         if not candidates:
             return None
         return min(candidates, key=lambda w: (w not in holders, self.load.get(w, 0), w))
+
+    def _may_vote(self, pr: PartitionRound, worker: str) -> bool:
+        """Whether ``worker`` is independent of every node computing or having computed ``pr`` (verify > 1)."""
+        if self.verify == 1:
+            return True
+        voters = {a.worker for a in pr.pending if a.worker} | {w for w, _ in pr.results if w}
+        origin = self.plugin.origin_of(worker)
+        return all(independent(origin, pr.origins[v], self.independence) for v in voters if v in pr.origins)
+
+    def _fill_missing(self) -> None:
+        """Issue the copies that waited for independent nodes, where nodes now allow it."""
+        for pr in self.partitions:
+            while pr.accepted is None and pr.missing and self._add_replica(pr, kind="first" if not pr.attempts else "replica"):
+                pr.missing -= 1
+        self._note_waiting()
+
+    def _note_waiting(self) -> None:
+        """Say in the job's status (and once in the log) why the round waits, or that it no longer does."""
+        waiting = [pr for pr in self.partitions if pr.accepted is None and pr.missing]
+        if not waiting:
+            if self.waiting:
+                self.waiting = None
+                self.plugin.note_waiting(self.run.job_id, None)
+            return
+        origins = [self.plugin.origin_of(w) for w in self.plugin.scheduler.workers]
+        have = independent_count(origins, self.independence)
+        what = "nodes of different owners on different hosts" if self.independence == "hosts-and-owners" else "distinct nodes"
+        reason = (
+            f"waiting for nodes: verify={self.verify} needs {self.verify} independent nodes ({what}) for every "
+            f"update; region {self.plugin.region!r} has {have} now ({len(waiting)} partition(s) of round "
+            f"{self.round_no} wait). It goes on by itself when nodes join."
+        )
+        if self.waiting is None:
+            logger.info("job %s: %s", self.run.job_id, reason)
+        if reason != self.waiting:
+            self.waiting = reason
+            self.plugin.note_waiting(self.run.job_id, reason)
 
     def _add_replica(self, pr: PartitionRound, kind: str = "replica") -> bool:
         worker = self._choose(pr)
@@ -460,13 +504,6 @@ class RoundAttempts:
         if kind == "replica":
             self.counts["replicas"] += 1
         return True
-
-    def _too_few_nodes(self, pr: PartitionRound) -> RuntimeError:
-        return RuntimeError(
-            f"job {self.run.job_id}: verify={self.verify} needs {pr.needed} agreeing results from distinct nodes "
-            f"for partition {pr.index} in round {self.round_no}, but region {self.plugin.region!r} has only "
-            f"{len(self._usable())} usable node(s) and {len(pr.results)} result(s) so far; add nodes or lower verify"
-        )
 
     def _reissue(self, pr: PartitionRound, attempt: Attempt, why: str) -> None:
         if pr.reissues >= MAX_REISSUES:
@@ -478,8 +515,9 @@ class RoundAttempts:
         self.counts["reissued"] += 1
         if self.verify == 1:  # any node will do: a holder, else Dask places it by its data (quarantined nodes are gone)
             self._submit(pr, self._holder(pr), "reissue")
-        elif not self._add_replica(pr, kind="reissue"):  # replicas must stay on distinct nodes
-            raise self._too_few_nodes(pr)
+        elif not self._add_replica(pr, kind="reissue"):  # copies must stay on independent nodes: wait for one
+            pr.missing += 1
+            self._note_waiting()
 
     # --- results -------------------------------------------------------------------------
     async def _handle(self, pr: PartitionRound, attempt: Attempt, outcome: Any) -> bool:
@@ -616,16 +654,19 @@ class RoundAttempts:
                         },
                     )
             return True
-        if pr.pending:
+        if pr.pending or pr.missing:
             return False
         # every replica is in and no quorum: settle it with one more node (a majority)
-        if len(pr.attempts) >= self.max_replicas or not self._add_replica(pr):
+        if len(pr.attempts) >= self.max_replicas:
             spread = [difference(u, updates[0], self.rtol, self.atol) for u in updates[1:]]
             raise RuntimeError(
                 f"job {self.run.job_id}: {len(updates)} replicas of partition {pr.index} in round {self.round_no} "
                 f"do not include {pr.needed} that agree (differences from the first, in tolerances: "
                 f"{[round(s, 3) for s in spread]}); add nodes or raise grid.scheduler.verify.max-replicas"
             )
+        if not self._add_replica(pr):
+            pr.missing += 1  # no independent node left now: wait for one
+            self._note_waiting()
         return False
 
     async def _quarantine(self, worker: str, reason: str, evidence: dict) -> None:
@@ -663,7 +704,9 @@ class RoundAttempts:
             self.tend_at = time.monotonic() + self._next_wakeup()
 
     def _tend(self) -> None:
-        """Re-issue tasks pinned to nodes that left; speculate on late ones."""
+        """Re-issue tasks pinned to nodes that left; speculate on late ones; issue copies that waited."""
+        if self.verify > 1:
+            self._fill_missing()
         workers = self.plugin.scheduler.workers
         deadline = self._deadline()
         elapsed = time.monotonic() - self.started

@@ -420,3 +420,48 @@ class JobDriver:
                 )
             except Exception as exc:  # noqa: BLE001 - a region that is gone has nothing to free
                 logger.warning("job %s: could not detach region %s: %s", self.record.id, region, exc)
+
+
+async def start_when_read(plugin: "GridSchedulerPlugin", record: "JobRecord") -> None:
+    """Run a queued job whose ``jobs.data.Files`` dataset is pending, once the nodes have read it.
+
+    Its request learns the data's features and class labels only now (the
+    client could not read them); a classifier whose files hold no labels fails
+    with the reason, as ``Grid.submit`` would have. Cancelling the job while it
+    waits also stops the read: the dataset was the job's own.
+    """
+    name = record.placement[plugin.region]["dataset"]
+    reading = plugin.files_ready[name]
+    try:
+        error = await asyncio.shield(reading)
+        if error is not None:
+            raise RuntimeError(f"the job's files could not be read: {error}")
+        dataset = plugin.datasets.get(name)
+        if dataset.owner and dataset.owner != record.owner:
+            raise PermissionError(f"dataset {name!r} belongs to another user")
+        request = record.request  # the drivers and the result read this same dict
+        request["n_features"] = dataset.n_features
+        if "classes" in request:  # a classifier (Grid.submit sends classes for those only)
+            if not dataset.classes:
+                raise ValueError(
+                    "this classifier needs class labels, but the data has none or a continuous target; "
+                    "name the label column with Files(..., target=...)"
+                )
+            request["classes"] = dataset.classes
+        record.waiting = None
+        driver = JobDriver(plugin, record)
+        plugin.drivers[record.id] = driver  # from here on finish_job frees what it holds
+        plugin._attach_local(record.id, request, dataset)
+    except asyncio.CancelledError:
+        if not plugin.closing:  # cancelled by its user while it waited for nodes
+            reading.cancel()
+            plugin.datasets.drop(name)
+            await plugin.end_job(record, "cancelled")
+        raise
+    except Exception as exc:  # noqa: BLE001 - any failure ends the job with its reason
+        plugin.datasets.drop(name)
+        recovery.forget_recipe(plugin, name)
+        await plugin.end_job(record, "failed", f"{type(exc).__name__}: {exc}")
+        return
+    logger.info("job %s starts: its files were read by the nodes that joined", record.id)
+    await plugin._run(driver)

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from distributed import Client
+from distributed.comm import get_address_host
 from distributed.diagnostics.plugin import SchedulerPlugin
 from distributed.protocol.pickle import dumps
 
@@ -29,13 +30,13 @@ from grid.scheduler import replicas, untrusted
 from grid.scheduler.access import AccessControl
 from grid.scheduler.attempts import ROUND_ENGINES
 from grid.scheduler.quarantine import Quarantine
-from grid.scheduler.datasets import Dataset, DatasetStore
-from grid.scheduler.driver import JobDriver, RegionRun
+from grid.scheduler.datasets import Dataset, DatasetStore, no_nodes_reason, read_pending_files
+from grid.scheduler.driver import JobDriver, RegionRun, start_when_read
 from grid.scheduler.metrics import register_metrics, unregister_metrics
 from grid.scheduler.registry import FINISHED, JobRecord, JobRegistry
 from grid.scheduler import recovery
 from grid.scheduler.state import StateDir
-from grid.scheduler.verify import Reliability, check_request
+from grid.scheduler.verify import INDEPENDENCE, Origin, Reliability, check_request
 from grid.node.align import PLUGIN_NAME as ALIGN_PLUGIN, AlignPartitions
 from grid.node.rounds import PLUGIN_NAME as ROUNDS_PLUGIN, NodeRounds
 from jobs.local import local_step
@@ -93,9 +94,11 @@ class GridSchedulerPlugin(SchedulerPlugin):
         self.closing = False
         #: other regions this scheduler may dial (besides grid.scheduler.peers): region -> address
         self.peers: dict[str, str] = {}
+        #: set by an embedded grid, whose nodes all share this machine: "nodes" (else grid.scheduler.verify.independent)
+        self.verify_independence: str | None = None
         self.files_ready: dict[str, asyncio.Task] = {}  # Files datasets read again after a restart
-        verify = config.get("scheduler.verify")
-        self.reliability = Reliability(int(verify["trust-after"]), float(verify["replication-floor"]))
+        self.pending_files: set[str] = set()  # jobs' Files datasets registered before a node could read them
+        self.reliability = Reliability()
 
     # --- lifecycle ---------------------------------------------------------------------
     async def start(self, scheduler: Any) -> None:
@@ -136,7 +139,11 @@ class GridSchedulerPlugin(SchedulerPlugin):
             if crl:
                 from grid.security.certs import RevocationList
 
-                self.access.revocation = RevocationList(crl)
+                # signed by the grid's CA, checked at every reload; read once now, so a missing or
+                # bad list stops the scheduler at start instead of refusing every call later
+                ca = getattr(getattr(scheduler, "security", None), "tls_ca_file", None)
+                self.access.revocation = RevocationList(crl, ca=ca)
+                self.access.revocation.serials()
             self.access.install(scheduler)
         # connections this scheduler opens (to nodes, to other regions) follow its rules too
         protocol_comm.register_scheduler(self)
@@ -236,6 +243,41 @@ class GridSchedulerPlugin(SchedulerPlugin):
     def node_count(self) -> int:
         """Nodes of this region (running or paused; quarantined ones are gone)."""
         return len(self.scheduler.workers)
+
+    def independence(self) -> str:
+        """What makes two nodes independent in a quorum here: ``"nodes"`` or ``"hosts-and-owners"``.
+
+        ``grid.scheduler.verify.independent`` (an embedded grid says
+        ``"nodes"`` itself: its nodes share one machine); ``auto`` is hosts and owners on
+        a grid that checks certificates (community nodes are strangers), nodes
+        on a plaintext one (an operator's own machines, or one laptop).
+        """
+        mode = self.verify_independence or config.choice("scheduler.verify.independent", INDEPENDENCE)
+        if mode == "auto":
+            return "hosts-and-owners" if self.access.active else "nodes"
+        return mode
+
+    def origin_of(self, address: str) -> Origin:
+        """Who computed a result of the node at ``address``, as independence counts it.
+
+        The host is the address its connection to this scheduler comes from,
+        not the address it claims, so nodes of one machine share it; the owner
+        is the one its certificate names (its certificate's name when it
+        names none), so one volunteer's nodes share it.
+        """
+        identity = self.quarantine.identity_of(address)
+        host = ""
+        stream = self.scheduler.stream_comms.get(address)
+        comm = getattr(stream, "comm", None)
+        if comm is not None and not comm.closed():
+            try:
+                host = get_address_host(comm.peer_address)
+            except ValueError:
+                host = ""
+        if not host:
+            ws = self.scheduler.workers.get(address)
+            host = ws.host if ws is not None else get_address_host(address)
+        return Origin(node=identity, owner=self.access.owner_of(address) or identity, host=host)
 
     def node_state(self, ws: Any) -> str:
         return "paused" if ws.status.name == "paused" else "active"
@@ -418,16 +460,33 @@ class GridSchedulerPlugin(SchedulerPlugin):
         options: dict,
         owner: str = "",
         job_owned: bool = False,
+        wait: bool = True,
     ) -> dict:
         """Have this region's nodes read file partitions and hold them as a dataset.
 
         The read tasks keep their recipe, so a partition whose every holder
         left is read again. Partitions that disagree are refused with the file
-        named.
+        named. ``wait=False`` (a job's files on a region without nodes) answers
+        at once: the files are read when nodes join, and the job submitted on
+        them is queued until then.
         """
         from grid import wire
         from grid.node.tasks import describe_partition, read_file_partition
 
+        if not wait:
+            try:
+                if len(paths) != len(indices) or not paths:
+                    raise ValueError("paths and indices must be non-empty lists of the same length")
+                if name in self.datasets.datasets or name in self.files_ready:
+                    raise ValueError(f"a dataset named {name!r} exists already on this region")
+                options = {k: options.get(k) for k in ("target", "features", "format")}
+                self.pending_files.add(str(name))
+                self.files_ready[str(name)] = asyncio.get_running_loop().create_task(
+                    read_pending_files(self, str(name), list(paths), list(indices), options, self.access.owner(comm, owner))
+                )
+            except Exception as exc:  # noqa: BLE001 - every rejection goes back to the caller
+                return _error(exc)
+            return {"status": "OK", "pending": True}
         try:
             if len(paths) != len(indices) or not paths:
                 raise ValueError("paths and indices must be non-empty lists of the same length")
@@ -480,6 +539,11 @@ class GridSchedulerPlugin(SchedulerPlugin):
         dataset = self.datasets.datasets.get(name)
         if dataset is not None and not self.access.may_see(comm, dataset.owner):
             return _error(PermissionError(f"dataset {name!r} belongs to another user; it is not yours to drop"))
+        if dataset is None and name in self.pending_files:  # not read yet (its job was never submitted): stop the read
+            self.pending_files.discard(name)
+            reading = self.files_ready.pop(name, None)
+            if reading is not None:
+                reading.cancel()
         if dataset is not None and dataset.users:
             active = [j for j in dataset.users if j in self.runs]
             if active:
@@ -491,10 +555,20 @@ class GridSchedulerPlugin(SchedulerPlugin):
     # --- handlers: jobs ---------------------------------------------------------------
     def submit(self, comm: Any, request: dict, placement: dict, owner: str = "") -> dict:
         """Register a job whose home is this region and start its driver."""
+        local = placement.get(self.region) if isinstance(placement, dict) else None
+        pending = isinstance(local, dict) and local.get("dataset") in self.pending_files
         try:
-            record = self._validate_submission(request, placement, self.access.owner(comm, owner))
+            record = self._validate_submission(request, placement, self.access.owner(comm, owner), pending=pending)
         except Exception as exc:  # noqa: BLE001
             return _error(exc)
+        if pending:  # its files are read when nodes join: queued, with the reason, until then
+            record.waiting = no_nodes_reason(self.region)
+            self.pending_files.discard(local["dataset"])
+            self.registry.add(record)
+            recovery.save_record(self, record)
+            self.finished_events[record.id] = asyncio.Event()
+            self.tasks[record.id] = asyncio.get_running_loop().create_task(start_when_read(self, record))
+            return {"status": "OK", "id": record.id}
         try:
             dataset = self._dataset_for(comm, placement[self.region]["dataset"], record.owner) if self.region in placement else None
             driver = JobDriver(self, record)
@@ -509,7 +583,7 @@ class GridSchedulerPlugin(SchedulerPlugin):
         self.tasks[record.id] = asyncio.get_running_loop().create_task(self._run(driver))
         return {"status": "OK", "id": record.id}
 
-    def _validate_submission(self, request: Any, placement: Any, owner: Any) -> JobRecord:
+    def _validate_submission(self, request: Any, placement: Any, owner: Any, pending: bool = False) -> JobRecord:
         if not isinstance(request, dict):
             raise TypeError(f"a job request must be a dict, got {type(request).__name__}")
         for key in ("kind", "estimator", "rounds", "mode"):
@@ -523,8 +597,7 @@ class GridSchedulerPlugin(SchedulerPlugin):
         cls = resolve_class(request["estimator"].get("class"), self.allowed_modules)
         if not (hasattr(cls, "get_params") and hasattr(cls, "partial_fit")):
             raise ValueError(f"estimator class {request['estimator'].get('class')!r} is not a scikit-learn estimator with partial_fit")
-        in_region = isinstance(placement, dict) and self.region in placement
-        check_request(request, self.region, self.node_count() if in_region else None)
+        check_request(request)
         aggregate = request.get("aggregate", "mean")
         if not isinstance(aggregate, str):
             raise ValueError(f"job request 'aggregate' must be a string, got {aggregate!r:.80}")
@@ -546,7 +619,7 @@ class GridSchedulerPlugin(SchedulerPlugin):
         for region, where in placement.items():
             if region != self.region:
                 where["address"] = self.peer_address(region, where["address"])
-        if self.region in placement:
+        if self.region in placement and not pending:
             self.datasets.get(placement[self.region]["dataset"])  # exists; who may use it: _dataset_for
         return JobRecord(
             id=self.registry.new_id(),
@@ -572,6 +645,13 @@ class GridSchedulerPlugin(SchedulerPlugin):
             await driver.run()
         except asyncio.CancelledError:
             pass
+
+    async def end_job(self, record: JobRecord, status: str, error: str | None = None) -> None:
+        """End a job that stopped before or between its rounds: status, reason, end time; then free it."""
+        record.status = status
+        record.error = error
+        record.finished = time.time()
+        await self.finish_job(record)
 
     async def finish_job(self, record: JobRecord) -> None:
         """Free what a finished job held: its region runs, remote shares and own data."""
@@ -610,6 +690,11 @@ class GridSchedulerPlugin(SchedulerPlugin):
     def jobs(self, comm: Any = None) -> dict:
         visible = [j for j in self.registry.all() if self.access.may_see(comm, j.owner)]
         return {"status": "OK", "jobs": [j.summary() for j in visible]}
+
+    def note_waiting(self, job_id: str, reason: str | None) -> None:
+        """Record why a job of this region waits (``None``: it no longer does), for its status."""
+        if job_id in self.registry:
+            self.registry.get(job_id).waiting = reason
 
     async def cancel(self, comm: Any, job_id: str) -> dict:
         try:
@@ -679,7 +764,7 @@ class GridSchedulerPlugin(SchedulerPlugin):
     def attach(self, job_id: str, request: dict, dataset: str, home: str = "", owner: str | None = None) -> dict:
         try:
             resolve_class(request["estimator"]["class"], self.allowed_modules)
-            check_request(request, self.region, self.node_count())
+            check_request(request)
             # the home scheduler names the job's owner: the dataset must be theirs (None: an older home)
             self._attach_local(job_id, request, self._dataset_for(None, dataset, owner))
         except (KeyError, SpecError, ValueError, TypeError, PermissionError) as exc:

@@ -246,15 +246,10 @@ async def _resume(plugin: "GridSchedulerPlugin", record: JobRecord, cp: Checkpoi
             plugin._attach_local(record.id, record.request, plugin.datasets.get(name))
     except asyncio.CancelledError:
         if not plugin.closing:  # cancelled by its user while waiting for its data
-            record.status = "cancelled"
-            record.finished = time.time()
-            await plugin.finish_job(record)
+            await plugin.end_job(record, "cancelled")
         raise
     except Exception as exc:  # noqa: BLE001 - any failure ends the job with its reason
-        record.status = "failed"
-        record.error = f"{type(exc).__name__}: {exc}"
-        record.finished = time.time()
-        await plugin.finish_job(record)
+        await plugin.end_job(record, "failed", f"{type(exc).__name__}: {exc}")
         return
     logger.info("job %s resumes at round %d of %d", record.id, record.rounds_done + 1, record.rounds)
     await plugin._run(driver)

@@ -35,6 +35,9 @@ class JobRecord:
     error: str | None = None
     history: list[dict] = field(default_factory=list)
     result: bytes | None = None  # the final state, in the grid wire format
+    #: why the job waits: queued (its region has no nodes to read its files yet) or running (a round
+    #: waits for independent nodes to verify on); None when it does not
+    waiting: str | None = None
 
     @property
     def rounds(self) -> int:
@@ -62,6 +65,7 @@ class JobRecord:
             "finished": self.finished,
             "elapsed": (end - self.started) if self.started else 0.0,
             "error": self.error,
+            **({"waiting": self.waiting} if self.waiting and self.status not in FINISHED else {}),
         }
 
 

@@ -1,22 +1,28 @@
 """Verified results: compare replicas of one partition update, find a quorum, track node records.
 
-With ``verify=N`` a job runs each partition update on ``N`` distinct nodes and
-accepts a result only when ``N`` of them agree (BOINC's *quorum*). Updates are
-deterministic, so honest nodes on identical hardware agree bitwise; the
-tolerances (``grid.scheduler.verify.rtol`` / ``atol``) absorb different CPUs and
-BLAS builds. Nodes whose result disagrees with an accepted quorum are the
-minority and get quarantined by the round engine.
+With ``verify=N`` a job runs each partition update on ``N`` independent nodes
+and accepts a result only when ``N`` of them agree (BOINC's *quorum*), for
+every update of every round: no node earns its way out of being checked.
+Updates are deterministic, so honest nodes on identical hardware agree
+bitwise; the tolerances (``grid.scheduler.verify.rtol`` / ``atol``) absorb
+different CPUs and BLAS builds. Nodes whose result disagrees with an accepted
+quorum are the minority and get quarantined by the round engine.
 
-:class:`Reliability` is BOINC's *adaptive replication*: a node with a long run
-of results that agreed with a quorum is replicated less often, but never less
-often than ``grid.scheduler.verify.replication-floor`` (random spot checks keep
-a trusted node honest). Everything here is pure bookkeeping on the scheduler;
-nothing a node sends is executed.
+*Independent* (:class:`Origin`, :func:`independent`) is what a colluding
+volunteer cannot fake cheaply: on community (TLS) grids two nodes are
+independent when their certificates have different owners and they connect
+from different hosts, so a volunteer running five nodes counts once in a
+quorum; on private and embedded grids, where every node may share one host,
+distinct nodes are independent (``grid.scheduler.verify.independent``).
+
+:class:`Reliability` keeps each node's record (results that agreed with a
+quorum and that did not), shown on the dashboard and kept across restarts.
+Everything here is pure bookkeeping on the scheduler; nothing a node sends is
+executed.
 """
 
 from __future__ import annotations
 
-import random
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -75,6 +81,49 @@ def quorum(updates: list[Update], needed: int, rtol: float, atol: float) -> list
     return None
 
 
+#: ``grid.scheduler.verify.independent``: what makes two nodes independent in a quorum
+INDEPENDENCE = ("auto", "nodes", "hosts-and-owners")
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a node's results come from, as far as independence goes.
+
+    ``node`` is its identity (certificate name on TLS grids), ``owner`` who
+    holds its certificate, ``host`` the address its connection comes from.
+    """
+
+    node: str
+    owner: str
+    host: str
+
+
+def independent(a: Origin, b: Origin, mode: str) -> bool:
+    """Whether results of ``a`` and ``b`` may count as two votes of one quorum.
+
+    ``mode`` is ``"nodes"`` (distinct nodes) or ``"hosts-and-owners"``
+    (distinct nodes of different owners on different hosts).
+    """
+    if a.node == b.node:
+        return False
+    if mode == "nodes":
+        return True
+    return a.owner != b.owner and a.host != b.host
+
+
+def independent_count(origins: list[Origin], mode: str) -> int:
+    """How many of ``origins`` can vote together: a greedy set of mutually independent ones.
+
+    Exact for ``"nodes"``; a lower bound otherwise (what the message a
+    waiting job shows needs, not an optimum).
+    """
+    chosen: list[Origin] = []
+    for origin in sorted(origins, key=lambda o: (o.owner, o.host, o.node)):
+        if all(independent(origin, other, mode) for other in chosen):
+            chosen.append(origin)
+    return len(chosen)
+
+
 @dataclass
 class NodeRecord:
     """One node's verification record (BOINC's host reliability)."""
@@ -85,25 +134,9 @@ class NodeRecord:
 
 
 class Reliability:
-    """Verification records of the nodes of one region, by node identity.
+    """Verification records of the nodes of one region, by node identity."""
 
-    Parameters
-    ----------
-    trust_after : int
-        A node with at least this many consecutive valid results is trusted:
-        its updates are replicated with probability ``trust_after /
-        consecutive_valid`` instead of always.
-    floor : float
-        The probability never falls below this (spot checks), in ``[0, 1]``.
-    """
-
-    def __init__(self, trust_after: int = 10, floor: float = 0.1) -> None:
-        if trust_after < 1:
-            raise ValueError(f"trust-after must be >= 1, got {trust_after}")
-        if not 0.0 <= floor <= 1.0:
-            raise ValueError(f"replication-floor must be between 0 and 1, got {floor}")
-        self.trust_after = trust_after
-        self.floor = floor
+    def __init__(self) -> None:
         self.records: dict[str, NodeRecord] = {}
 
     def get(self, identity: str) -> NodeRecord:
@@ -118,18 +151,6 @@ class Reliability:
         record = self.get(identity)
         record.invalid += 1
         record.consecutive_valid = 0
-
-    def replication_probability(self, identity: str) -> float:
-        """Probability that an update computed by this node is replicated."""
-        streak = self.get(identity).consecutive_valid
-        if streak < self.trust_after:
-            return 1.0
-        return max(self.floor, self.trust_after / streak)
-
-    def should_replicate(self, identity: str, rng: random.Random) -> bool:
-        """Whether to replicate this node's next update (draws from ``rng``)."""
-        p = self.replication_probability(identity)
-        return p >= 1.0 or rng.random() < p
 
     def to_dict(self) -> dict[str, dict[str, int]]:
         return {identity: asdict(r) for identity, r in self.records.items()}
@@ -146,7 +167,7 @@ class Reliability:
                 continue
 
 
-def check_request(request: dict, region: str, usable_nodes: int | None) -> None:
+def check_request(request: dict) -> None:
     """Reject a job request that is not plain data, or bad ``verify`` / ``partial_participation`` settings.
 
     Every place that accepts a job request calls this (``Grid.submit``
@@ -159,8 +180,9 @@ def check_request(request: dict, region: str, usable_nodes: int | None) -> None:
     jobs.plain.PlainDataError
         Naming the first field that is not plain data (a ``ValueError``).
     ValueError
-        Naming the setting, the value and what is allowed, or that this
-        region has too few nodes for the requested verification.
+        Naming the setting, the value and what is allowed. (A region with
+        too few independent nodes for ``verify`` is not an error: the job
+        waits for them, and says so in its status.)
     """
     check_plain(request, "request")
     if not isinstance(request, dict):
@@ -176,9 +198,4 @@ def check_request(request: dict, region: str, usable_nodes: int | None) -> None:
         raise ValueError(
             f"verify={verify} needs mode='average': a sequential job passes one state from node to node, "
             "so there is no independent update to compare; use mode='average' or verify=1"
-        )
-    if usable_nodes is not None and verify > 1 and verify > usable_nodes:
-        raise ValueError(
-            f"verify={verify} runs each update on {verify} distinct nodes, but region {region!r} has "
-            f"{usable_nodes} node(s); add nodes or lower verify"
         )

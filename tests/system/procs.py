@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 from contextlib import contextmanager
 from collections.abc import Iterator
+
+import dask.config
 
 from tests.conftest import wait_for
 
@@ -102,3 +105,26 @@ def grid_processes() -> Iterator[Processes]:
 
 def wait_nodes(grid, region: str, n: int, timeout: float = 60) -> None:
     wait_for(lambda: len(grid.status()[region]["workers"]) == n, timeout=timeout, what=f"{n} nodes in {region}")
+
+
+def free_port() -> int:
+    """A free local port, e.g. to restart a scheduler on the same address (clients and placements keep it)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def close_grid(grid) -> None:
+    """Close a ``Grid`` whose scheduler may be gone, without waiting the full connect timeout."""
+    with dask.config.set({"distributed.comm.timeouts.connect": "1s"}):
+        grid.close()
+
+
+def write_npz_parts(directory, X, y, n: int, stem: str = "part") -> str:
+    """Write ``X``, ``y`` as ``n`` equal ``.npz`` files for ``jobs.data.Files``; return their glob."""
+    import numpy as np
+
+    rows = len(X) // n
+    for i in range(n):
+        np.savez(os.path.join(directory, f"{stem}-{i}.npz"), X=X[rows * i : rows * (i + 1)], y=y[rows * i : rows * (i + 1)])
+    return os.path.join(directory, f"{stem}-*.npz")

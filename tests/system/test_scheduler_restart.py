@@ -5,11 +5,9 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import threading
 import time
 
-import dask.config
 import numpy as np
 import pytest
 from sklearn.datasets import make_classification
@@ -21,23 +19,14 @@ from grid.scheduler.recovery import LOST_REASON
 from jobs import PartialFit
 from jobs.data import Files
 from tests.conftest import wait_for
-from tests.system.procs import grid_processes, wait_nodes
+from tests.system.procs import close_grid as _close
+from tests.system.procs import free_port, grid_processes, wait_nodes, write_npz_parts
 
 pytestmark = [pytest.mark.system, pytest.mark.slow]
 
 ROUNDS = 80
-
-
-def _free_port() -> int:
-    """A port to restart the scheduler on: clients and the job's placement keep its address."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _close(g: Grid) -> None:
-    with dask.config.set({"distributed.comm.timeouts.connect": "1s"}):  # its scheduler may be gone
-        g.close()
+#: `grid node --death-timeout` of the nodes that must give up on their scheduler (systemd's case)
+DEATH_TIMEOUT = 5
 
 
 def _estimator(rounds: int) -> PartialFit:
@@ -46,16 +35,19 @@ def _estimator(rounds: int) -> PartialFit:
 
 def test_scheduler_sigkilled_mid_job_resumes_files_job_and_keeps_results(tmp_path):
     X, y = make_classification(n_samples=4000, n_features=10, n_informative=5, random_state=0)
-    for i in range(4):
-        np.savez(tmp_path / f"part-{i}.npz", X=X[1000 * i : 1000 * (i + 1)], y=y[1000 * i : 1000 * (i + 1)])
-    files = Files(str(tmp_path / "part-*.npz"))
+    files = Files(write_npz_parts(tmp_path, X, y, 4))
     state = tmp_path / "state"
-    port = _free_port()
+    port = free_port()  # the scheduler restarts on it: clients and the job's placement keep its address
     durable = ("--state-dir", str(state))
 
     with grid_processes() as procs:
         scheduler, address = procs.scheduler("eu", port=port, args=durable)
-        old_nodes = [procs.node("eu", address, f"n{i}", data_roots=(str(tmp_path),)) for i in (1, 2)]
+        # nodes that give up on a dead scheduler (as under systemd with --death-timeout), so the restarted
+        # scheduler is first seen without nodes; tests/system/test_node_reconnect.py covers nodes that wait
+        old_nodes = [
+            procs.node("eu", address, f"n{i}", data_roots=(str(tmp_path),), args=("--death-timeout", str(DEATH_TIMEOUT)))
+            for i in (1, 2)
+        ]
         spec = {"regions": {"eu": address}}
         g = Grid.connect(spec)
         try:
@@ -88,9 +80,11 @@ def test_scheduler_sigkilled_mid_job_resumes_files_job_and_keeps_results(tmp_pat
             assert isinstance(errors[0], GridConnectionError) and "reconnect" in str(errors[0]), repr(errors[0])
         finally:
             _close(g)
-        # nodes whose scheduler died end with EX_TEMPFAIL (75), for systemd's Restart=on-failure
+        # nodes whose scheduler stayed away for their death timeout end with EX_TEMPFAIL (75), for
+        # systemd's Restart=on-failure
         for node in old_nodes:
             assert node.wait(timeout=120) == 75, procs.log(node)
+            assert f"for {DEATH_TIMEOUT}.0 s (--death-timeout)" in procs.log(node), procs.log(node)
 
         restarted = time.time()
         scheduler2, again = procs.scheduler("eu", port=port, args=durable, name="scheduler-eu-restarted")

@@ -63,9 +63,9 @@ def test_a_section_set_key_by_key_after_a_config_reset_keeps_the_shipped_keys():
 
     saved = dask.config.config.pop("grid", None)  # (an earlier test's config reset may have dropped it)
     try:
-        with dask.config.set({"grid.scheduler.verify.trust-after": 2}):
+        with dask.config.set({"grid.scheduler.verify.independent": "nodes"}):
             verify = config.get("scheduler.verify")
-            assert verify["trust-after"] == 2  # what was set wins ...
+            assert verify["independent"] == "nodes"  # what was set wins ...
             assert verify["rtol"] == 1e-7 and verify["max-replicas"] == 5  # ... the rest is shipped
         assert config.get("scheduler.round-engine") == "direct"
     finally:
