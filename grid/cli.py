@@ -470,6 +470,9 @@ def jobs(grid_file: str, as_json: bool) -> None:
         click.echo(
             f"{j['id']:<20} {j['status']:<10} {j['estimator']:<22} {j['rounds_done']:>4}/{j['rounds']:<4} {loss:>8} {j['elapsed']:7.1f}s  {j['owner']}"
         )
+        note = j.get("waiting") or j.get("error")
+        if note:  # why it waits, or why it failed, under the job's line
+            click.echo(f"{'':<20} {note}")
 
 
 @main.command()

@@ -208,7 +208,7 @@ class Grid:
         regions: str | list[str] | None = None,
         home: str | None = None,
         sample_weight: Any = None,
-        verify: int | None = None,
+        verify: int | str | None = None,
         partial_participation: bool = False,
     ) -> Job:
         """Submit a training job and return at once.
@@ -225,11 +225,16 @@ class Grid:
             Region whose scheduler runs the job (default: the first region used).
         sample_weight : array-like, optional
             One weight per row of ``X``, cut into partitions with it.
-        verify : int, optional
+        verify : int or "adaptive", optional
             Nodes that compute each partition update (default
             ``grid.jobs.verify``, 1). With 2 or more, an update is accepted only
             when that many distinct nodes agree; a node in the minority is
-            quarantined (see docs/reliability.md). ``mode="average"`` only.
+            quarantined (see docs/reliability.md). ``"adaptive"`` replicates
+            the updates of nodes that have not earned trust and spot-checks
+            trusted ones at random (``grid.scheduler.verify.adaptive``); a node
+            caught later makes the job replay the rounds it went unchecked in,
+            or, once the job ended, taints it (:meth:`Job.result` warns,
+            :meth:`Job.rerun` trains it again). ``mode="average"`` only.
         partial_participation : bool, default=False
             Skip, for one round, a region that misses the round's deadline
             instead of waiting for it; the round's weights then leave it out

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import time
+import warnings
 from typing import TYPE_CHECKING, Any
 
 from grid import wire
-from grid.errors import GridConnectionError, JobCancelled, JobFailed, check_reply
+from grid.errors import GridConnectionError, GridWarning, JobCancelled, JobFailed, check_reply
 from grid.scheduler.registry import FINISHED
 from jobs.base import job_estimator_from_request
 
@@ -31,6 +32,7 @@ class Job:
         self.home = job_id.rsplit("-", 1)[0]
         self._estimator = estimator
         self._fitted: Any = None
+        self._tainted: dict | None = None
 
     def __repr__(self) -> str:
         return f"<Job {self.id}: {self.status}>"
@@ -87,8 +89,21 @@ class Job:
         Raises
         ------
         TimeoutError, JobFailed, JobCancelled
+
+        Warns
+        -----
+        grid.errors.GridWarning
+            When the job ran with ``verify="adaptive"`` and a node that had
+            updates accepted unchecked in it was caught cheating after the job
+            ended: the model may hold its wrong updates. The warning names the
+            node and its rounds; :meth:`rerun` trains it again without them.
         """
         if self._fitted is not None:
+            try:  # a node may have been caught since the result was fetched
+                self._tainted = self._call("grid_job", history=False)["job"].get("tainted")
+            except Exception:  # noqa: BLE001 - the grid is gone or closed: the fitted model is still here
+                pass  # say what was known
+            self._warn_tainted(self._tainted)
             return self._fitted
         status = self.wait(timeout)
         if status not in FINISHED:
@@ -106,7 +121,45 @@ class Job:
         state, _ = wire.decode(reply["state"])
         fitted._load_result(state, reply["history"], request)
         self._fitted = fitted
+        self._tainted = reply.get("tainted")
+        self._warn_tainted(self._tainted)
         return fitted
+
+    def _warn_tainted(self, tainted: dict | None) -> None:
+        if not tainted:
+            return
+        warnings.warn(
+            f"job {self.id} is tainted: node {tainted.get('node')!r} (region {tainted.get('region')!r}) was caught "
+            f"returning wrong updates after the job ended, and updates of it were accepted unchecked in round(s) "
+            f"{tainted.get('rounds')} (verify='adaptive'); the model may be wrong. Train it again without that node: "
+            f"job.rerun() (or job.rerun(verify=2) to check every update)",
+            GridWarning,
+            stacklevel=3,
+        )
+
+    def rerun(self, verify: int | str | None = None) -> "Job":
+        """Submit this job again, with the same estimator, data and settings; return the new job.
+
+        Meant for a tainted job (see :meth:`result`): the caught node is
+        quarantined, so the new run does without it. Only the job's owner
+        may rerun it.
+
+        Parameters
+        ----------
+        verify : int or "adaptive", optional
+            Replaces the job's ``verify`` setting (default: keep it).
+
+        Raises
+        ------
+        ValueError
+            When the job's data was its own (``g.submit(est, X, y)`` with
+            in-memory data): it was freed when the job ended; submit again
+            with the data, or place it with :meth:`grid.Grid.scatter` first.
+        PermissionError
+            When the job belongs to another user.
+        """
+        reply = self._call("grid_rerun", **({"verify": verify} if verify is not None else {}))
+        return Job(self.grid, reply["id"], self._estimator)
 
     def cancel(self) -> str:
         """Stop the job (within one round) and free its tasks and data; return its status."""

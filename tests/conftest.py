@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
 
@@ -20,6 +21,19 @@ def wait_for(predicate: Callable[[], object], timeout: float = 30.0, interval: f
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
+
+
+@pytest.fixture(autouse=True)
+def no_embedded_grid_outlives_its_test():
+    """Close the process's embedded grid (started by a fit without any grid) after each test.
+
+    A user's process keeps it until it exits; a test session is many users in one
+    process, and distributed's leak checks in later tests would find its node processes.
+    """
+    yield
+    client = sys.modules.get("grid.client")
+    if client is not None and client._owned:
+        client._close_owned()
 
 
 @pytest.fixture(scope="session")

@@ -724,7 +724,7 @@ class JobsTable(GridComponent):
 
     FIELDS = (
         "id", "owner", "estimator", "status", "round", "rounds_done", "rounds", "loss", "score",
-        "elapsed", "elapsed_text", "home", "regions",
+        "elapsed", "elapsed_text", "home", "regions", "note",
     )  # fmt: skip
     VISIBLE_ROWS = (2, 5)
 
@@ -748,6 +748,7 @@ class JobsTable(GridComponent):
             _col("elapsed_text", "Elapsed", 80),
             _col("home", "Home region", 90),
             _col("regions", "Regions", 130),
+            _col("note", "Waiting for / error", 420),
         ]
         self.table = _table(self.source, columns, height=_table_height(0, self.VISIBLE_ROWS), name="grid-jobs-table")
         self.title = Div(
@@ -784,6 +785,7 @@ class JobsTable(GridComponent):
             data["elapsed_text"].append(format_duration(_num(j.get("elapsed"))))
             data["home"].append(str(j.get("home", "")))
             data["regions"].append(", ".join(j.get("regions") or []))
+            data["note"].append(str(j.get("waiting") or j.get("error") or ""))
         self.source.data = data
         self.table.height = _table_height(len(data["id"]), self.VISIBLE_ROWS)
         # only a picked job is highlighted, so that a click on any row (even the one

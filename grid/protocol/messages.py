@@ -144,6 +144,7 @@ SCHEDULER_FROM_CLIENT = RoleProtocol(
         "grid_cancel": {"job_id": STR},
         "grid_wait": {"job_id": STR, "timeout": OPT_NUMBER},
         "grid_result": {"job_id": STR},
+        "grid_rerun": {"job_id": STR, "verify": (int, str, type(None))},
     },
     streams={"client": CLIENT_STREAM},
 )

@@ -18,6 +18,12 @@ workunit and Spark runs a stage:
   (holders of the partition first; see :func:`grid.scheduler.verify.independent`),
   in every round. When the region has fewer independent nodes than that, the
   round waits for them (the job's status says so) rather than accept fewer.
+  With ``verify="adaptive"`` an update is replicated (to the adaptive
+  quorum) unless the node it went to is trusted, and a trusted node's update
+  still is with a probability never below a floor
+  (:func:`grid.scheduler.verify.should_replicate`); the round reports the
+  nodes whose updates it accepted unchecked, so that the job driver can roll
+  back and replay what a node caught later touched.
 * **Verify.** An update is accepted when ``N`` replicas agree within
   ``grid.scheduler.verify.rtol`` / ``atol``; a disagreement sends one more
   replica to a further node to settle it by majority, up to
@@ -57,7 +63,19 @@ from distributed.worker import get_data_from_worker
 from grid import config, wire
 from grid.node.tasks import partition_update
 from grid.scheduler import recovery
-from grid.scheduler.verify import Origin, Update, difference, independent, independent_count, quorum
+from grid.scheduler.verify import (
+    ADAPTIVE,
+    AdaptiveSettings,
+    Origin,
+    Update,
+    difference,
+    independent,
+    independent_count,
+    quorum,
+    should_replicate,
+    spot_check_draw,
+    verify_quorum,
+)
 
 if TYPE_CHECKING:
     from grid.scheduler.driver import RegionRun
@@ -130,6 +148,7 @@ class PartitionRound:
     speculated: bool = False
     missing: int = 0  # copies still to issue, waiting for an independent node
     origins: dict[str, Origin] = field(default_factory=dict)  # node address -> origin, taken when issued
+    decided_for: str | None = None  # verify="adaptive": the node identity the spot-check draw let go unchecked
 
     @property
     def pending(self) -> list[Attempt]:
@@ -171,7 +190,15 @@ class RoundAttempts:
         self.client = client
         self.round_no = round_no
         self.state_blob = state_blob
-        self.verify = int(run.request.get("verify", 1) or 1)
+        ver = config.get("scheduler.verify")
+        requested = run.request.get("verify", 1) or 1
+        #: verify="adaptive": how trusted nodes are spot-checked; None for a fixed quorum
+        self.adaptive = AdaptiveSettings.from_config(ver.get("adaptive")) if requested == ADAPTIVE else None
+        self.verify = verify_quorum(requested, self.adaptive)  # agreeing nodes a replicated update needs
+        #: verify="adaptive": node identity -> partitions whose update it computed and nobody checked
+        self.unverified: dict[str, list[int]] = {}
+        #: node identities quarantined in this round (verify="adaptive" reports them to the job driver)
+        self.caught: list[str] = []
         self.prefix = f"grid-{run.job_id}-r{round_no}"
         self.queue: asyncio.Queue = asyncio.Queue()
         self.fetchers: list[asyncio.Task] = []
@@ -193,15 +220,18 @@ class RoundAttempts:
         self.quantile = float(spec["quantile"])
         self.multiplier = float(spec["multiplier"])
         self.minimum = _seconds(spec["minimum"])
-        ver = config.get("scheduler.verify")
         self.rtol, self.atol = float(ver["rtol"]), float(ver["atol"])
         self.max_replicas = max(self.verify, int(ver["max-replicas"]))
         parts = run.dataset
         self.partitions = [PartitionRound(pos, index, 1) for pos, index in enumerate(parts.indices)]
 
     # --- the round ---------------------------------------------------------------------
-    async def run_round(self) -> tuple[list[Update], dict[str, int]]:
-        """Return the accepted update of every partition (in partition order) and the counts."""
+    async def run_round(self) -> tuple[list[Update], dict[str, Any]]:
+        """Return the accepted update of every partition (in partition order) and the counts.
+
+        With ``verify="adaptive"`` the counts also say which node identities
+        had an update accepted unchecked (``unverified_nodes``) and which
+        were quarantined in this round (``caught``)."""
         getter: asyncio.Future | None = None
         try:
             self._issue_first()
@@ -241,7 +271,12 @@ class RoundAttempts:
         self.run.last_round_seconds = list(self.done_seconds)
         if self.verify > 1:
             recovery.save_reliability(self.plugin)
-        return [pr.accepted for pr in self.partitions], self.counts  # type: ignore[misc]
+        counts: dict[str, Any] = dict(self.counts)
+        if self.adaptive is not None:
+            counts["unverified"] = sum(len(v) for v in self.unverified.values())
+            counts["unverified_nodes"] = sorted(self.unverified)
+            counts["caught"] = sorted(set(self.caught))
+        return [pr.accepted for pr in self.partitions], counts  # type: ignore[misc]
 
     async def _cancel(self) -> None:
         """Cancel the tasks no longer needed (their pending fetches then end too).
@@ -284,13 +319,25 @@ class RoundAttempts:
             pr.needed = self.verify
             worker = self._choose(pr)
             if worker is None:
-                pr.missing = self.verify
+                pr.missing = self.verify  # issued when nodes join, and checked: no draw lets it go
                 continue
+            if self.adaptive is not None:
+                identity = self.plugin.quarantine.identity_of(worker)
+                if not self._spot_check(pr, identity):
+                    pr.needed, pr.decided_for = 1, identity
+                    self._submit(pr, worker, "first")
+                    continue
             self._submit(pr, worker, "first")
             for _ in range(self.verify - 1):
                 if not self._add_replica(pr):
                     pr.missing += 1
         self._note_waiting()
+
+    def _spot_check(self, pr: PartitionRound, identity: str, salt: int = 0) -> bool:
+        """verify="adaptive": whether the update of ``pr`` by node ``identity`` must be replicated."""
+        assert self.adaptive is not None
+        draw = spot_check_draw(self.run.job_id, self.round_no, pr.index, salt)
+        return should_replicate(self.plugin.reliability.get(identity), self.adaptive, draw)
 
     def _holder(self, pr: PartitionRound) -> str | None:
         """The least-loaded running node holding ``pr``'s data that serves node requests, if any.
@@ -485,9 +532,10 @@ class RoundAttempts:
         origins = [self.plugin.origin_of(w) for w in self.plugin.scheduler.workers]
         have = independent_count(origins, self.independence)
         what = "nodes of different owners on different hosts" if self.independence == "hosts-and-owners" else "distinct nodes"
+        setting, update = (f"verify={self.verify}", "update") if self.adaptive is None else ("verify='adaptive'", "checked update")
         reason = (
-            f"waiting for nodes: verify={self.verify} needs {self.verify} independent nodes ({what}) for every "
-            f"update; region {self.plugin.region!r} has {have} now ({len(waiting)} partition(s) of round "
+            f"waiting for nodes: {setting} needs {self.verify} independent nodes ({what}) for every {update}; "
+            f"region {self.plugin.region!r} has {have} now ({len(waiting)} partition(s) of round "
             f"{self.round_no} wait). It goes on by itself when nodes join."
         )
         if self.waiting is None:
@@ -624,8 +672,24 @@ class RoundAttempts:
         pr.results.append((worker, update))
 
     async def _decide(self, pr: PartitionRound) -> bool:
-        if pr.needed == 1:
+        if pr.needed == 1 and self.adaptive is None:
             pr.accepted = pr.results[0][1]
+            return True
+        if pr.needed == 1:  # verify="adaptive", and the draw let this partition go unchecked
+            worker, update = pr.results[-1]
+            identity = pr.identities.get(worker) if worker else None
+            if identity is None or (identity != pr.decided_for and self._spot_check(pr, identity, len(pr.attempts))):
+                # another node computed it (a re-issue, a speculative copy) and its own draw says check it,
+                # or nobody knows which node did: replicate it now, as for an untrusted node
+                pr.needed = self.verify
+                for _ in range(max(0, self.verify - len(pr.results) - len(pr.pending))):
+                    if not self._add_replica(pr):
+                        pr.missing += 1
+                if pr.missing:
+                    self._note_waiting()
+                return False
+            pr.accepted = update
+            self.unverified.setdefault(identity, []).append(pr.index)
             return True
         updates = [u for _, u in pr.results]
         group = quorum(updates, pr.needed, self.rtol, self.atol) if len(updates) >= pr.needed else None
@@ -671,6 +735,7 @@ class RoundAttempts:
 
     async def _quarantine(self, worker: str, reason: str, evidence: dict) -> None:
         self.counts["quarantined"] += 1
+        self.caught.append(self.plugin.quarantine.identity_of(worker))
         await self.plugin.quarantine.add(worker, reason=reason, evidence=evidence)
 
     # --- stragglers and lost tasks ----------------------------------------------------------

@@ -8,6 +8,15 @@ scheduler. :class:`JobDriver` runs at the job's home scheduler: it asks every
 region for its regional aggregate (its own directly, others through their
 ``grid_region_round`` handler), combines them weighted by samples, records
 the round and starts the next.
+
+With ``verify="adaptive"`` some updates are accepted unchecked. Every round
+records which nodes (per region) contributed such updates, and the driver
+keeps the state each round started from. When a node is caught (quarantined)
+while the job runs, every round from the first one it contributed an
+unchecked update to is replayed from the state before it; updates are
+deterministic, so the replayed rounds give what a fully verified run gives.
+A node caught after the job ended taints the job instead
+(``GridSchedulerPlugin.taint_if_caught``).
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ from grid import config, wire
 from grid.node.tasks import sequential_step
 from grid.scheduler import recovery
 from grid.scheduler.attempts import RoundAttempts
+from grid.scheduler.verify import ADAPTIVE
 from jobs.aggregate import get_aggregator, weighted_mean
 from jobs.merge import MergeRule, state_rule
 from jobs.spec import resolve_class
@@ -57,7 +67,10 @@ async def _maybe_offload(fn: Any, states: list[dict]) -> Any:
 ROUND_COUNTS = ("reissued", "speculative", "replicas", "quarantined", "requests", "tasks")
 
 #: per-update metrics that are counts or bookkeeping, not averaged
-_NOT_AVERAGED = frozenset({"samples", "val_samples", "seconds", "compute_seconds", "partition", "updates", *ROUND_COUNTS})
+_NOT_AVERAGED = frozenset({
+    "samples", "val_samples", "seconds", "compute_seconds", "partition", "updates", *ROUND_COUNTS,
+    "unverified", "unverified_nodes", "caught",  # verify="adaptive": who went unchecked, who was caught
+})
 
 
 def combine_metrics(metrics: list[dict], weights: list[float]) -> dict[str, float]:
@@ -113,6 +126,10 @@ class RegionRun:
         self.layout: dict | None = None
         #: seconds from the start of the last round to each partition's accepted update (straggler deadlines)
         self.last_round_seconds: list[float] = []
+        #: verify="adaptive": node identities with an update accepted unchecked in any round of this run
+        self.unverified_ever: set[str] = set()
+        #: ... and those of them already reported caught to the job driver
+        self.reported_caught: set[str] = set()
 
     @property
     def n_partitions(self) -> int:
@@ -156,8 +173,19 @@ class RegionRun:
             raise
         previous_state = wire.decode(state_blob)[0] if state_blob is not None else None
         result = await self._reduce(list(decoded), previous_state)
+        if "unverified_nodes" in counts:
+            counts["caught"] = self._newly_caught(counts)
         result["metrics"].update(counts)
         return result
+
+    def _newly_caught(self, counts: dict) -> list[str]:
+        """verify="adaptive": nodes caught in this round, and earlier unchecked contributors of this
+        job quarantined since (by any job's check), each reported to the driver once."""
+        self.unverified_ever.update(counts["unverified_nodes"])
+        caught = set(counts.get("caught") or ()) | {n for n in self.unverified_ever if n in self.plugin.quarantine}
+        new = sorted(caught - self.reported_caught)
+        self.reported_caught.update(new)
+        return new
 
     def _check_not_lost(self) -> None:
         lost = self.plugin.datasets.lost(self.dataset.name)
@@ -251,6 +279,8 @@ class JobDriver:
         self.round_extra: dict[str, Any] = {}
         #: recent regional round times (seconds), for the partial-participation deadline
         self.region_seconds: list[float] = []
+        #: verify="adaptive": round number -> the state blob it started from, to replay from there
+        self.before: dict[int, bytes | None] = {}
 
     async def run(self) -> None:
         record = self.record
@@ -267,13 +297,17 @@ class JobDriver:
             previous_state = wire.decode(state_blob)[0]
         try:
             await self._attach_remote()
-            for round_no in range(record.rounds_done, record.rounds):
+            round_no = record.rounds_done
+            replay: dict[str, Any] = {}  # what the next history entry says about a rollback
+            while round_no < record.rounds:
                 task = asyncio.current_task()
                 if task is not None and task.cancelling():
                     # a cancel (of the job, or of every job as the scheduler stops) that a
                     # round swallowed (Python 3.11's asyncio.wait_for can) still ends the job here
                     raise asyncio.CancelledError
                 started = time.perf_counter()
+                if self.request.get("verify") == ADAPTIVE:
+                    self.before[round_no] = state_blob  # states are small: one blob per round
                 if self.request["mode"] == "sequential":
                     results, crossed = await self._sequential_round(round_no, state_blob)
                 else:
@@ -302,15 +336,38 @@ class JobDriver:
                         "regions": len(results),
                         "bytes_cross_region": crossed,
                         **self.round_extra,
+                        **_unverified(results),
+                        **replay,
                         "time": time.time(),
                     }
                 )
+                replay = {}
                 record.rounds_done = round_no + 1
                 record.result = state_blob
+                caught = _caught(results)
+                first = first_round_of(record.history, caught)
+                if first is not None and first in self.before:
+                    # a node caught now had updates accepted unchecked from round `first` on: replay from there
+                    replay = {"replayed_from": first + 1, "caught": caught}
+                    logger.warning(
+                        "job %s: node(s) %s caught in round %d had updates accepted unchecked from round %d on; "
+                        "replaying from there", record.id, caught, round_no + 1, first + 1,
+                    )
+                    state_blob = self.before[first]
+                    previous_state = wire.decode(state_blob)[0] if state_blob is not None else None
+                    del record.history[first:]
+                    record.rounds_done = round_no = first
+                    record.result = state_blob
+                    await self._checkpoint_rollback(state_blob)
+                    continue
+                if first is not None:  # before a restart of this scheduler: its states are gone
+                    record.tainted = record.tainted or taint_entry(record, caught, {"reason": "caught while the job ran, "
+                                                                   "in rounds from before a scheduler restart"})
                 if should_stop(record.history, self.request.get("stopping")):
                     record.history[-1]["stopped_early"] = True
                     break
                 await recovery.checkpoint(self.plugin, record, state_blob)  # a restart resumes after this round
+                round_no += 1
             record.status = "done"
         except asyncio.CancelledError:
             record.status = "cancelled"
@@ -322,6 +379,13 @@ class JobDriver:
         finally:
             record.finished = time.time()
             await self.plugin.finish_job(record)
+
+    async def _checkpoint_rollback(self, state_blob: bytes | None) -> None:
+        """After a rollback, a restart must resume from the restored state, not a later one."""
+        if state_blob is not None:
+            await recovery.checkpoint(self.plugin, self.record, state_blob)
+        elif getattr(self.plugin, "state", None) is not None:  # back to round 0: no checkpoint at all
+            self.plugin.state.remove_checkpoint(self.record.id)
 
     # --- one round -------------------------------------------------------------------
     def _regions(self) -> list[tuple[str, dict]]:
@@ -354,6 +418,8 @@ class JobDriver:
             "region_weights": {region: reply["weight"] for region, (reply, _) in replies.items()},
             **({"skipped_regions": skipped} if skipped else {}),
         }
+        for region, (reply, _) in replies.items():
+            reply["region"] = region  # whose nodes went unchecked (verify="adaptive")
         return [r for r, _ in replies.values()], sum(c for _, c in replies.values())
 
     async def _wait_regions(self, calls: dict[str, asyncio.Future]) -> list[str]:
@@ -420,6 +486,48 @@ class JobDriver:
                 )
             except Exception as exc:  # noqa: BLE001 - a region that is gone has nothing to free
                 logger.warning("job %s: could not detach region %s: %s", self.record.id, region, exc)
+
+
+def _unverified(results: list[dict]) -> dict[str, Any]:
+    """verify="adaptive": how many updates of a round went unchecked and whose, by region (nothing otherwise)."""
+    if not any("unverified" in r["metrics"] for r in results):
+        return {}
+    nodes = {r["region"]: list(r["metrics"]["unverified_nodes"]) for r in results
+             if r.get("region") and r["metrics"].get("unverified_nodes")}
+    return {"unverified": sum(int(r["metrics"].get("unverified", 0)) for r in results),
+            **({"unverified_nodes": nodes} if nodes else {})}
+
+
+def _caught(results: list[dict]) -> dict[str, list[str]]:
+    """Region -> node identities caught and reported by that region in this round."""
+    return {r["region"]: list(r["metrics"]["caught"]) for r in results if r.get("region") and r["metrics"].get("caught")}
+
+
+def first_round_of(history: list[dict], caught: dict[str, list[str]]) -> int | None:
+    """The first round (0-based) whose accepted updates include an unchecked one of a caught node."""
+    if not caught:
+        return None
+    for i, entry in enumerate(history):
+        unverified = entry.get("unverified_nodes") or {}
+        if any(set(unverified.get(region, ())) & set(nodes) for region, nodes in caught.items()):
+            return int(entry.get("round", i + 1)) - 1
+    return None
+
+
+def rounds_of(history: list[dict], region: str, node: str) -> list[int]:
+    """The rounds (1-based, as the history numbers them) in which ``node`` of ``region`` went unchecked."""
+    return [int(e.get("round", i + 1)) for i, e in enumerate(history)
+            if node in (e.get("unverified_nodes") or {}).get(region, ())]
+
+
+def taint_entry(record: "JobRecord", caught: dict[str, list[str]], evidence: dict) -> dict | None:
+    """What a job's ``tainted`` says: the first caught node that went unchecked in it, its rounds, the evidence."""
+    for region, nodes in caught.items():
+        for node in nodes:
+            rounds = rounds_of(record.history, region, node)
+            if rounds:
+                return {"node": node, "region": region, "rounds": rounds, "evidence": evidence}
+    return None
 
 
 async def start_when_read(plugin: "GridSchedulerPlugin", record: "JobRecord") -> None:

@@ -10,6 +10,7 @@ to the region's nodes through an asynchronous ``Client`` of its own.
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import time
 from typing import Any
@@ -31,12 +32,12 @@ from grid.scheduler.access import AccessControl
 from grid.scheduler.attempts import ROUND_ENGINES
 from grid.scheduler.quarantine import Quarantine
 from grid.scheduler.datasets import Dataset, DatasetStore, no_nodes_reason, read_pending_files
-from grid.scheduler.driver import JobDriver, RegionRun, start_when_read
+from grid.scheduler.driver import JobDriver, RegionRun, start_when_read, taint_entry
 from grid.scheduler.metrics import register_metrics, unregister_metrics
 from grid.scheduler.registry import FINISHED, JobRecord, JobRegistry
 from grid.scheduler import recovery
 from grid.scheduler.state import StateDir
-from grid.scheduler.verify import INDEPENDENCE, Origin, Reliability, check_request
+from grid.scheduler.verify import ADAPTIVE, INDEPENDENCE, Origin, Reliability, check_request
 from grid.node.align import PLUGIN_NAME as ALIGN_PLUGIN, AlignPartitions
 from grid.node.rounds import PLUGIN_NAME as ROUNDS_PLUGIN, NodeRounds
 from jobs.local import local_step
@@ -117,6 +118,7 @@ class GridSchedulerPlugin(SchedulerPlugin):
                 "grid_cancel": self.cancel,
                 "grid_wait": self.wait,
                 "grid_result": self.result,
+                "grid_rerun": self.rerun,
                 "grid_attach": self.attach,
                 "grid_detach": self.detach,
                 "grid_region_round": self.region_round,
@@ -127,6 +129,7 @@ class GridSchedulerPlugin(SchedulerPlugin):
         untrusted.install(scheduler, on_finished=self._result_from)
         self.quarantine = Quarantine(scheduler, self.access)
         self.quarantine.install(scheduler)
+        self._taint_on_quarantine()
         # keep grid.jobs.replicas copies of every dataset partition (docs/reliability.md#churn)
         self.replica_policy = replicas.install(self, scheduler)
         # partitions arrive unaligned through Dask's comms: each node copies them once (grid/node/align.py)
@@ -154,6 +157,38 @@ class GridSchedulerPlugin(SchedulerPlugin):
         register_metrics(self)
         # the grid page on this scheduler's own dashboard (/grid), via distributed's Bokeh app hook
         register_scheduler_page(scheduler, region=self.region)
+
+    def _taint_on_quarantine(self) -> None:
+        """A node quarantined from now on taints the ended jobs it contributed unchecked updates to."""
+        add_identity = self.quarantine.add_identity
+
+        def add_and_taint(identity: str, address: str, reason: str, evidence: dict | None = None) -> Any:
+            new = identity not in self.quarantine
+            record = add_identity(identity, address, reason, evidence)
+            if new:
+                for job in self.registry.all():
+                    self.taint_if_caught(job)
+            return record
+
+        self.quarantine.add_identity = add_and_taint  # type: ignore[method-assign]
+
+    def taint_if_caught(self, record: JobRecord) -> None:
+        """Mark a finished ``verify="adaptive"`` job tainted when a node of this region that went
+        unchecked in it is quarantined (a running job replays instead: ``JobDriver.run``)."""
+        if record.tainted or record.status != "done" or record.request.get("verify") != ADAPTIVE:
+            return
+        for node in sorted({n for e in record.history for n in (e.get("unverified_nodes") or {}).get(self.region, ())}):
+            caught = self.quarantine.records.get(node)
+            if caught is None:
+                continue
+            # the reason and when; the full evidence (other jobs, other nodes) stays in the quarantine record
+            record.tainted = taint_entry(record, {self.region: [node]}, {"reason": caught.reason, "time": caught.time})
+            logger.warning(
+                "job %s is tainted: node %s, quarantined after the job ended, had updates accepted unchecked in "
+                "rounds %s; rerun it (Job.rerun())", record.id, node, record.tainted["rounds"] if record.tainted else [],
+            )
+            recovery.save_record(self, record)
+            return
 
     def protocol_violation(self, identity: Any, peer: str, reason: str, evidence: dict) -> None:
         """A node's connection was closed for breaking the protocol (``grid.protocol.comm``):
@@ -556,7 +591,7 @@ class GridSchedulerPlugin(SchedulerPlugin):
     def submit(self, comm: Any, request: dict, placement: dict, owner: str = "") -> dict:
         """Register a job whose home is this region and start its driver."""
         local = placement.get(self.region) if isinstance(placement, dict) else None
-        pending = isinstance(local, dict) and local.get("dataset") in self.pending_files
+        pending = isinstance(local, dict) and isinstance(local.get("dataset"), str) and local["dataset"] in self.pending_files
         try:
             record = self._validate_submission(request, placement, self.access.owner(comm, owner), pending=pending)
         except Exception as exc:  # noqa: BLE001
@@ -682,9 +717,12 @@ class GridSchedulerPlugin(SchedulerPlugin):
             record = self._record(comm, job_id)
         except (KeyError, PermissionError) as exc:
             return _error(exc)
+        self.taint_if_caught(record)  # after a restart too: history and quarantine are both kept
         out = record.summary()
         if history:
             out["history"] = list(record.history)
+        if not self.access.sees_nodes(comm):
+            out = _without_node_names(out)
         return {"status": "OK", "job": out}
 
     def jobs(self, comm: Any = None) -> dict:
@@ -729,19 +767,45 @@ class GridSchedulerPlugin(SchedulerPlugin):
             record = self._record(comm, job_id)
         except (KeyError, PermissionError) as exc:
             return _error(exc)
+        self.taint_if_caught(record)
         state = recovery.load_result(self, record) if record.status == "done" else None
         if record.status == "done" and state is None:
             return _error(RuntimeError(
                 f"the result of job {job_id} is lost: its file in the state directory is missing or corrupt; resubmit the job"
             ))
-        return {
+        reply = {
             "status": "OK",
             "job_status": record.status,
             "error": record.error,
             "state": state,
             "history": list(record.history),
             "request": record.request,
+            "tainted": record.tainted,
         }
+        return reply if self.access.sees_nodes(comm) else _without_node_names(reply)
+
+    def rerun(self, comm: Any, job_id: str, verify: Any = None) -> dict:
+        """Submit a job again, with the same request and data (e.g. a tainted one); only its owner may.
+
+        ``verify`` replaces the job's setting when given. The data must still
+        be placed: a job's own in-memory data is freed when the job ends.
+        """
+        try:
+            record = self._record(comm, job_id)  # its owner (or an admin), as for cancel
+            freed = [r for r, where in record.placement.items() if where.get("job_owned")]
+            if freed:
+                raise ValueError(
+                    f"job {job_id} trained on data of its own, freed when it ended (region(s) {sorted(freed)}); "
+                    "submit it again with the data (g.submit(estimator, X, y, ...)), or place data with "
+                    "Grid.scatter first to be able to rerun jobs on it"
+                )
+        except (KeyError, PermissionError, ValueError) as exc:
+            return _error(exc)
+        request = copy.deepcopy(record.request)
+        if verify is not None:
+            request["verify"] = verify
+        placement = {r: {k: v for k, v in where.items()} for r, where in record.placement.items()}
+        return self.submit(comm, request, placement, owner=record.owner)
 
     # --- handlers: this region's share of a job (called by the job's home) ---------
     def _attach_local(self, job_id: str, request: dict, dataset: Dataset) -> None:
@@ -791,6 +855,27 @@ class GridSchedulerPlugin(SchedulerPlugin):
             "weight": result["weight"],
             "metrics": result["metrics"],
         }
+
+
+def _without_node_names(out: dict) -> dict:
+    """A job's summary, history or result for a caller that may not see node names (a data scientist
+    on a TLS grid): the nodes a verify="adaptive" job names become placeholders, numbered in order."""
+    names: dict[str, str] = {}
+
+    def hide(by_region: Any) -> Any:
+        if not isinstance(by_region, dict):
+            return by_region
+        return {r: [names.setdefault(n, f"node-{len(names)}") for n in nodes] for r, nodes in by_region.items()}
+
+    out = dict(out)
+    if out.get("history"):
+        out["history"] = [
+            {**h, **{k: hide(h[k]) for k in ("unverified_nodes", "caught") if k in h}} for h in out["history"]
+        ]
+    if out.get("tainted"):
+        tainted = out["tainted"]
+        out["tainted"] = {**tainted, "node": hide({"": [tainted["node"]]})[""][0]}
+    return out
 
 
 def _is_tls(scheduler: Any) -> bool:

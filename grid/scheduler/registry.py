@@ -38,6 +38,9 @@ class JobRecord:
     #: why the job waits: queued (its region has no nodes to read its files yet) or running (a round
     #: waits for independent nodes to verify on); None when it does not
     waiting: str | None = None
+    #: verify="adaptive": a node caught after it contributed unchecked updates that the job could no longer
+    #: replay (it had ended): {"node", "region", "rounds", "evidence"}; None while nothing taints the job
+    tainted: dict | None = None
 
     @property
     def rounds(self) -> int:
@@ -66,6 +69,7 @@ class JobRecord:
             "elapsed": (end - self.started) if self.started else 0.0,
             "error": self.error,
             **({"waiting": self.waiting} if self.waiting and self.status not in FINISHED else {}),
+            **({"tainted": self.tainted} if self.tainted else {}),
         }
 
 

@@ -120,11 +120,30 @@ def test_jobs_table_rows(dash_grid, view):
     assert d["loss"] == [pytest.approx(history[-1]["loss"])]
     assert d["score"] == [pytest.approx(history[-1]["score"])]
     assert d["elapsed"][0] > 0 and d["elapsed_text"][0].endswith("s")
+    assert d["note"] == [""], "a finished job waits for nothing"
     assert table.source.selected.indices == []  # followed automatically: not highlighted
     table.source.selected.indices = [0]  # what a click on the row sends
     assert table.selection.job == job.id
     table.update()
     assert table.source.selected.indices == [0]  # a picked job stays highlighted
+
+
+def test_jobs_table_says_what_a_job_waits_for() -> None:
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(1200, 4))
+    y = (X[:, 0] > 0).astype(int)
+    with Grid.local(regions={"eu": 1}, processes=False, dashboard=False) as g:
+        job = g.submit(jobs.PartialFit(SGDClassifier(random_state=0), rounds=1), X, y, verify=2)
+        wait_for(lambda: job.info().get("waiting"), timeout=60, what="the job to wait for a second node")
+        view = GridClientView(g)
+        view.refresh()
+        table = JobsTable(view)
+        table.update()
+        note = table.source.data["note"]
+        job.cancel()
+        after = job.info()
+    assert len(note) == 1 and note[0].startswith("waiting for nodes: verify=2 needs 2 independent nodes"), note
+    assert after["status"] == "cancelled" and "waiting" not in after, "a cancelled job waits no more"
 
 
 def test_job_progress_points(dash_grid, view):

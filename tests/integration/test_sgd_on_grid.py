@@ -431,5 +431,6 @@ def test_partitions_with_dtypes_that_can_be_aligned_are_accepted(g2, clean):
     ])
     est = SGDClassifier(rounds=3).fit(Xm, y_chunks(y), grid=g2)
     assert est.history_[-1]["updates"] == 3
-    chunks = [(block.compute(), y[i * CHUNK : (i + 1) * CHUNK]) for i, block in enumerate(Xm.blocks)]
+    # computed here, whatever dask scheduler an earlier test left as the default
+    chunks = [(block.compute(scheduler="sync"), y[i * CHUNK : (i + 1) * CHUNK]) for i, block in enumerate(Xm.blocks)]
     assert_same_model(est, grid_sgd(SGDClassifier(rounds=3), parts=chunks))

@@ -5,9 +5,13 @@ from __future__ import annotations
 import io
 
 import psutil
+import pytest
 from sklearn.linear_model import SGDClassifier
 
+from grid import GridWarning
+from grid.client import _close_owned, _owned
 from jobs import PartialFit
+from tests.integration.reference import assert_same_model, fedavg
 
 
 def live_children() -> set[int]:
@@ -22,12 +26,20 @@ def live_children() -> set[int]:
     return out
 
 
-def test_fit_without_any_grid_uses_an_embedded_one_and_leaves_nothing(classification_data):
+def test_fit_without_any_grid_uses_the_process_embedded_grid_and_closing_it_leaves_nothing(classification_data):
     X, y = classification_data
     before = live_children()
-    est = PartialFit(SGDClassifier(random_state=0), rounds=2).fit(X, y)
-    assert est.score(X, y) > 0.7 and len(est.history_) == 2
-    assert live_children() <= before
+    try:
+        with pytest.warns(GridWarning, match="started an embedded local grid"):
+            est = PartialFit(SGDClassifier(random_state=0), rounds=2).fit(X, y)
+        embedded = _owned["embedded"]
+        again = PartialFit(SGDClassifier(random_state=0), rounds=2).fit(X, y)  # the same grid, no new warning
+        assert _owned["embedded"] is embedded and len(embedded.jobs()) == 2
+    finally:
+        _close_owned()  # what the process does at exit
+    assert_same_model(est, fedavg(SGDClassifier(random_state=0), X, y, rounds=2))
+    assert_same_model(again, est.estimator_)
+    assert live_children() <= before, "the embedded grid's node processes are gone"
 
 
 def test_progress_bar_shows_rounds_and_loss(grid2, classification_data):
