@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ["sgd", "joblib_gridsearch", "round_cost", "region_scale", "multi_region", "guard"]
+BENCHMARKS = ["sgd", "joblib_gridsearch", "round_cost", "region_scale", "multi_region", "guard", "verify"]
 
 
 def main() -> None:

@@ -3,7 +3,6 @@ clean model, bit for bit, and quarantine it, however long it was honest first.""
 
 from __future__ import annotations
 
-import dask
 import numpy as np
 import pytest
 from sklearn.datasets import make_classification
@@ -20,14 +19,7 @@ def _job(seed: int) -> PartialFit:
     return PartialFit(SGDClassifier(random_state=seed), rounds=4, partition_rows=500)
 
 
-@pytest.fixture(autouse=True)
-def short_connect_timeout():
-    # A settling copy that runs on a node without the partition fetches it from a holder; when
-    # that holder is the cheater, quarantined meanwhile, distributed retries the refused
-    # connection until its connect timeout (30 s by default) before asking the other holder.
-    # The model is the same either way; a short timeout only keeps this test short.
-    with dask.config.set({"distributed.comm.timeouts.connect": "3s"}):
-        yield
+pytestmark = pytest.mark.usefixtures("short_connect_timeout")  # tests/integration/conftest.py
 
 
 @pytest.mark.slow

@@ -1,0 +1,131 @@
+"""What verification costs: ``verify=1``, ``verify=2`` and ``verify="adaptive"`` side by side.
+
+On ``benchmarks.sgd``'s problem (b) (2,000,000 x 50 binary, 1.6M training rows;
+``--quick``: 60,000 rows) placed once with ``g.scatter`` on a 4-node region of
+``Grid.local`` (4 node processes of one thread), each mode trains the same
+``jobs.SGDClassifier`` for ``--rounds`` rounds:
+
+* **updates computed** per job: accepted partition updates plus the extra
+  copies verification ran (the round history's ``updates + replicas``), and
+  that count against ``verify=1`` (the compute ratio);
+* **wall time** from submit to result, and against ``verify=1``;
+* adaptive verification is measured once its nodes are trusted (after
+  ``--warm`` verified jobs), as it runs in a long-lived grid;
+* **replay cost**: one node then corrupts every update it computes (a worker
+  plugin installed by the benchmark, as a cheating volunteer would patch its
+  node), and an adaptive job runs until the node is caught: the rounds
+  replayed, the updates computed and the wall time against the clean adaptive
+  job. The model must equal the clean ``verify=2`` model: a replayed job that
+  does not is reported as a failure.
+
+    python -m benchmarks.verify            # ~3 minutes on 2 cores
+    python -m benchmarks.verify --quick    # small data, a correctness check (< 1 minute)
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+import numpy as np
+from distributed.diagnostics.plugin import WorkerPlugin
+
+from benchmarks.common import machine, table
+from benchmarks.sgd import make_problem, quiet
+
+
+class CorruptUpdates(WorkerPlugin):
+    """Every partition update the node computes comes back with its float arrays shifted by +1."""
+
+    name = "benchmark-corrupt-updates"
+
+    def setup(self, worker: Any) -> None:
+        import grid.node.tasks as tasks
+        from grid import wire
+
+        honest = tasks.partition_update
+
+        def partition_update(*args: Any, **kwargs: Any) -> bytes:
+            arrays, meta = wire.decode(honest(*args, **kwargs))
+            return wire.encode({k: v + 1.0 if np.asarray(v).dtype.kind == "f" else v for k, v in arrays.items()}, meta)
+
+        tasks.partition_update = partition_update
+
+
+def _job(g: Any, data: Any, rounds: int, verify: Any) -> dict[str, Any]:
+    import jobs
+
+    est = jobs.SGDClassifier(loss="log_loss", max_iter=rounds, random_state=0)
+    start = time.perf_counter()
+    job = g.submit(est, data, verify=verify)
+    fitted = job.result()
+    wall = time.perf_counter() - start
+    history = job.history
+    return {
+        "wall": wall,
+        "updates": sum(int(h["updates"]) + int(h["replicas"]) for h in history),
+        "accepted": sum(int(h["updates"]) for h in history),
+        "unverified": sum(int(h.get("unverified", 0)) for h in history),
+        "replayed": [h["replayed_from"] for h in history if "replayed_from" in h],
+        "coef": fitted.coef_.copy(),
+        "rounds": len(history),
+    }
+
+
+def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.verify", description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small data: a correctness check")
+    parser.add_argument("--rounds", type=int, default=10, help="rounds of each job (default 10)")
+    parser.add_argument("--warm", type=int, default=3, help="verified jobs before adaptive is measured (default 3)")
+    args = parser.parse_args(argv)
+
+    from grid import Grid
+
+    problem = make_problem("binary", args.quick)
+    print(machine())
+    print(f"problem {problem.title}; a 4-node region; {args.rounds} rounds per job")
+    out: dict[str, dict[str, Any]] = {}
+    with quiet(), Grid.local(regions={"eu": 4}, threads_per_node=1, dashboard=False) as g:
+        start = time.perf_counter()
+        data = g.scatter(problem.X_train, problem.y_train)
+        print(f"placed with g.scatter in {time.perf_counter() - start:.1f}s (not counted below)")
+        _job(g, data, 1, 1)  # fresh node processes import scikit-learn on their first update
+        out["verify=1"] = _job(g, data, args.rounds, 1)
+        out["verify=2"] = _job(g, data, args.rounds, 2)
+        for _ in range(args.warm):  # the nodes earn trust
+            _job(g, data, args.rounds, 2)
+        out["adaptive (trusted nodes)"] = _job(g, data, args.rounds, "adaptive")
+        cheater = sorted(w["address"] for w in g.status()["eu"]["workers"])[0]
+
+        async def install(dask_worker: Any) -> None:
+            await dask_worker.plugin_add(plugin=CorruptUpdates(), name=CorruptUpdates.name)
+
+        g.client("eu").run(install, workers=[cheater])
+        out["adaptive, one node corrupting"] = _job(g, data, args.rounds, "adaptive")
+
+    base = out["verify=1"]
+    clean = out["verify=2"]["coef"]
+    rows = []
+    for name, r in out.items():
+        same = float(np.max(np.abs(r["coef"] - clean)))
+        rows.append([
+            name, r["updates"], f"{r['updates'] / base['updates']:.2f}x", f"{r['wall']:.2f}",
+            f"{r['wall'] / base['wall']:.2f}x", r["unverified"],
+            ", ".join(f"from round {k}" for k in r["replayed"]) or "-", f"{same:.1e}",
+        ])
+    print(table(["mode", "updates computed", "vs verify=1", "wall s", "vs verify=1", "accepted unchecked",
+                 "replayed", "max |coef - verify=2|"], rows))
+    replayed = out["adaptive, one node corrupting"]
+    clean_adaptive = out["adaptive (trusted nodes)"]
+    print(f"replay cost: {replayed['updates'] - clean_adaptive['updates']} more updates and "
+          f"{replayed['wall'] - clean_adaptive['wall']:.2f}s more than the clean adaptive job "
+          f"({replayed['rounds']} rounds kept)")
+    # updates are deterministic: every mode gives one model, unless a corrupted update stayed in it
+    ok = all(float(np.max(np.abs(r["coef"] - clean))) <= 1e-9 for r in out.values())
+    print("models: every job equals the verify=2 model (1e-9): " + ("PASS" if ok else "FAIL"))
+    return out
+
+
+if __name__ == "__main__":
+    main()

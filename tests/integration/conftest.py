@@ -1,0 +1,20 @@
+"""Fixtures of the in-process cluster tests."""
+
+from __future__ import annotations
+
+import dask
+import pytest
+
+
+@pytest.fixture
+def short_connect_timeout():
+    """Connect timeout of 3 s instead of distributed's 30 s, for tests that quarantine a node.
+
+    A settling copy that runs on a node without the partition fetches it from a
+    holder; when that holder is a cheater quarantined meanwhile, distributed retries
+    the refused connection until its connect timeout before asking the other holder
+    (docs/reliability.md, "Not covered"). The model is the same either way; a short
+    timeout only keeps such tests short.
+    """
+    with dask.config.set({"distributed.comm.timeouts.connect": "3s"}):
+        yield
