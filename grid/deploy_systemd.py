@@ -50,6 +50,8 @@ from pathlib import Path
 
 import click
 
+from grid import names
+
 #: where ``install-systemd`` writes units unless told otherwise
 DEFAULT_TARGET_DIR = "/etc/systemd/system"
 #: environment files (one per unit)
@@ -67,12 +69,10 @@ ENV_EXAMPLE = "grid.env.example"
 #: file names inside a credentials directory, which are also the credential ids in ``%d``
 TLS_FILES = ("ca.pem", "cert.pem", "key.pem")
 
-_REGION = re.compile(r"^[a-z][a-z0-9-]{0,62}\Z")
 _ADDRESS = re.compile(r"^(tcp|tls)://[^\s/]+:\d{1,5}\Z")
 _USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}\Z")
 _SAFE_VALUE = re.compile(r"^[^\s'\"\\$%;#]*\Z")
 _CPU_QUOTA = re.compile(r"^\d{1,5}%\Z")
-_NODE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
 
 
 # --- options ------------------------------------------------------------------------------
@@ -116,7 +116,7 @@ class CommonOptions:
                 raise ValueError(f"{opt}={value!r} must be an absolute path without spaces, quotes, '$', '%', ';' or '#'")
         if self.user is not None and not _USER.match(self.user):
             raise ValueError(f"user={self.user!r} is not a valid system user name (lowercase, digits, '_', '-')")
-        if self.cert_name is not None and not _NODE_NAME.match(self.cert_name):
+        if self.cert_name is not None and not names.is_identity(self.cert_name):
             raise ValueError(f"cert_name={self.cert_name!r}: use letters, digits, '.', '_' and '-' (at most 128)")
         if self.user in ("root", "nobody"):
             raise ValueError(f"user={self.user!r} is not allowed: use a dedicated system user, or none for a DynamicUser")
@@ -227,7 +227,7 @@ class NodeOptions(CommonOptions):
         if not isinstance(self.nthreads, int) or self.nthreads < 1:
             raise ValueError(f"nthreads={self.nthreads!r} must be an integer >= 1")
         _check_memory_limit(self.memory_limit)
-        if self.name is not None and not _NODE_NAME.match(self.name):
+        if self.name is not None and not names.is_node_name(self.name):
             raise ValueError(f"name={self.name!r}: use letters, digits, '.', '_' and '-' (at most 128)")
         if self.cpu_quota is not None and not _CPU_QUOTA.match(self.cpu_quota):
             raise ValueError(f"cpu_quota={self.cpu_quota!r} must be a percentage such as '50%' or '200%'")
@@ -250,7 +250,7 @@ class NodeOptions(CommonOptions):
 
 
 def _check_region(region: str) -> None:
-    if not isinstance(region, str) or not _REGION.match(region):
+    if not names.is_region(region):
         raise ValueError(f"region={region!r} is not allowed; use lowercase letters, digits and '-', starting with a letter")
 
 

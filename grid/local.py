@@ -14,7 +14,8 @@ from distributed import LocalCluster
 from grid import config
 from grid.node.rounds import NodeRounds
 from grid.scheduler.plugin import GridSchedulerPlugin
-from grid.spec import REGION_NAME, GridSpec, RegionSpec, TLSSpec
+from grid import names
+from grid.spec import GridSpec, RegionSpec, TLSSpec
 
 
 def check_regions(regions: Mapping[str, int]) -> dict[str, int]:
@@ -23,7 +24,7 @@ def check_regions(regions: Mapping[str, int]) -> dict[str, int]:
         raise ValueError(f"regions must be a non-empty dict of region name to node count, got {regions!r}")
     out = {}
     for name, n in regions.items():
-        if not isinstance(name, str) or not REGION_NAME.match(name):
+        if not names.is_region(name):
             raise ValueError(
                 f"region name {name!r} is not allowed; use lowercase letters, digits and '-', "
                 "starting with a letter"

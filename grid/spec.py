@@ -23,7 +23,8 @@ from typing import Any
 import yaml
 from dask.utils import parse_timedelta
 
-REGION_NAME = re.compile(r"^[a-z][a-z0-9-]{0,62}\Z")
+from grid import names
+
 ADDRESS = re.compile(r"^(tcp|tls|inproc|ucx|ws|wss)://\S+\Z")
 REGION_OPTIONS = {"address", "connect-timeout"}
 TLS_KEYS = {"ca-file", "cert", "key"}
@@ -151,7 +152,7 @@ def load_spec(spec: str | os.PathLike | Mapping | GridSpec) -> GridSpec:
 
 def _region(source: str, name: Any, value: Any) -> RegionSpec:
     key = f"regions.{name}"
-    if not isinstance(name, str) or not REGION_NAME.match(name):
+    if not names.is_region(name):
         raise SpecError(
             f"{source}: region name {name!r} is not allowed; use lowercase letters, digits and '-', "
             "starting with a letter (e.g. 'eu', 'us-east')"

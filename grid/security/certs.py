@@ -68,7 +68,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from grid import config
+from grid import config, names
 from grid.errors import GridError
 
 logger = logging.getLogger(__name__)
@@ -92,7 +92,6 @@ CRL_FILE = "crl.pem"
 ISSUED_DIR = "issued"
 
 URI_SCHEME = "grid"
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")  # \Z: "$" would accept a trailing newline
 _DNS_RE = re.compile(r"^(\*\.)?([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?\Z")
 _LOCALHOST = ("localhost", "127.0.0.1", "::1")
 _BACKDATE = _dt.timedelta(minutes=5)  # tolerate clock skew between the CA machine and the grid
@@ -391,7 +390,7 @@ def _utc(value: _dt.datetime | None) -> _dt.datetime:
 
 
 def _check_name(value: str, what: str) -> str:
-    if not isinstance(value, str) or not _NAME_RE.match(value):
+    if not names.is_identity(value):
         raise ValueError(
             f"{what} {value!r} is not allowed: use 1-64 characters from letters, digits, '.', '_' and '-', "
             "starting with a letter or digit (e.g. 'eu', 'node-7', 'alice')"
@@ -438,9 +437,9 @@ def _parse_uri(uri: str) -> tuple[str, str, str | None, str | None]:
     owner = query["owner"][0] if "owner" in query else None
     if (
         parts.netloc not in ROLES
-        or not _NAME_RE.match(name)
-        or (region is not None and not _NAME_RE.match(region))
-        or (owner is not None and (parts.netloc != "node" or not _NAME_RE.match(owner)))
+        or not names.is_identity(name)
+        or (region is not None and not names.is_region(region))
+        or (owner is not None and (parts.netloc != "node" or not names.is_identity(owner)))
     ):
         raise NotAGridCertificate(
             f"grid identity URI {uri!r} is malformed; expected grid://ROLE/NAME[?region=REGION][&owner=OWNER] "
@@ -806,8 +805,11 @@ def issue(
             raise ValueError(f"{role} certificates are not bound to a region (got region {region!r}); drop --region")
         if hosts or include_localhost:
             raise ValueError(f"{role} certificates carry no host names (got {hosts!r}); drop --host")
-    if region is not None:
-        _check_name(region, "region")
+    if region is not None and not names.is_region(region):
+        raise ValueError(
+            f"region {region!r} is not allowed: use lowercase letters, digits and '-', starting with a letter "
+            "(e.g. 'eu', 'us-east'), as in the grid spec"
+        )
     if include_localhost is None:
         include_localhost = role == "scheduler"
     if include_localhost:
