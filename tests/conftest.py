@@ -1,10 +1,27 @@
-"""Shared fixtures: in-process grids and real grid processes."""
+"""Shared fixtures: in-process grids and real grid processes.
+
+Where a test lives says what it needs, and its markers come from there
+(:func:`pytest_collection_modifyitems`), so ``make test-fast`` (``-m "not slow
+and not system and not browser"``) runs every test that starts no real process:
+
+* ``tests/unit/``: pure code, no cluster;
+* ``tests/integration/``: in-process clusters (``Grid.local(processes=False)``,
+  ``distributed.utils_test``);
+* ``tests/system/``: real ``grid scheduler`` / ``grid node`` or worker processes
+  (marked ``system``);
+* ``tests/browser/``: headless Chromium (marked ``browser``);
+* ``tests/deploy/``: the Helm chart, systemd units and the container build,
+  with the tools they name.
+
+Long tests are marked ``slow`` in their module, wherever they live; CI runs them all.
+"""
 
 from __future__ import annotations
 
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,6 +38,22 @@ def wait_for(predicate: Callable[[], object], timeout: float = 30.0, interval: f
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
+
+
+#: the marker every test of a folder of tests/ carries
+FOLDER_MARKERS = {"system": "system", "browser": "browser"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    tests = Path(__file__).parent
+    for item in items:
+        try:
+            folder = Path(str(item.fspath)).relative_to(tests).parts[0]
+        except ValueError:  # a test outside tests/ (e.g. a doctest elsewhere)
+            continue
+        marker = FOLDER_MARKERS.get(folder)
+        if marker is not None:
+            item.add_marker(marker)
 
 
 @pytest.fixture(autouse=True)
