@@ -21,7 +21,7 @@ from grid import config
 from grid.errors import GridConnectionError, GridWarning, UnknownRegion, check_reply
 from grid.job import Job
 from grid.placement import PlacedData, drop_on, place, place_files
-from grid.scheduler.verify import check_request
+from grid.protocol.requests import check_request
 from grid.spec import GridSpec, load_spec
 from jobs.data import DataError, Files, partition
 

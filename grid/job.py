@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from grid import wire
 from grid.errors import GridConnectionError, GridWarning, JobCancelled, JobFailed, check_reply
-from grid.scheduler.registry import FINISHED
+from grid.protocol.requests import FINISHED
 from jobs.base import job_estimator_from_request
 
 if TYPE_CHECKING:

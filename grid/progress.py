@@ -8,7 +8,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from grid.scheduler.registry import FINISHED
+from grid.protocol.requests import FINISHED
 
 
 def progress(job: Any, *, interval: float = 0.5, file: Any = None, leave: bool = True, desc: str | None = None) -> str:

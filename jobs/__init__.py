@@ -2,8 +2,10 @@
 
 The training math in this package is pure numpy / scikit-learn: it imports
 neither ``distributed`` nor ``grid``, so it runs unchanged on a node and is
-unit-testable in microseconds. Importing the package registers every job
-kind's local step (``"partial_fit"``, ``"sgd"``).
+unit-testable in microseconds. The one exception is the scikit-learn facade
+(``jobs/base.py``), whose ``fit`` looks up the default grid when it runs
+(``tests/unit/test_layering.py`` checks both). The local step of each job
+kind is listed in :data:`jobs.local.LOCAL_STEPS`.
 """
 
 from jobs.partial_fit import PartialFit

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from jobs.merge import State, state_rule
+from jobs.sgd import sgd_step
 from jobs.spec import build_estimator
 
 
@@ -77,17 +78,8 @@ def partial_fit_step(
 #: :func:`partial_fit_step`: ``(spec, state, X, y, *, classes, seed, epochs)``
 #: returning ``(state, metrics)``. Job estimators name their kind in their
 #: request; nodes look the function up here.
-LOCAL_STEPS = {"partial_fit": partial_fit_step}
-
-
-def register_local_step(kind: str):
-    """Decorator: register the local update function of a job kind."""
-
-    def decorator(fn):
-        LOCAL_STEPS[kind] = fn
-        return fn
-
-    return decorator
+#: the local update of each job kind: what a node computes for one partition
+LOCAL_STEPS = {"partial_fit": partial_fit_step, "sgd": sgd_step}
 
 
 def local_step(kind: str):

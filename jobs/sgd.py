@@ -6,7 +6,7 @@ vector updates); there is no per-sample Python loop. The same kernel runs in
 three places:
 
 * :func:`sgd_step`, the local step a node runs on one partition in one round
-  (registered as job kind ``"sgd"`` with :func:`jobs.local.register_local_step`);
+  (job kind ``"sgd"`` in :data:`jobs.local.LOCAL_STEPS`);
 * ``jobs.SGDClassifier.partial_fit`` / ``jobs.SGDRegressor.partial_fit``, on the
   caller's machine, for streaming;
 * the unit tests, as a serial sequence of local steps.
@@ -54,8 +54,6 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 from scipy.special import expit
-
-from jobs.local import register_local_step
 
 State = dict[str, Any]
 
@@ -1005,7 +1003,6 @@ def _is_classification(spec: Mapping[str, Any], classes: Any) -> bool:
     return str(spec.get("class", "")).endswith("Classifier")
 
 
-@register_local_step("sgd")
 def sgd_step(
     spec: dict,
     state: State | None,

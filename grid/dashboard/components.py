@@ -57,8 +57,6 @@ UNREACHABLE = "unreachable"
 #: state of the last known nodes of an unreachable region
 UNKNOWN = "unknown"
 
-_FINISHED = ("done", "failed", "cancelled")
-
 
 # ---------------------------------------------------------------------------------------
 # formatting helpers

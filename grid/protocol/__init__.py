@@ -6,6 +6,8 @@
   it is unpickled;
 * :mod:`grid.protocol.comm` is distributed's TLS transport with both checks
   applied to untrusted peers, registered as the ``tls`` comm backend.
+* :mod:`grid.protocol.requests` checks job requests (client and scheduler
+  alike) and names the states of a job.
 
 This package imports neither the scheduler side nor the node side of the
 grid; both, and the client, use it.

@@ -63,8 +63,8 @@ from distributed.worker import get_data_from_worker
 from grid import config, wire
 from grid.node.tasks import partition_update
 from grid.scheduler import recovery
+from grid.protocol.requests import ADAPTIVE
 from grid.scheduler.verify import (
-    ADAPTIVE,
     AdaptiveSettings,
     Origin,
     Update,

@@ -36,7 +36,7 @@ from grid import config, wire
 from grid.node.tasks import sequential_step
 from grid.scheduler import recovery
 from grid.scheduler.attempts import RoundAttempts
-from grid.scheduler.verify import ADAPTIVE
+from grid.protocol.requests import ADAPTIVE
 from jobs.aggregate import get_aggregator, weighted_mean
 from jobs.merge import MergeRule, state_rule
 from jobs.spec import resolve_class

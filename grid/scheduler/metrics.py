@@ -43,13 +43,12 @@ from typing import Any
 from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from grid.protocol.requests import STATUSES  # job statuses, all exported (0 included)
+
 logger = logging.getLogger("grid.metrics")
 
-#: job statuses always exported (0 included), as the registry knows them
-JOB_STATUSES = ("queued", "running", "done", "failed", "cancelled")
 #: node states always exported (0 included); the scheduler may report others
 NODE_STATES = ("active", "paused", "quarantined")
-_FINISHED = frozenset({"done", "failed", "cancelled"})
 
 
 def _node_state(plugin: Any, ws: Any) -> str:
@@ -144,7 +143,7 @@ class GridCollector:
         region = str(plugin.region)
         records = list(plugin.registry.all())
 
-        by_status = dict.fromkeys(JOB_STATUSES, 0)
+        by_status = dict.fromkeys(STATUSES, 0)
         current: dict[str, tuple[int, float]] = {}
         rate_total = 0.0
         for record in records:

@@ -37,7 +37,8 @@ from grid.scheduler.metrics import register_metrics, unregister_metrics
 from grid.scheduler.registry import FINISHED, JobRecord, JobRegistry
 from grid.scheduler import recovery
 from grid.scheduler.state import StateDir
-from grid.scheduler.verify import ADAPTIVE, INDEPENDENCE, Origin, Reliability, check_request
+from grid.protocol.requests import ADAPTIVE, check_request
+from grid.scheduler.verify import INDEPENDENCE, Origin, Reliability
 from grid.node.align import PLUGIN_NAME as ALIGN_PLUGIN, AlignPartitions
 from grid.node.rounds import PLUGIN_NAME as ROUNDS_PLUGIN, NodeRounds
 from jobs.local import local_step

@@ -9,8 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-STATUSES = ("queued", "running", "done", "failed", "cancelled")
-FINISHED = frozenset({"done", "failed", "cancelled"})
+from grid.protocol.requests import FINISHED, STATUSES
 
 
 class UnknownJob(KeyError):

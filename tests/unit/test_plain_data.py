@@ -11,7 +11,7 @@ import pytest
 from distributed.protocol.serialize import Pickled, Serialize, Serialized, ToPickle
 from sklearn.linear_model import SGDClassifier
 
-from grid.scheduler.verify import check_request
+from grid.protocol.requests import check_request
 from jobs import PartialFit
 from jobs.plain import MAX_DEPTH, PlainDataError, check_plain
 from jobs.spec import SpecError, build_estimator, estimator_spec

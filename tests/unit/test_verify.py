@@ -6,13 +6,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from grid.protocol.requests import check_request
 from grid.scheduler.driver import first_round_of, rounds_of
 from grid.scheduler.verify import (
     AdaptiveSettings,
     NodeRecord,
     Origin,
     Reliability,
-    check_request,
     difference,
     independent,
     independent_count,

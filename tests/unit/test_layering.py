@@ -1,0 +1,196 @@
+"""The layers of the code, checked on its import graph (built from the source with ``ast``).
+
+* ``jobs/`` is training math: it imports neither ``grid`` nor ``distributed``,
+  except the scikit-learn facade (``jobs/base.py``), which looks up the default
+  grid inside ``fit``;
+* the node side (``grid/node/``) never imports the scheduler side;
+* the client (``grid/client.py``, ``job.py``, ``placement.py``, ``parallel.py``,
+  ``progress.py``) never imports the scheduler side; what both need (job
+  requests, job states, the protocol table) lives in ``grid/protocol/``;
+* ``grid/protocol/`` imports neither side;
+* no import cycles, function-level imports included (imports under
+  ``if TYPE_CHECKING:`` are type hints, not imports), except among the
+  scheduler's own modules, listed below: that list may only shrink.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGES = ("grid", "jobs")
+#: the scikit-learn facades of jobs/, the one place that may look up a grid (inside functions)
+FACADES = {"jobs.base": {"grid.client"}}
+CLIENT = {"grid.client", "grid.job", "grid.placement", "grid.parallel", "grid.progress"}
+#: the scheduler's modules that still import each other (a cycle); remove a module once it leaves it
+SCHEDULER_CYCLE = {
+    "grid.scheduler.plugin", "grid.scheduler.driver", "grid.scheduler.attempts", "grid.scheduler.recovery",
+    "grid.scheduler.datasets", "grid.scheduler.replicas",
+}
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for package in PACKAGES:
+        for path in (ROOT / package).rglob("*.py"):
+            parts = list(path.relative_to(ROOT).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            out[".".join(parts)] = path
+    return out
+
+
+MODULES = _modules()
+
+
+def _imports(module: str, path: Path) -> Iterator[tuple[str, bool]]:
+    """(imported name, at module level) for every import of ``module`` outside ``if TYPE_CHECKING:``."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    is_package = path.name == "__init__.py"
+
+    def visit(node: ast.AST, top: bool) -> Iterator[tuple[str, bool]]:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test):
+                yield from (item for n in child.orelse for item in visit(n, top))
+                continue
+            if isinstance(child, ast.Import):
+                yield from ((alias.name, top) for alias in child.names)
+            elif isinstance(child, ast.ImportFrom):
+                base = child.module or ""
+                if child.level:
+                    package = module if is_package else module.rpartition(".")[0]
+                    for _ in range(child.level - 1):
+                        package = package.rpartition(".")[0]
+                    base = f"{package}.{base}" if base else package
+                for alias in child.names:  # `from grid import names` imports the module grid.names
+                    yield (f"{base}.{alias.name}" if f"{base}.{alias.name}" in MODULES else base), top
+            inner = top and not isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
+            yield from visit(child, inner)
+
+    yield from visit(tree, True)
+
+
+def _resolve(name: str) -> str | None:
+    """The module of ours that ``name`` is (or is in), or its top package if it is someone else's."""
+    while name:
+        if name in MODULES:
+            return name
+        if "." not in name:
+            return name
+        name = name.rpartition(".")[0]
+    return None
+
+
+def _graph() -> dict[str, set[str]]:
+    graph: dict[str, set[str]] = {m: set() for m in MODULES}
+    for module, path in MODULES.items():
+        for name, _ in _imports(module, path):
+            target = _resolve(name)
+            if target and target != module:
+                graph[module].add(target)
+    return graph
+
+
+GRAPH = _graph()
+
+
+def _within(module: str, package: str) -> bool:
+    return module == package or module.startswith(package + ".")
+
+
+def test_the_graph_is_read() -> None:
+    # a broken reader would pass every rule below
+    assert "jobs.local" in GRAPH["grid.node.tasks"] or "jobs" in GRAPH["grid.node.tasks"]
+    assert "grid.scheduler.attempts" in GRAPH["grid.scheduler.driver"]
+    assert "distributed" in GRAPH["grid.scheduler.plugin"]
+
+
+def test_jobs_imports_neither_grid_nor_distributed_outside_the_facades() -> None:
+    bad = {}
+    for module, path in MODULES.items():
+        if not _within(module, "jobs"):
+            continue
+        allowed = FACADES.get(module, set())
+        for name, top in _imports(module, path):
+            target = _resolve(name) or ""
+            if _within(target, "grid") or _within(target, "distributed"):
+                if top or target not in allowed:
+                    bad.setdefault(module, []).append(name)
+    assert not bad, f"jobs/ reaches for the runtime: {bad}"
+
+
+@pytest.mark.parametrize(
+    "side, forbidden",
+    [("grid.node", "grid.scheduler"), ("grid.protocol", "grid.scheduler"), ("grid.protocol", "grid.node")],
+)
+def test_one_side_never_imports_the_other(side: str, forbidden: str) -> None:
+    bad = {m: sorted(t for t in targets if _within(t, forbidden)) for m, targets in GRAPH.items() if _within(m, side)}
+    assert not {m: t for m, t in bad.items() if t}
+
+
+def test_the_client_never_imports_the_scheduler_side() -> None:
+    bad = {m: sorted(t for t in GRAPH[m] if _within(t, "grid.scheduler")) for m in CLIENT}
+    assert not {m: t for m, t in bad.items() if t}
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[set[str]]:
+    """Strongly connected components of more than one module (Tarjan, iterative)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    out: list[set[str]] = []
+    counter = 0
+    for root in graph:
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph[root])))]
+        index[root] = low[root] = counter
+        counter += 1
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, children = work[-1]
+            for child in children:
+                if child not in graph:
+                    continue
+                if child not in index:
+                    index[child] = low[child] = counter
+                    counter += 1
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(sorted(graph[child]))))
+                    break
+                if child in on_stack:
+                    low[node] = min(low[node], index[child])
+            else:
+                work.pop()
+                if work:
+                    low[work[-1][0]] = min(low[work[-1][0]], low[node])
+                if low[node] == index[node]:
+                    component = set()
+                    while True:
+                        member = stack.pop()
+                        on_stack.discard(member)
+                        component.add(member)
+                        if member == node:
+                            break
+                    if len(component) > 1:
+                        out.append(component)
+    return out
+
+
+def test_cycles_are_found() -> None:
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [{"a", "b", "c"}]
+    assert _cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_import_cycles_but_the_schedulers_listed_one() -> None:
+    # the facade's lookup of the default grid is the sanctioned way up from jobs/ (see above)
+    graph = {m: {t for t in targets if t not in FACADES.get(m, set())} for m, targets in GRAPH.items()}
+    cycles = _cycles(graph)
+    assert all(cycle <= SCHEDULER_CYCLE for cycle in cycles), [sorted(c) for c in cycles if not c <= SCHEDULER_CYCLE]
