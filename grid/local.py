@@ -54,7 +54,7 @@ class LocalGrid:
         self._tmpdir: str | None = None
         tls_spec = None
         if tls:
-            from grid.security.certs import make_throwaway_grid
+            from grid.security.throwaway import make_throwaway_grid
 
             self._tmpdir = tempfile.mkdtemp(prefix="dask-grid-tls-")
             self.throwaway = make_throwaway_grid(self._tmpdir, {r: max(1, n) for r, n in regions.items()})

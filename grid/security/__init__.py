@@ -2,7 +2,8 @@
 
 :mod:`grid.security.certs` creates the grid CA, issues role certificates
 (scheduler, node, client, admin), revokes them through a CRL, and parses and
-checks peer certificates. :mod:`grid.security.cli` is the ``grid certs``
+checks peer certificates. :mod:`grid.security.throwaway` makes the
+throw-away CA of a local TLS grid. :mod:`grid.security.cli` is the ``grid certs``
 command group. The threat model is in ``docs/security.md``.
 """
 
@@ -24,7 +25,6 @@ from grid.security.certs import (
     IssuedCert,
     NotAGridCertificate,
     RevocationList,
-    ThrowawayGrid,
     WrongRegion,
     WrongRole,
     check_certificate,
@@ -37,10 +37,10 @@ from grid.security.certs import (
     load_ca,
     load_crl_into_context,
     load_revoked,
-    make_throwaway_grid,
     revoke,
     write_crl,
 )
+from grid.security.throwaway import ThrowawayGrid, make_throwaway_grid
 
 __all__ = [
     "CA",

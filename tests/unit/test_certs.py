@@ -44,11 +44,11 @@ from grid.security.certs import (
     load_ca,
     load_crl_into_context,
     load_revoked,
-    make_throwaway_grid,
     revoke,
     write_crl,
 )
 from grid.security.cli import certs as certs_cli
+from grid.security.throwaway import make_throwaway_grid
 
 UTC = dt.timezone.utc
 

@@ -23,7 +23,8 @@ from grid.protocol import messages
 from grid.protocol.messages import PROTOCOL, ProtocolViolation, check_fields, handler_names
 from grid.scheduler.access import AccessControl
 from grid.security import certs
-from grid.security.certs import Identity, check_certificate, identity_from_der, init_ca, issue, make_throwaway_grid
+from grid.security.certs import Identity, check_certificate, identity_from_der, init_ca, issue
+from grid.security.throwaway import make_throwaway_grid
 from grid.security.cli import certs as certs_cli
 
 #: what an observer may call on a scheduler: the dashboard's reads and a Dask client's connection
