@@ -18,12 +18,13 @@ Where the identity lives
 
         grid://<role>/<name>                  client, admin, observer (and a scheduler without region)
         grid://<role>/<name>?region=<region>  node (always), scheduler (when given)
+        grid://node/<name>?region=<region>&owner=<owner>   a node whose certificate names its owner
 
     Python's ``ssl`` shows this URI in ``getpeercert()`` (``('URI', ...)``)
     and :func:`identity_from_der` parses it from the binary form. Parsing
-    requires CN and OU to agree with the URI. Names and regions are
-    ``[A-Za-z0-9][A-Za-z0-9._-]*`` (at most 64 characters), so they need no
-    escaping in a URI.
+    requires CN and OU to agree with the URI. Names and owners are
+    ``[A-Za-z0-9][A-Za-z0-9._-]*`` (at most 64 characters), regions
+    ``[a-z][a-z0-9-]*`` (:mod:`grid.names`), so they need no escaping in a URI.
 
 Extensions
     CA: basicConstraints CA:TRUE pathlen 0 (critical), keyUsage

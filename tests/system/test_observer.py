@@ -221,11 +221,11 @@ def test_the_observer_sees_every_users_jobs_and_the_nodes(observed):
     assert not o.leaks(), "job metadata carried alice's data or model"
 
 
-def test_the_dashboard_with_an_observer_certificate_shows_every_job_and_node(observed):
-    o = observed
+def dashboard_view(o, cert) -> GridRPCView:
+    """What the dashboard reads with ``cert``: the grid, and alice's job by id."""
 
     async def read() -> GridRPCView:
-        view = GridRPCView.from_spec(o.spec(o.observer), timeout=30)
+        view = GridRPCView.from_spec(o.spec(cert), timeout=30)
         try:
             await view.refresh()
             await view.refresh_job(o.alice_job)
@@ -233,7 +233,13 @@ def test_the_dashboard_with_an_observer_certificate_shows_every_job_and_node(obs
             await view.close()
         return view
 
-    view = asyncio.run(read())
+    return asyncio.run(read())
+
+
+def test_the_dashboard_with_an_observer_certificate_shows_every_job_and_node(observed):
+    o = observed
+
+    view = dashboard_view(o, o.observer)
     o.keep([view.info, view.jobs, view.details])
     assert view.errors == {}
     assert {o.alice_job, o.bob_job} <= {j["id"] for j in view.jobs}
@@ -250,16 +256,7 @@ def test_a_client_certificate_still_sees_only_its_own_jobs(observed):
     assert o.bob_job in ids and o.alice_job not in ids
     assert len(status["workers"]) == 0 and all(d["owner"] == "bob" for d in status["datasets"])
 
-    async def read() -> GridRPCView:
-        view = GridRPCView.from_spec(o.spec(o.bob), timeout=30)
-        try:
-            await view.refresh()
-            await view.refresh_job(o.alice_job)
-        finally:
-            await view.close()
-        return view
-
-    view = asyncio.run(read())
+    view = dashboard_view(o, o.bob)
     assert {j["id"] for j in view.jobs} == {o.bob_job}
     assert o.alice_job not in view.details
 
