@@ -328,9 +328,7 @@ class RoundAttempts:
                     self._submit(pr, worker, "first")
                     continue
             self._submit(pr, worker, "first")
-            for _ in range(self.verify - 1):
-                if not self._add_replica(pr):
-                    pr.missing += 1
+            self._replicate(pr, self.verify - 1, note=False)
         self._note_waiting()
 
     def _spot_check(self, pr: PartitionRound, identity: str, salt: int = 0) -> bool:
@@ -499,20 +497,36 @@ class RoundAttempts:
             task = self.plugin.scheduler.tasks.get(attempt.future.key)
             if task is not None and task.processing_on is not None:
                 used.add(task.processing_on.address)
-        candidates = [w for w in self._usable() if w not in used and self._may_vote(pr, w)]
+        voters = self._voters(pr)
+        candidates = [w for w in self._usable() if w not in used and self._may_vote(w, voters)]
         if not candidates:  # a paused node will run it when it resumes (or the deadline moves it on)
-            candidates = [w for w in self.plugin.scheduler.workers if w not in used and self._may_vote(pr, w)]
+            candidates = [w for w in self.plugin.scheduler.workers if w not in used and self._may_vote(w, voters)]
         if not candidates:
             return None
         return min(candidates, key=lambda w: (w not in holders, self.load.get(w, 0), w))
 
-    def _may_vote(self, pr: PartitionRound, worker: str) -> bool:
-        """Whether ``worker`` is independent of every node computing or having computed ``pr`` (verify > 1)."""
+    def _voters(self, pr: PartitionRound) -> list[Origin]:
+        """Origins of the nodes computing or having computed ``pr`` (verify > 1; none needed otherwise)."""
         if self.verify == 1:
+            return []
+        workers = {a.worker for a in pr.pending if a.worker} | {w for w, _ in pr.results if w}
+        return [pr.origins[w] for w in workers if w in pr.origins]
+
+    def _may_vote(self, worker: str, voters: list[Origin]) -> bool:
+        """Whether ``worker`` is independent of every one of ``voters``."""
+        if not voters:
             return True
-        voters = {a.worker for a in pr.pending if a.worker} | {w for w, _ in pr.results if w}
         origin = self.plugin.origin_of(worker)
-        return all(independent(origin, pr.origins[v], self.independence) for v in voters if v in pr.origins)
+        return all(independent(origin, voter, self.independence) for voter in voters)
+
+    def _replicate(self, pr: PartitionRound, copies: int, kind: str = "replica", note: bool = True) -> None:
+        """Issue ``copies`` more updates of ``pr`` on independent nodes; those no node allows now
+        wait (``pr.missing``) until nodes join, and the job's status says so unless ``note`` is False."""
+        for _ in range(copies):
+            if not self._add_replica(pr, kind):
+                pr.missing += 1
+        if note and pr.missing:
+            self._note_waiting()
 
     def _fill_missing(self) -> None:
         """Issue the copies that waited for independent nodes, where nodes now allow it."""
@@ -563,9 +577,8 @@ class RoundAttempts:
         self.counts["reissued"] += 1
         if self.verify == 1:  # any node will do: a holder, else Dask places it by its data (quarantined nodes are gone)
             self._submit(pr, self._holder(pr), "reissue")
-        elif not self._add_replica(pr, kind="reissue"):  # copies must stay on independent nodes: wait for one
-            pr.missing += 1
-            self._note_waiting()
+        else:  # copies must stay on independent nodes: wait for one if none is there
+            self._replicate(pr, 1, kind="reissue")
 
     # --- results -------------------------------------------------------------------------
     async def _handle(self, pr: PartitionRound, attempt: Attempt, outcome: Any) -> bool:
@@ -682,11 +695,7 @@ class RoundAttempts:
                 # another node computed it (a re-issue, a speculative copy) and its own draw says check it,
                 # or nobody knows which node did: replicate it now, as for an untrusted node
                 pr.needed = self.verify
-                for _ in range(max(0, self.verify - len(pr.results) - len(pr.pending))):
-                    if not self._add_replica(pr):
-                        pr.missing += 1
-                if pr.missing:
-                    self._note_waiting()
+                self._replicate(pr, self.verify - len(pr.results) - len(pr.pending))
                 return False
             pr.accepted = update
             self.unverified.setdefault(identity, []).append(pr.index)
@@ -728,9 +737,7 @@ class RoundAttempts:
                 f"do not include {pr.needed} that agree (differences from the first, in tolerances: "
                 f"{[round(s, 3) for s in spread]}); add nodes or raise grid.scheduler.verify.max-replicas"
             )
-        if not self._add_replica(pr):
-            pr.missing += 1  # no independent node left now: wait for one
-            self._note_waiting()
+        self._replicate(pr, 1)  # or wait for an independent node, if none is left now
         return False
 
     async def _quarantine(self, worker: str, reason: str, evidence: dict) -> None:

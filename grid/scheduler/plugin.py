@@ -130,7 +130,7 @@ class GridSchedulerPlugin(SchedulerPlugin):
         untrusted.install(scheduler, on_finished=self._result_from)
         self.quarantine = Quarantine(scheduler, self.access)
         self.quarantine.install(scheduler)
-        self._taint_on_quarantine()
+        self.quarantine.listeners.append(self._taint_finished_jobs)
         # keep grid.jobs.replicas copies of every dataset partition (docs/reliability.md#churn)
         self.replica_policy = replicas.install(self, scheduler)
         # partitions arrive unaligned through Dask's comms: each node copies them once (grid/node/align.py)
@@ -155,23 +155,15 @@ class GridSchedulerPlugin(SchedulerPlugin):
         if state_dir:  # reload jobs, quarantine and Files datasets; resume what can resume
             self.state = StateDir(state_dir, self.region)
             recovery.recover(self)
+            self._taint_finished_jobs()  # both were kept: a node caught after a job still taints it
         register_metrics(self)
         # the grid page on this scheduler's own dashboard (/grid), via distributed's Bokeh app hook
         register_scheduler_page(scheduler, region=self.region)
 
-    def _taint_on_quarantine(self) -> None:
-        """A node quarantined from now on taints the ended jobs it contributed unchecked updates to."""
-        add_identity = self.quarantine.add_identity
-
-        def add_and_taint(identity: str, address: str, reason: str, evidence: dict | None = None) -> Any:
-            new = identity not in self.quarantine
-            record = add_identity(identity, address, reason, evidence)
-            if new:
-                for job in self.registry.all():
-                    self.taint_if_caught(job)
-            return record
-
-        self.quarantine.add_identity = add_and_taint  # type: ignore[method-assign]
+    def _taint_finished_jobs(self, caught: Any = None) -> None:
+        """A node quarantined from now on taints the ended jobs it had updates accepted unchecked in."""
+        for job in self.registry.all():
+            self.taint_if_caught(job)
 
     def taint_if_caught(self, record: JobRecord) -> None:
         """Mark a finished ``verify="adaptive"`` job tainted when a node of this region that went
@@ -699,6 +691,7 @@ class GridSchedulerPlugin(SchedulerPlugin):
         if driver is not None:
             await driver.detach_remote()
         self.tasks.pop(record.id, None)
+        self.taint_if_caught(record)  # a node of it quarantined (by another job) before it ended
         await recovery.persist_finished(self, record)
         event = self.finished_events.get(record.id)
         if event is not None:
@@ -718,7 +711,6 @@ class GridSchedulerPlugin(SchedulerPlugin):
             record = self._record(comm, job_id)
         except (KeyError, PermissionError) as exc:
             return _error(exc)
-        self.taint_if_caught(record)  # after a restart too: history and quarantine are both kept
         out = record.summary()
         if history:
             out["history"] = list(record.history)
@@ -768,7 +760,6 @@ class GridSchedulerPlugin(SchedulerPlugin):
             record = self._record(comm, job_id)
         except (KeyError, PermissionError) as exc:
             return _error(exc)
-        self.taint_if_caught(record)
         state = recovery.load_result(self, record) if record.status == "done" else None
         if record.status == "done" and state is None:
             return _error(RuntimeError(

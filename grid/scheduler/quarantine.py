@@ -15,6 +15,7 @@ import inspect
 import logging
 import time
 from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 from grid.handlers import call_handler
@@ -73,6 +74,8 @@ class Quarantine:
         self.access = access
         self.records: dict[str, QuarantineRecord] = {}
         self.store = store
+        #: called with every new record, once it is saved (e.g. to taint the jobs a caught node took part in)
+        self.listeners: list[Callable[[QuarantineRecord], None]] = []
 
     def identity_of(self, address: str) -> str:
         """Who the node at ``address`` is: its certificate name on TLS grids, its node name on plaintext ones.
@@ -110,6 +113,8 @@ class Quarantine:
             record = self.records[identity] = QuarantineRecord(identity, address, reason, dict(evidence or {}))
             logger.warning("node %s (%s) quarantined: %s", identity, address, reason)
             self.save()
+            for listener in self.listeners:
+                listener(record)
         return record
 
     def install(self, scheduler: Any) -> None:

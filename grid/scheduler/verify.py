@@ -180,8 +180,6 @@ class Reliability:
                 continue
 
 
-
-
 @dataclass(frozen=True)
 class AdaptiveSettings:
     """``grid.scheduler.verify.adaptive``: how ``verify="adaptive"`` spot-checks trusted nodes.
