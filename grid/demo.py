@@ -182,7 +182,7 @@ def _exact_merge(g: Grid, echo: Callable[[str], None]) -> dict[str, Any]:
 
 def _verified(g: Grid, first: dict[str, Any], echo: Callable[[str], None]) -> dict[str, Any]:
     rounds = first["grid"]["rounds"]
-    echo(f"\n4. Verified: verify=2 computes every partition update on 2 nodes of eu and uses it only when they agree")
+    echo("\n4. Verified: verify=2 computes every partition update on 2 nodes of eu and uses it only when they agree")
     job = g.submit(jobs.SGDClassifier(max_iter=rounds, **SGD_PARAMS), first["data"], verify=2)
     job.progress(desc=f"verify=2, {rounds} round{'s' * (rounds > 1)}")
     fitted = job.result()

@@ -153,8 +153,6 @@ def test_plain_dask_on_a_region(any_grid):
 
 @pytest.mark.parametrize("tls", [False, True], ids=["tcp", "tls"])
 def test_joblib_gridsearch_on_the_grid(classification_data, tls):
-    from sklearn.model_selection import GridSearchCV
-
     X, y = classification_data
     # two nodes: with one thread in all, joblib would run the search in this process
     g = Grid.local(regions={"eu": 2}, processes=False, dashboard=False, tls=tls)

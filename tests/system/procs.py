@@ -103,6 +103,16 @@ def grid_processes() -> Iterator[Processes]:
             procs.stop_all()
 
 
+def tls_args(ca, cert) -> tuple[str, ...]:
+    """The ``--tls-*`` options of a ``grid scheduler`` / ``grid node`` presenting ``cert`` of the CA ``ca``."""
+    return ("--tls-ca-file", str(ca.cert_path), "--tls-cert", str(cert.cert_path), "--tls-key", str(cert.key_path))
+
+
+def tls_spec(ca, cert, regions: dict[str, str]) -> dict:
+    """A grid spec of ``regions`` (name -> address) for a client presenting ``cert`` of the CA ``ca``."""
+    return {"regions": dict(regions), "tls": {"ca-file": str(ca.cert_path), "cert": str(cert.cert_path), "key": str(cert.key_path)}}
+
+
 def wait_nodes(grid, region: str, n: int, timeout: float = 60) -> None:
     wait_for(lambda: len(grid.status()[region]["workers"]) == n, timeout=timeout, what=f"{n} nodes in {region}")
 

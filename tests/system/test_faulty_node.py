@@ -8,7 +8,6 @@ the issue describes: the node's update function is replaced through
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 

@@ -27,7 +27,7 @@ from jobs import PartialFit
 from jobs.data import Files
 from tests.conftest import wait_for
 from tests.integration.reference import assert_same_model, fedavg
-from tests.system.procs import grid_processes
+from tests.system.procs import grid_processes, tls_args, tls_spec
 
 pytestmark = [pytest.mark.system]
 
@@ -77,7 +77,7 @@ def world(tmp_path_factory):
     sched = {r: issue(ca, "scheduler", f"sched-{r}", region=r, out=certs) for r in ("eu", "us")}
     nodes = {n: issue(ca, "node", n, region=r, out=certs) for n, r in (("eu1", "eu"), ("eu2", "eu"), ("us1", "us"))}
     scientist = issue(ca, "client", "scientist", out=certs)
-    tls = lambda c: ["--tls-ca-file", str(ca.cert_path), "--tls-cert", str(c.cert_path), "--tls-key", str(c.key_path)]  # noqa: E731
+    tls = lambda c: tls_args(ca, c)  # noqa: E731
     roots = (str(data), f"http://127.0.0.1:{port}/data/", f"http://localhost:{port}/data/")
     try:
         with grid_processes() as procs:
@@ -91,7 +91,7 @@ def world(tmp_path_factory):
                 procs.node("eu", addresses["eu"], "eu2", data_roots=roots, args=tuple(tls(nodes["eu2"]))),
                 procs.node("us", addresses["us"], "us1", args=tuple(tls(nodes["us1"]))),  # a community node without roots
             ]
-            spec = {"regions": addresses, "tls": {"ca-file": str(ca.cert_path), "cert": str(scientist.cert_path), "key": str(scientist.key_path)}}
+            spec = tls_spec(ca, scientist, addresses)
             with Grid.connect(spec) as g:
                 try:
                     wait_for(lambda: g.status()["eu"]["nodes"]["active"] == 2 and g.status()["us"]["nodes"]["active"] == 1, timeout=90, what="3 nodes")

@@ -14,7 +14,7 @@ from grid import Grid
 from grid.security.certs import init_ca, issue
 from jobs import PartialFit
 from tests.conftest import wait_for
-from tests.system.procs import GRID, grid_processes
+from tests.system.procs import GRID, grid_processes, tls_args, tls_spec
 
 pytestmark = [pytest.mark.system, pytest.mark.slow]
 
@@ -54,7 +54,7 @@ def test_malicious_node_is_quarantined_and_its_payload_never_runs(tmp_path):
     X, y = make_classification(n_samples=6000, n_features=10, random_state=0)
     with grid_processes() as procs:
         path = os.path.join(procs.workdir, "s.json")
-        tls = lambda c: ["--tls-ca-file", str(ca.cert_path), "--tls-cert", str(c.cert_path), "--tls-key", str(c.key_path)]  # noqa: E731
+        tls = lambda c: tls_args(ca, c)  # noqa: E731
         scheduler = procs.spawn(
             [GRID, "scheduler", "--region", "eu", "--host", "127.0.0.1", "--port", "0", "--dashboard-address", "127.0.0.1:0",
              "--scheduler-file", path, *tls(sched)],
@@ -67,7 +67,7 @@ def test_malicious_node_is_quarantined_and_its_payload_never_runs(tmp_path):
         assert address.startswith("tls://")
         for i, cert in enumerate(nodes):
             procs.spawn([GRID, "node", "--region", "eu", "--scheduler", address, "--nthreads", "1", *tls(cert)], f"n{i}")
-        spec = {"regions": {"eu": address}, "tls": {"ca-file": str(ca.cert_path), "cert": str(scientist.cert_path), "key": str(scientist.key_path)}}
+        spec = tls_spec(ca, scientist, {"eu": address})
         # the operator sees node names, addresses and quarantine records; a data scientist, counts only
         operator_spec = {**spec, "tls": {**spec["tls"], "cert": str(admin.cert_path), "key": str(admin.key_path)}}
         with Grid.connect(spec) as g, Grid.connect(operator_spec) as ops:

@@ -23,7 +23,7 @@ from dask.system import CPU_COUNT
 from grid import Grid
 from grid.security.certs import init_ca, issue
 from tests.conftest import wait_for
-from tests.system.procs import GRID, grid_processes
+from tests.system.procs import GRID, grid_processes, tls_args, tls_spec
 
 pytestmark = [pytest.mark.system, pytest.mark.slow]
 
@@ -183,8 +183,8 @@ def test_tls_community_node_runs_admin_tasks_only_with_allow_admin_tasks(tmp_pat
     strict, lenient = (issue(ca, "node", name, region="eu", out=out) for name in ("strict", "lenient"))
     admin = issue(ca, "admin", "operator", out=out)
     scientist = issue(ca, "client", "scientist", out=out)
-    tls = lambda c: ("--tls-ca-file", str(ca.cert_path), "--tls-cert", str(c.cert_path), "--tls-key", str(c.key_path))  # noqa: E731
-    spec = lambda c, a: {"regions": {"eu": a}, "tls": {"ca-file": str(ca.cert_path), "cert": str(c.cert_path), "key": str(c.key_path)}}  # noqa: E731
+    tls = lambda c: tls_args(ca, c)  # noqa: E731
+    spec = lambda c, a: tls_spec(ca, c, {"eu": a})  # noqa: E731
     with grid_processes() as procs:
         _, address = procs.scheduler("eu", args=tls(sched))
         procs.node("eu", address, "strict", args=tls(strict), community=None)  # TLS: community by default

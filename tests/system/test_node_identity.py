@@ -23,7 +23,7 @@ from grid.security.certs import init_ca, issue
 from jobs import PartialFit
 from tests.conftest import wait_for
 from tests.integration.reference import assert_same_model, fedavg
-from tests.system.procs import GRID, grid_processes
+from tests.system.procs import grid_processes, tls_args, tls_spec
 
 pytestmark = [pytest.mark.system, pytest.mark.slow]
 
@@ -88,8 +88,8 @@ def test_a_node_cannot_take_over_another_nodes_identity_and_an_honest_restart_is
     admin_cert = issue(ca, "admin", "operator", out=out)
     scientist = issue(ca, "client", "scientist", out=out)
     X, y = make_classification(n_samples=2000, n_features=8, random_state=0)
-    tls = lambda c: ["--tls-ca-file", str(ca.cert_path), "--tls-cert", str(c.cert_path), "--tls-key", str(c.key_path)]  # noqa: E731
-    spec = lambda c, a: {"regions": {"eu": a}, "tls": {"ca-file": str(ca.cert_path), "cert": str(c.cert_path), "key": str(c.key_path)}}  # noqa: E731
+    tls = lambda c: tls_args(ca, c)  # noqa: E731
+    spec = lambda c, a: tls_spec(ca, c, {"eu": a})  # noqa: E731
     with grid_processes() as procs:
         scheduler, address = procs.scheduler("eu", args=tuple(tls(sched)))
         nodes = {c.identity.name: procs.node("eu", address, c.identity.name, args=tuple(tls(c))) for c in honest}

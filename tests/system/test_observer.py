@@ -41,7 +41,7 @@ from grid.keys import partition_key
 from grid.security.certs import init_ca, issue, write_crl
 from jobs import PartialFit
 from tests.conftest import wait_for
-from tests.system.procs import GRID, grid_processes
+from tests.system.procs import GRID, grid_processes, tls_args, tls_spec
 
 pytestmark = [pytest.mark.system, pytest.mark.slow]
 
@@ -81,9 +81,9 @@ class Observed:
         self.bob = issue(ca, "client", "bob", out=out)
         self.observer = issue(ca, "observer", "ops-dashboard", out=out)
         write_crl(ca)
-        _, self.address = procs.scheduler("eu", args=("--crl-file", str(ca.crl_path), *self.tls(sched)))
+        _, self.address = procs.scheduler("eu", args=("--crl-file", str(ca.crl_path), *tls_args(ca, sched)))
         for cert in nodes:
-            procs.node("eu", self.address, cert.identity.name, args=tuple(self.tls(cert)), community=None)
+            procs.node("eu", self.address, cert.identity.name, args=tls_args(ca, cert), community=None)
         X, y = make_classification(n_samples=2000, n_features=8, random_state=1)
         secret = np.random.default_rng(int.from_bytes(os.urandom(8), "little")).uniform(-1e9, 1e9, (SECRET_ROWS, 8))
         X[:SECRET_ROWS] = secret
@@ -93,11 +93,8 @@ class Observed:
         #: every reply, listing and error the observer was sent
         self.received: list = []
 
-    def tls(self, cert) -> list[str]:
-        return ["--tls-ca-file", str(self.ca.cert_path), "--tls-cert", str(cert.cert_path), "--tls-key", str(cert.key_path)]
-
     def spec(self, cert) -> dict:
-        return {"regions": {"eu": self.address}, "tls": {"ca-file": str(self.ca.cert_path), "cert": str(cert.cert_path), "key": str(cert.key_path)}}
+        return tls_spec(self.ca, cert, {"eu": self.address})
 
     def grid(self, cert) -> Grid:
         return Grid.connect(self.spec(cert))

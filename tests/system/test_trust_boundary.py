@@ -11,7 +11,6 @@ to the same model, the scheduler's memory.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import struct
 
@@ -32,7 +31,7 @@ from grid.keys import partition_key
 from grid.security.certs import init_ca, issue, revoke, write_crl
 from jobs import PartialFit
 from tests.conftest import wait_for
-from tests.system.procs import GRID, grid_processes
+from tests.system.procs import GRID, grid_processes, tls_args, tls_spec
 
 pytestmark = [pytest.mark.system, pytest.mark.slow]
 
@@ -65,25 +64,16 @@ class Boundary:
         revoke(ca, "gone")
         write_crl(ca)
         self.procs = procs
-        path = os.path.join(procs.workdir, "s.json")
-        self.scheduler = procs.spawn(
-            [GRID, "scheduler", "--region", "eu", "--host", "127.0.0.1", "--port", "0", "--dashboard-address", "127.0.0.1:0",
-             "--scheduler-file", path, "--crl-file", str(ca.crl_path), *self.tls(self.sched)],
-            "scheduler",
-        )
-        wait_for(lambda: os.path.exists(path) or self.scheduler.poll() is not None, timeout=60, what="scheduler")
-        with open(path) as f:
-            self.address = json.load(f)["address"]
+        self.scheduler, self.address = procs.scheduler("eu", args=("--crl-file", str(ca.crl_path), *tls_args(ca, self.sched)))
         for i, cert in enumerate(self.nodes):
             procs.spawn([GRID, "node", "--region", "eu", "--scheduler", self.address, "--nthreads", "1", *self.tls(cert)], f"n{i}")
         self.X, self.y = make_classification(n_samples=4000, n_features=8, random_state=0)
 
-    def tls(self, cert) -> list[str]:
-        return ["--tls-ca-file", str(self.ca.cert_path), "--tls-cert", str(cert.cert_path), "--tls-key", str(cert.key_path)]
+    def tls(self, cert) -> tuple[str, ...]:
+        return tls_args(self.ca, cert)
 
     def grid(self, cert) -> Grid:
-        spec = {"regions": {"eu": self.address}, "tls": {"ca-file": str(self.ca.cert_path), "cert": str(cert.cert_path), "key": str(cert.key_path)}}
-        return Grid.connect(spec)
+        return Grid.connect(tls_spec(self.ca, cert, {"eu": self.address}))
 
     def marker(self, name: str) -> str:
         return os.path.join(self.tmp, f"MARKER-{name}")

@@ -12,7 +12,6 @@ model equals the clean one, and they are quarantined with the evidence.
 
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
@@ -24,7 +23,7 @@ from grid import Grid
 from grid.security.certs import init_ca, issue
 from jobs import PartialFit
 from tests.conftest import wait_for
-from tests.system.procs import GRID, grid_processes
+from tests.system.procs import GRID, grid_processes, tls_args, tls_spec
 from tests.system.relay import relays
 
 pytestmark = [pytest.mark.system, pytest.mark.slow]
@@ -48,29 +47,15 @@ def test_colluders_never_form_a_quorum(tmp_path, collusion: str) -> None:
     admin = issue(ca, "admin", "operator", out=out)
     alice = issue(ca, "client", "alice", out=out)
 
-    def tls(cert) -> list[str]:
-        return ["--tls-ca-file", str(ca.cert_path), "--tls-cert", str(cert.cert_path), "--tls-key", str(cert.key_path)]
-
     with grid_processes() as procs, relays() as relay:
-        path = os.path.join(procs.workdir, "s.json")
-        scheduler = procs.spawn(
-            [GRID, "scheduler", "--region", "eu", "--host", "127.0.0.1", "--port", "0", "--dashboard-address",
-             "127.0.0.1:0", "--scheduler-file", path, *tls(sched)],
-            "scheduler",
-        )
-        wait_for(lambda: os.path.exists(path) or scheduler.poll() is not None, timeout=60, what="scheduler")
-        with open(path) as f:
-            port = json.load(f)["address"].rsplit(":", 1)[1]
+        _, address = procs.scheduler("eu", args=tls_args(ca, sched))
+        port = address.rsplit(":", 1)[1]
 
         def node(name: str, host: str, *extra: str, owner: str | None = None) -> None:
             cert = issue(ca, "node", name, region="eu", out=out, owner=owner)
             via = relay.add(f"127.0.0.1:{port}", source=host)
             procs.spawn([GRID, "node", "--region", "eu", "--scheduler", f"tls://{via}", "--nthreads", "1",
-                         "--memory-limit", "1GiB", *extra, *tls(cert)], name)
-
-        def spec(cert) -> dict:
-            return {"regions": {"eu": f"tls://127.0.0.1:{port}"},
-                    "tls": {"ca-file": str(ca.cert_path), "cert": str(cert.cert_path), "key": str(cert.key_path)}}
+                         "--memory-limit", "1GiB", *extra, *tls_args(ca, cert)], name)
 
         if collusion == "one host":
             node("mallory-a", "127.0.0.2", "--preload", CHEAT)
@@ -78,7 +63,7 @@ def test_colluders_never_form_a_quorum(tmp_path, collusion: str) -> None:
         else:  # two machines, but one volunteer's certificates
             node("mallory-a", "127.0.0.2", "--preload", CHEAT, owner="mallory")
             node("mallory-b", "127.0.0.5", "--preload", CHEAT, owner="mallory")
-        with Grid.connect(spec(admin)) as ops, Grid.connect(spec(alice)) as g:
+        with Grid.connect(tls_spec(ca, admin, {"eu": address})) as ops, Grid.connect(tls_spec(ca, alice, {"eu": address})) as g:
             wait_for(lambda: len(ops.status()["eu"]["workers"]) == 2, timeout=90, what="the 2 colluders")
             data = g.scatter(X, y)  # every partition lands on the colluders
             job = g.submit(_job(), data, verify=2)
