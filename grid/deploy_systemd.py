@@ -117,7 +117,7 @@ class CommonOptions:
         if self.user is not None and not _USER.match(self.user):
             raise ValueError(f"user={self.user!r} is not a valid system user name (lowercase, digits, '_', '-')")
         if self.cert_name is not None and not names.is_identity(self.cert_name):
-            raise ValueError(f"cert_name={self.cert_name!r}: use letters, digits, '.', '_' and '-' (at most 128)")
+            raise ValueError(f"cert_name={self.cert_name!r}: use letters, digits, '.', '_' and '-' (at most 64)")
         if self.user in ("root", "nobody"):
             raise ValueError(f"user={self.user!r} is not allowed: use a dedicated system user, or none for a DynamicUser")
 

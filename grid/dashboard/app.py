@@ -132,7 +132,7 @@ def certificate_note(spec: Any) -> str | None:
     """
     from cryptography import x509
 
-    from grid.security.certs import identity_from_certificate
+    from grid.security.identity import identity_from_certificate
     from grid.spec import load_spec
 
     spec = load_spec(spec)

@@ -243,7 +243,7 @@ def peer_role(comm: Any) -> str | None:
     info = _extra_info(comm)
     if "peercert" not in info:
         return None
-    from grid.security.certs import identity_from_peercert
+    from grid.security.identity import identity_from_peercert
 
     try:
         return identity_from_peercert(info["peercert"]).role

@@ -99,7 +99,7 @@ def max_message_bytes(role: str) -> int:
 class Peer:
     """What the guarded comm knows of its peer, decided when the connection is made."""
 
-    identity: Any = None  # grid.security.certs.Identity, or None without a grid certificate
+    identity: Any = None  # grid.security.identity.Identity, or None without a grid certificate
     guarded: bool = False
     refusal: str | None = None  # a reason to close the connection before reading anything
     protocol: RoleProtocol | None = None  # messages checked (connections the peer opened to us)
@@ -138,7 +138,7 @@ def receiver_kind(server: Any) -> str | None:
 
 
 def _identity(peercert: Any) -> Any:
-    from grid.security.certs import identity_from_peercert
+    from grid.security.identity import identity_from_peercert
 
     try:
         return identity_from_peercert(peercert)
@@ -153,7 +153,7 @@ _own: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()
 def _own_identity(server: Any) -> Any:
     """The grid identity of the certificate a node (or nanny) presents; None without one."""
     if server not in _own:
-        from grid.security.certs import _as_cert, identity_from_certificate
+        from grid.security.identity import _as_cert, identity_from_certificate
 
         path = getattr(getattr(server, "security", None), "tls_worker_cert", None)
         try:

@@ -1,16 +1,25 @@
 """Security of the grid: the grid certificate authority and certificate checks.
 
-:mod:`grid.security.certs` creates the grid CA, issues role certificates
-(scheduler, node, client, admin), revokes them through a CRL, and parses and
-checks peer certificates. :mod:`grid.security.throwaway` makes the
-throw-away CA of a local TLS grid. :mod:`grid.security.cli` is the ``grid certs``
-command group. The threat model is in ``docs/security.md``.
+:mod:`grid.security.identity` holds what every scheduler and node checks at
+run time: the identity in a peer certificate, a certificate against the grid
+CA, revocation lists. :mod:`grid.security.authority` is the operators' CA
+tooling: it creates the grid CA, issues role certificates (scheduler, node,
+client, admin, observer) and revokes them through a CRL.
+:mod:`grid.security.certs` re-exports both. :mod:`grid.security.throwaway`
+makes the throw-away CA of a local TLS grid. :mod:`grid.security.cli` is the
+``grid certs`` command group. The threat model is in ``docs/security.md``.
+
+The CA tooling and the throw-away grids are loaded on first use of one of
+their names here, so that a process that only checks peers (``import
+grid.security.identity`` runs this file first) never loads them.
 """
 
 from __future__ import annotations
 
-from grid.security.certs import (
-    CA,
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from grid.security.identity import (
     ROLES,
     CAExpired,
     CANotFound,
@@ -18,11 +27,9 @@ from grid.security.certs import (
     CertificateExpired,
     CertificateNotYetValid,
     CertificateRevoked,
-    CertRecord,
     CRLError,
     ForeignCA,
     Identity,
-    IssuedCert,
     NotAGridCertificate,
     RevocationList,
     WrongRegion,
@@ -31,16 +38,35 @@ from grid.security.certs import (
     identity_from_certificate,
     identity_from_der,
     identity_from_peercert,
-    init_ca,
-    issue,
-    list_certificates,
-    load_ca,
     load_crl_into_context,
     load_revoked,
-    revoke,
-    write_crl,
 )
-from grid.security.throwaway import ThrowawayGrid, make_throwaway_grid
+
+if TYPE_CHECKING:
+    from grid.security.authority import CA, CertRecord, IssuedCert, init_ca, issue, list_certificates, load_ca, revoke, write_crl
+    from grid.security.throwaway import ThrowawayGrid, make_throwaway_grid
+
+# name -> the module that defines it, imported when the name is first asked for
+_LAZY = {
+    **dict.fromkeys(
+        ("CA", "CertRecord", "IssuedCert", "init_ca", "issue", "list_certificates", "load_ca", "revoke", "write_crl"),
+        "grid.security.authority",
+    ),
+    **dict.fromkeys(("ThrowawayGrid", "make_throwaway_grid"), "grid.security.throwaway"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
 
 __all__ = [
     "CA",

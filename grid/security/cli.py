@@ -21,13 +21,14 @@ from typing import Any
 
 import click
 
-from grid.security import certs as _certs
+from grid.security import authority
+from grid.security.identity import CRL_FILE, ROLES, CertError, format_utc, load_revoked
 
 DIR_HELP = "CA directory (default: grid.security.ca-dir, else ~/.config/dask-grid/ca)."
 
 
 def _dir(value: str | None) -> Path:
-    return Path(os.path.expanduser(value)) if value else _certs.default_ca_dir()
+    return Path(os.path.expanduser(value)) if value else authority.default_ca_dir()
 
 
 def _fail(exc: BaseException) -> click.ClickException:
@@ -35,7 +36,7 @@ def _fail(exc: BaseException) -> click.ClickException:
     return click.ClickException(str(message))
 
 
-_ERRORS = (_certs.CertError, ValueError, KeyError, OSError)
+_ERRORS = (CertError, ValueError, KeyError, OSError)
 
 
 @click.group()
@@ -56,10 +57,10 @@ def init(ca_dir: str | None, name: str, days: int | None) -> None:
     """Create the grid CA (ECDSA P-256) and an empty revocation list."""
     directory = _dir(ca_dir)
     try:
-        ca = _certs.init_ca(directory, name=name, days=days)
+        ca = authority.init_ca(directory, name=name, days=days)
     except (FileExistsError, *_ERRORS) as exc:
         raise _fail(exc) from None
-    click.echo(f"created grid CA {ca.name!r} in {ca.directory} (valid until {_certs.format_utc(ca.not_after)})")
+    click.echo(f"created grid CA {ca.name!r} in {ca.directory} (valid until {format_utc(ca.not_after)})")
     width = len(str(ca.key_path))
     click.echo(f"  {str(ca.cert_path):<{width}}  give to every scheduler, node and client")
     click.echo(f"  {str(ca.key_path):<{width}}  keep secret; it never leaves this directory")
@@ -68,7 +69,7 @@ def init(ca_dir: str | None, name: str, days: int | None) -> None:
 
 
 @certs.command()
-@click.argument("role", type=click.Choice(list(_certs.ROLES)))
+@click.argument("role", type=click.Choice(list(ROLES)))
 @click.argument("name")
 @click.option("--dir", "ca_dir", default=None, help=DIR_HELP)
 @click.option("--region", default=None, help="Region of a node (required) or scheduler (optional).")
@@ -102,7 +103,7 @@ def issue(
     and node of the grid and can change nothing.
     """
     try:
-        issued = _certs.issue(
+        issued = authority.issue(
             _dir(ca_dir),
             role,
             name,
@@ -117,7 +118,7 @@ def issue(
         raise _fail(exc) from None
     ident = issued.identity
     assert ident.not_after is not None
-    click.echo(f"issued {ident} serial {ident.serial_hex}, valid until {_certs.format_utc(ident.not_after)}")
+    click.echo(f"issued {ident} serial {ident.serial_hex}, valid until {format_utc(ident.not_after)}")
     if issued.hosts:
         click.echo(f"  hosts: {', '.join(issued.hosts)}")
     click.echo(f"  certificate: {issued.cert_path}")
@@ -128,12 +129,12 @@ def issue(
 @certs.command()
 @click.argument("name_or_serial")
 @click.option("--dir", "ca_dir", default=None, help=DIR_HELP)
-@click.option("--role", default=None, type=click.Choice(list(_certs.ROLES)), help="Only certificates of this role.")
+@click.option("--role", default=None, type=click.Choice(list(ROLES)), help="Only certificates of this role.")
 @click.option(
     "--reason",
     default="unspecified",
     show_default=True,
-    type=click.Choice(list(_certs.REVOCATION_REASONS)),
+    type=click.Choice(list(authority.REVOCATION_REASONS)),
     help="Why (superseded after a rotation, key-compromise after a leak, ...).",
 )
 def revoke(name_or_serial: str, ca_dir: str | None, role: str | None, reason: str) -> None:
@@ -143,7 +144,7 @@ def revoke(name_or_serial: str, ca_dir: str | None, role: str | None, reason: st
     """
     directory = _dir(ca_dir)
     try:
-        done = _certs.revoke(directory, name_or_serial, role=role, reason=reason)
+        done = authority.revoke(directory, name_or_serial, role=role, reason=reason)
     except _ERRORS as exc:
         raise _fail(exc) from None
     if not done:
@@ -151,7 +152,7 @@ def revoke(name_or_serial: str, ca_dir: str | None, role: str | None, reason: st
         return
     for ident in done:
         click.echo(f"revoked {ident} serial {ident.serial_hex}")
-    click.echo(f"copy {directory / _certs.CRL_FILE} to every scheduler")
+    click.echo(f"copy {directory / CRL_FILE} to every scheduler")
 
 
 @certs.command("list")
@@ -161,9 +162,9 @@ def list_(ca_dir: str | None, as_json: bool) -> None:
     """Every certificate issued from the CA, with its status."""
     directory = _dir(ca_dir)
     try:
-        ca = _certs.load_ca(directory, need_key=False)
-        rows = _certs.list_certificates(ca)
-        next_update = _certs.crl_next_update(ca)
+        ca = authority.load_ca(directory, need_key=False)
+        rows = authority.list_certificates(ca)
+        next_update = authority.crl_next_update(ca)
     except _ERRORS as exc:
         raise _fail(exc) from None
     if as_json:
@@ -175,12 +176,12 @@ def list_(ca_dir: str | None, as_json: bool) -> None:
         }
         click.echo(json.dumps(out, indent=2))
         return
-    crl = _certs.format_utc(next_update) if next_update else "missing"
-    click.echo(f"CA {ca.name!r} {ca.cert_path}  valid until {_certs.format_utc(ca.not_after)}  CRL due {crl}")
+    crl = format_utc(next_update) if next_update else "missing"
+    click.echo(f"CA {ca.name!r} {ca.cert_path}  valid until {format_utc(ca.not_after)}  CRL due {crl}")
     click.echo(f"{'role':<10} {'name':<24} {'region':<10} {'status':<14} {'valid until':<21} serial")
     for r in rows:
         i = r.identity
-        until = _certs.format_utc(i.not_after) if i.not_after else ""
+        until = format_utc(i.not_after) if i.not_after else ""
         click.echo(f"{i.role:<10} {i.name:<24} {i.region or '-':<10} {r.status:<14} {until:<21} {i.serial_hex}")
 
 
@@ -191,10 +192,10 @@ def list_(ca_dir: str | None, as_json: bool) -> None:
 def crl(ca_dir: str | None, days: int | None, empty: bool) -> None:
     """Sign the revocation list again with fresh dates; copy it to every scheduler."""
     try:
-        path = _certs.write_crl(_dir(ca_dir), days=days, empty=empty)
-        revoked = _certs.load_revoked(path)
-        next_update = _certs.crl_next_update(path.parent)
+        path = authority.write_crl(_dir(ca_dir), days=days, empty=empty)
+        revoked = load_revoked(path)
+        next_update = authority.crl_next_update(path.parent)
     except _ERRORS as exc:
         raise _fail(exc) from None
-    due = _certs.format_utc(next_update) if next_update else "?"
+    due = format_utc(next_update) if next_update else "?"
     click.echo(f"wrote {path}: {len(revoked)} revoked certificate(s), next update due {due}")

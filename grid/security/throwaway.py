@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from grid.security.certs import CA, LOCALHOST, IssuedCert, init_ca, issue
+from grid.security.authority import CA, LOCALHOST, IssuedCert, init_ca, issue
 
 
 @dataclass(frozen=True)

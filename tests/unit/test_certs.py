@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import ast
 import datetime as dt
 import json
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import dask.config
@@ -535,3 +538,44 @@ def test_a_node_certificate_names_its_owner(tmp_path) -> None:
         issue(ca, "node", "n9", region="eu", owner="alice\n", out=tmp_path / "x")
     with pytest.raises(NotAGridCertificate, match="an owner on node certificates only"):
         _parse_uri("grid://client/bob?owner=alice")
+
+
+# --------------------------------------------------------------------------- module layout
+
+
+def test_checking_peers_loads_no_ca_tooling() -> None:
+    # A fresh interpreter: this test process has long imported everything.
+    code = (
+        "import sys\n"
+        "import grid.security.identity\n"
+        "import grid.security\n"
+        "print(sorted(m for m in sys.modules if m.startswith('grid.security')))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    loaded = set(ast.literal_eval(done.stdout.strip().splitlines()[-1]))
+    assert "grid.security.identity" in loaded
+    assert not loaded & {"grid.security.authority", "grid.security.certs", "grid.security.throwaway"}, loaded
+
+
+def test_certs_and_the_package_hand_out_the_objects_of_the_new_modules() -> None:
+    from grid import security
+    from grid.security import authority, identity
+
+    for name in certs.__all__:
+        home = identity if hasattr(identity, name) else authority
+        assert getattr(certs, name) is getattr(home, name), name
+    # the package loads the CA tooling on first use of one of its names
+    assert security.init_ca is authority.init_ca and security.CA is authority.CA
+    assert security.check_certificate is identity.check_certificate
+    with pytest.raises(AttributeError, match="no attribute 'nonexistent'"):
+        getattr(security, "nonexistent")
+
+
+def test_checks_take_a_loaded_ca_and_an_issued_certificate_as_they_are(ca: certs.CA, other_ca: certs.CA) -> None:
+    issued = issue(ca, "node", "n1", region="eu")
+    assert check_certificate(issued, ca, ca.crl_path, expected_role="node").name == "n1"
+    assert load_revoked(ca.crl_path, ca) == set()
+    with pytest.raises(ForeignCA) as info:
+        check_certificate(issue(other_ca, "node", "n2", region="eu"), ca)
+    assert str(ca.cert_path) in str(info.value)  # the loaded CA's ca.pem is named
