@@ -48,7 +48,7 @@ def _security(role: str, ca: str | None, cert: str | None, key: str | None) -> A
         return None
     if not all(given):
         raise click.UsageError("TLS needs all three of --tls-ca-file, --tls-cert and --tls-key")
-    from grid.security.certs import security_for
+    from grid.security.identity import security_for
 
     return security_for(role, ca, cert, key)
 
@@ -114,7 +114,7 @@ def scheduler(
     if security is not None:
         protocol = protocol or "tls"
     if crl_file:
-        from grid.security.certs import CertError, RevocationList
+        from grid.security.identity import CertError, RevocationList
 
         try:  # before anything starts: a list that is missing or not signed by the CA is named now
             RevocationList(crl_file, ca=tls_ca_file).serials()
@@ -259,6 +259,11 @@ defaults except, for a volunteer's machine:
     "--allow-admin-tasks", is_flag=True, default=False,
     help="Community node of a TLS grid: also run plain Dask tasks, which only admin certificates can submit there (g.joblib(), g.client()).",
 )
+@click.option(
+    "--dial-out/--no-dial-out", default=None,
+    help="Open every connection from this node, accept none (behind NAT or a firewall): rounds and partitions "
+    "come over connections it opens to its scheduler  [default: grid.node.dial-out, else on for community nodes]",
+)
 @click.option("--idle-only/--no-idle-only", default=None, help="Pause while other processes use the host's CPU (default: grid.node.idle.enabled).")
 @click.option("--cpu-share", default=None, type=click.FloatRange(min=0, min_open=True, max=1), help="Share of the host's cores this node may use (0 < x <= 1).")
 @click.option(
@@ -289,7 +294,7 @@ defaults except, for a volunteer's machine:
 @tls_options
 def node(
     ctx: click.Context, region: str | None, scheduler_address: str | None, nthreads: int | None, nworkers: str, memory_limit: str,
-    name: str | None, community: bool | None, allow_admin_tasks: bool, idle_only: bool | None, cpu_share: float | None,
+    name: str | None, community: bool | None, allow_admin_tasks: bool, dial_out: bool | None, idle_only: bool | None, cpu_share: float | None,
     data_roots: tuple[str, ...], allow_private_urls: bool | None, host: str | None, listen_address: str | None,
     contact_address: str | None, worker_port: str | None, nanny_port: str | None, resources: str | None, lifetime: str | None,
     lifetime_stagger: str | None, lifetime_restart: bool | None, preload: tuple[str, ...], dashboard_address: str,
@@ -322,6 +327,12 @@ def node(
             "--allow-admin-tasks needs a TLS grid: on plain TCP no certificate proves an admin. "
             "Use --no-community for a private node that runs any Dask task."
         )
+    if dial_out is None:
+        dial_out = config.get("node.dial-out")
+    if dial_out is None:
+        dial_out = community  # a volunteer's machine is behind NAT until proven otherwise
+    # the worker process reads it when it registers (grid.node.rounds.profile)
+    dask.config.set({"grid.node.dial-out": bool(dial_out)})
     # --nworkers, --nthreads and the address options as `dask worker` reads them
     if nworkers == "auto":
         from distributed.deploy.utils import nprocesses_nthreads

@@ -12,7 +12,7 @@ import dask.config
 from distributed import LocalCluster
 
 from grid import config
-from grid.node.rounds import NodeRounds
+from grid.node.rounds import STARTUP_INFORMATION, NodeRounds
 from grid.scheduler.plugin import GridSchedulerPlugin
 from grid import names
 from grid.spec import GridSpec, RegionSpec, TLSSpec
@@ -101,6 +101,7 @@ class LocalGrid:
             dashboard_address=":0",
             scheduler_kwargs={"plugins": [GridSchedulerPlugin(region=name)], "dashboard": bool(dashboard)},
             plugins={NodeRounds()},  # each node serves round requests from its start (grid/node/rounds.py)
+            startup_information=STARTUP_INFORMATION,  # registers as a grid node (grid.node.dial-out)
             silence_logs=logging.ERROR,
         )
 

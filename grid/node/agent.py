@@ -37,7 +37,7 @@ from dask.utils import parse_timedelta
 
 from grid import config
 from grid.node.community import CommunityMode
-from grid.node.rounds import NodeRounds
+from grid.node.rounds import STARTUP_INFORMATION, NodeRounds
 from grid.signals import StopSignals
 
 logger = logging.getLogger("grid.node")
@@ -358,6 +358,8 @@ async def run_node(
                     NodeRounds(),
                     *plugins,
                 ),
+                # the node's grid profile (dial-out or open) travels with its registration
+                startup_information=STARTUP_INFORMATION,
                 **nanny_kwargs,
                 **per_worker[i],
             )

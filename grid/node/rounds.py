@@ -16,6 +16,15 @@ on a community node. A node without the handler (a stock ``dask worker``) or
 one that is paused answers so, and the scheduler falls back to a task for
 those partitions (``grid/scheduler/attempts.py``).
 
+A **dial-out** node (``grid node --dial-out``: behind NAT or a firewall) is
+never dialed. The same request reaches it on the stream the node opened to
+its scheduler (``grid-call``, :mod:`grid.protocol.nodes`), and the answer
+goes back on that stream. Such a node holds no Dask data of the grid's: the
+call names, for each partition it should update and does not hold yet, a
+token with which the node reads the partition from the region's store over a
+connection it opens itself (``grid_store_read``); it keeps what it read for
+later rounds until the scheduler says the dataset is gone (``grid-drop``).
+
 Installed on every ``grid node`` and on the nodes of ``Grid.local``; the
 scheduler also registers it on nodes that accept worker plugins, and
 ``dask worker --preload grid.node.rounds`` installs it on a stock worker.
@@ -28,14 +37,19 @@ import logging
 from typing import Any
 
 from distributed.diagnostics.plugin import WorkerPlugin
+from distributed.protocol.serialize import merge_and_deserialize
 
+from grid import config
 from grid.node import tasks
+from grid.node.align import aligned
 from grid.node.community import TRUSTED_ROLES, is_tls_peer, peer_role
+from grid.protocol.payload import check_payload
+from grid.protocol.nodes import CALL_OP, DROP_OP, REPLY_OP, STORE_READ_OP, UPDATE_OP, node_profile, split_partition
 
 logger = logging.getLogger("grid.node")
 
-#: the worker handler the scheduler calls
-OP = "grid_update"
+#: the worker handler the scheduler calls (open nodes)
+OP = UPDATE_OP
 #: the name the plugin is registered under
 PLUGIN_NAME = "grid-node-rounds"
 
@@ -58,10 +72,25 @@ def _update_as_worker(worker: Any, *args: Any) -> bytes:
         _worker_cvar.reset(token)
 
 
+def profile(worker: Any) -> dict:
+    """The grid profile a node registers with (``startup_information``): whether it dials out.
+
+    ``grid.node.dial-out`` is resolved by ``grid node`` before the worker starts
+    (on for community nodes of TLS grids); unset means a private node."""
+    return node_profile(bool(config.get("node.dial-out")))
+
+
+#: the Worker keyword that sends the profile with the node's registration
+STARTUP_INFORMATION = {"grid": profile}
+
+
 async def update_partitions(
-    worker: Any, request: dict, state: bytes | None, round_no: int, parts: list
+    worker: Any, request: dict, state: bytes | None, round_no: int, parts: list, stored: Any = None
 ) -> dict:
     """Update the partitions ``parts`` (``[key, index]`` pairs) from ``state``.
+
+    ``stored`` maps keys to partitions the node read from its region's store
+    (dial-out nodes); they are looked for after the worker's own data.
 
     Returns
     -------
@@ -78,10 +107,13 @@ async def update_partitions(
     loop = asyncio.get_running_loop()
     executor = worker.executors["default"]  # the node's worker threads: tasks and rounds share them
     data = worker.data
+    stored = stored if stored is not None else {}
     held, missing = [], []
-    for key, index in parts:
+    for key, index, *_ in parts:
         if key in data:
             held.append((int(index), data[key]))
+        elif key in stored:
+            held.append((int(index), stored[key]))
         else:
             missing.append(int(index))  # moved off meanwhile: the scheduler issues it elsewhere
     calls = [
@@ -108,7 +140,15 @@ class NodeRounds(WorkerPlugin):
     name = PLUGIN_NAME
     idempotent = True
 
+    def __init__(self) -> None:
+        #: partitions read from the region's store (dial-out nodes): key -> partition
+        self.stored: dict[str, Any] = {}
+        self._fetching: dict[str, asyncio.Future] = {}
+        self._calls: set[asyncio.Task] = set()
+
     def setup(self, worker: Any) -> None:
+        self.worker = worker
+
         async def grid_update(comm: Any, request: dict, state: bytes | None, round_no: int, parts: list) -> dict:
             # on TLS only the region's scheduler (or an admin) may spend this node's CPU; a
             # plaintext grid authenticates nobody, as for Dask's own get_data
@@ -120,9 +160,88 @@ class NodeRounds(WorkerPlugin):
             return await update_partitions(worker, request, state, round_no, parts)
 
         worker.handlers[OP] = grid_update
+        worker.stream_handlers[CALL_OP] = self._on_call
+        worker.stream_handlers[DROP_OP] = self._on_drop
 
     def teardown(self, worker: Any) -> None:
         worker.handlers.pop(OP, None)
+        worker.stream_handlers.pop(CALL_OP, None)
+        worker.stream_handlers.pop(DROP_OP, None)
+        for task in self._calls:
+            task.cancel()
+        self.stored.clear()
+
+    # --- calls on the node's own stream (dial-out nodes) -----------------------------------------
+    def _on_call(self, call: int, kind: str = "update", **fields: Any) -> None:
+        # stream handlers run one after another: serve the call in its own task, so a round
+        # never holds up the tasks, heartbeats and other calls that come on the same stream
+        task = asyncio.ensure_future(self._answer(call, kind, fields))
+        self._calls.add(task)
+        task.add_done_callback(self._calls.discard)
+
+    def _on_drop(self, keys: list, **_: Any) -> None:
+        for key in keys:
+            self.stored.pop(key, None)
+
+    async def _answer(self, call: int, kind: str, fields: dict) -> None:
+        try:
+            if kind == "update":
+                reply = await self._update(**fields)
+            elif kind == "fetch":
+                reply = await self._fetch_all(fields["parts"])
+            elif kind == "describe":  # a Files partition this node read (its result cannot be fetched)
+                partition = self.worker.data[fields["key"]]
+                loop = asyncio.get_running_loop()
+                reply = {"status": "OK", "blob": await loop.run_in_executor(None, tasks.describe_partition, partition)}
+            else:
+                reply = {"status": "error", "message": f"unknown call kind {kind!r}"}
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - every failure goes back to the scheduler
+            reply = {"status": "error", "message": _error_text(exc)}
+        stream = self.worker.batched_stream
+        if stream is not None and not stream.comm.closed():
+            stream.send({"op": REPLY_OP, "call": call, "reply": reply})
+
+    async def _update(self, request: dict, state: bytes | None, round_no: int, parts: list) -> dict:
+        wanted = [[key, token] for key, _, token in parts if token and key not in self.worker.data]
+        fetched = await self._fetch_all(wanted)
+        reply = await update_partitions(self.worker, request, state, round_no, parts, self.stored)
+        reply["unfetched"] = fetched["failed"]
+        return reply
+
+    async def _fetch_all(self, parts: list) -> dict:
+        """Read partitions (``[key, token]`` pairs) from the store, those not held yet, concurrently."""
+        keys = [key for key, _ in parts]
+        outcomes = await asyncio.gather(*(self._fetch(key, token) for key, token in parts), return_exceptions=True)
+        failed = [[k, _error_text(o)] for k, o in zip(keys, outcomes) if isinstance(o, BaseException)]
+        return {"status": "OK", "held": [k for k, o in zip(keys, outcomes) if not isinstance(o, BaseException)], "failed": failed}
+
+    async def _fetch(self, key: str, token: str) -> None:
+        if key in self.stored:
+            return
+        pending = self._fetching.get(key)
+        if pending is None:  # one read per partition, however many calls name it
+            pending = self._fetching[key] = asyncio.ensure_future(self._read(key, token))
+            pending.add_done_callback(lambda _: self._fetching.pop(key, None))
+        self.stored[key] = await asyncio.shield(pending)
+
+    async def _read(self, key: str, token: str) -> Any:
+        """Read one stored partition in chunks, over the node's own connections to its scheduler."""
+        read = getattr(self.worker.scheduler, STORE_READ_OP)
+        buffer = bytearray()
+        total = None
+        while total is None or len(buffer) < total:
+            reply = await read(key=key, token=token, offset=len(buffer))
+            chunk, total = reply["data"], int(reply["total"])
+            if not chunk and len(buffer) < total:
+                raise OSError(f"the store sent no bytes of {key!r} at offset {len(buffer)} of {total}")
+            buffer += chunk
+        header, frames = split_partition(bytes(buffer))
+        # a client serialized it: numpy arrays and plain values (a pickle only of plain data,
+        # checked without unpickling, as the scheduler checks what a client sends)
+        check_payload(header, frames)
+        return aligned(merge_and_deserialize(header, frames, deserializers=("dask", "pickle", "msgpack")))
 
 
 def dask_setup(worker: Any) -> None:

@@ -117,6 +117,8 @@ WORKER_STREAM: Mapping[str, Mapping[str, tuple]] = {
     "log-event": {"topic": not_screen_topics},
     "worker-status-change": {"status": STR, "worker": STR},
     "request-refresh-who-has": {"keys": KEYS, "worker": STR},
+    # a dial-out node's answer to a call the scheduler made on this stream (grid.protocol.nodes)
+    "grid-reply": {"call": INT, "reply": MAP},
     "close-stream": {},
 }
 
@@ -180,6 +182,8 @@ SCHEDULER_FROM_NODE = RoleProtocol(
         "versions": {},
         "get_metadata": {"keys": KEYS},
         "who_has": {"keys": KEYS},  # where to fetch a partition copy from
+        # a dial-out node reads a partition the scheduler asked it to hold (grid.protocol.nodes)
+        "grid_store_read": {"key": STR, "token": STR, "offset": INT},
     },
     streams={"client": CLIENT_STREAM, "worker": WORKER_STREAM},
 )

@@ -235,6 +235,14 @@ def check_serialized_header(header: Any, frames: "_Frames | None" = None, depth:
             check_serialized_header(item.get("header"), frames.sub(start, stop) if frames is not None else None, depth + 1)
 
 
+def check_payload(header: Any, frames: Sequence[Any]) -> None:
+    """Raise :class:`UntrustedPayload` unless deserializing ``header`` with ``frames`` (one
+    serialized object, e.g. a stored partition) runs no code chosen by whoever serialized it."""
+    if not isinstance(header, dict):
+        raise UntrustedPayload("a serialization header is not a mapping")
+    check_serialized_header(header, _Frames.of(header, frames))
+
+
 def check_frames(frames: Sequence[Any], *, opaque_ok: bool = False) -> None:
     """Check a message's frames before distributed's ``loads`` reads them.
 

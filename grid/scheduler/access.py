@@ -92,7 +92,7 @@ class AccessControl:
     ----------
     region : str
         The region of this scheduler; nodes must carry it in their certificate.
-    revocation : grid.security.certs.RevocationList, optional
+    revocation : grid.security.identity.RevocationList, optional
         Serials refused even with a valid signature.
     """
 
@@ -111,6 +111,8 @@ class AccessControl:
         self.node_names: set[str] = set()
         #: scattered key -> certificate name of the peer that placed it
         self.key_owners: dict[Any, str] = {}
+        #: whether the region's partition store holds a key (set by the grid plugin)
+        self.stored: Callable[[str], bool] = lambda key: False
         self._prune_at = KEY_OWNERS_PRUNE_AT
 
     # --- identities ----------------------------------------------------------------
@@ -121,7 +123,7 @@ class AccessControl:
         info = getattr(comm, "extra_info", None) or {}
         if "peercert" not in info:
             return None
-        from grid.security.certs import CertificateRevoked, identity_from_peercert
+        from grid.security.identity import CertificateRevoked, identity_from_peercert
 
         identity = identity_from_peercert(info["peercert"])
         if self.revocation is not None and identity.serial in self.revocation:
@@ -364,10 +366,9 @@ class AccessControl:
             data = msg.get("data")
             added: list = []
             if identity is not None and isinstance(data, dict):
-                tasks = self.scheduler.tasks
                 for key in data:
                     owner = self.key_owners.get(key) if _hashable(key) else None
-                    if identity.role not in PRIVILEGED and key in tasks and owner != identity.name:
+                    if identity.role not in PRIVILEGED and self._placed(key) and owner != identity.name:
                         # writing over a key someone else placed (or a task made) would swap their data
                         raise PermissionError(
                             f"key {key!r} exists already and was not placed by {identity.name!r}; "
@@ -382,22 +383,25 @@ class AccessControl:
                 return await call_handler(handler, comm, msg)
             except BaseException:
                 for key in added:
-                    if key not in self.scheduler.tasks:
+                    if not self._placed(key):
                         self.key_owners.pop(key, None)
                 raise
 
         return scatter
 
+    def _placed(self, key: Any) -> bool:
+        """Whether ``key`` holds data now: a Dask key, or a partition in the region's store."""
+        return key in self.scheduler.tasks or (isinstance(key, str) and self.stored(key))
+
     def _prune_keys(self) -> None:
         if len(self.key_owners) < self._prune_at:
             return
-        tasks = self.scheduler.tasks
-        self.key_owners = {k: v for k, v in self.key_owners.items() if k in tasks}
+        self.key_owners = {k: v for k, v in self.key_owners.items() if self._placed(k)}
         self._prune_at = max(KEY_OWNERS_PRUNE_AT, 2 * len(self.key_owners))
 
     def key_owner(self, key: Any) -> str | None:
         """The certificate name of the peer that scattered ``key`` (None: not scattered on TLS)."""
-        if self.scheduler is not None and key not in self.scheduler.tasks:
+        if self.scheduler is not None and not self._placed(key):
             self.key_owners.pop(key, None)  # forgotten: a key of that name now would be new data
             return None
         return self.key_owners.get(key)

@@ -92,6 +92,10 @@ ROUND_ENGINES = ("direct", "tasks")
 POLL_SECONDS = 0.5
 
 
+class _NodeCallFailed(Exception):
+    """A dial-out node answered a call with an error of its own (not an update)."""
+
+
 @dataclass
 class NodeCall:
     """One partition update asked of a node directly (a ``grid_update`` request, no task)."""
@@ -310,6 +314,7 @@ class RoundAttempts:
                 [self.round_no] * len(parts),
                 self.run.dataset.indices,
                 key=[f"{self.prefix}-p{pr.index}" for pr in self.partitions],
+                workers=self._task_nodes(),
             )
             for pr, future in zip(self.partitions, futures):
                 self._track(pr, Attempt(future, None, time.monotonic(), "first"))
@@ -345,6 +350,9 @@ class RoundAttempts:
         address, so the assignment is deterministic for a given placement."""
         holders = [w for w in self._holders(pr) if self._can_call(w)]
         if not holders:
+            # no node holds it: a dial-out node fetches it from the region's store
+            holders = [w for w in self._usable() if self._fetches(pr, w) and self._can_call(w)]
+        if not holders:
             return None
         held = self.holdings
         return min(holders, key=lambda w: (self.load.get(w, 0), held.get(w, 0), w))
@@ -355,8 +363,23 @@ class RoundAttempts:
         return collections.Counter(w for pr in self.partitions for w in self._holders(pr))
 
     def _holders(self, pr: PartitionRound) -> set[str]:
-        ts = self.plugin.scheduler.tasks.get(self.run.dataset.keys[pr.position])
-        return {ws.address for ws in ts.who_has} if ts is not None and ts.who_has else set()
+        """Nodes holding ``pr``'s data: in Dask's memory (open nodes), or granted it from the store (dial-out)."""
+        key = self.run.dataset.keys[pr.position]
+        ts = self.plugin.scheduler.tasks.get(key)
+        held = {ws.address for ws in ts.who_has} if ts is not None and ts.who_has else set()
+        return held | self.plugin.store.held_by(key)
+
+    def _dial_out(self, worker: str | None) -> bool:
+        return worker is not None and self.plugin.reach.is_dial_out(worker)
+
+    def _fetches(self, pr: PartitionRound, worker: str) -> bool:
+        """Whether dial-out node ``worker`` can get ``pr``'s data: the region's store has it."""
+        return self._dial_out(worker) and self.plugin.store.has(self.run.dataset.keys[pr.position])
+
+    def _task_nodes(self) -> list[str] | None:
+        """Where a Dask task of this round may run: nodes the scheduler can reach (a task's
+        result is fetched by dialing its node). None: anywhere (no node checked yet)."""
+        return [w for w in self.plugin.scheduler.workers if self.plugin.reach.is_open(w)] or None
 
     def _can_call(self, worker: str) -> bool:
         ws = self.plugin.scheduler.workers.get(worker)
@@ -364,7 +387,8 @@ class RoundAttempts:
             self.direct
             and ws is not None
             and ws.status.name == "running"
-            and not self.plugin.lacks_rounds(worker)
+            and self.plugin.reach.may_work(worker)
+            and (self._dial_out(worker) or not self.plugin.lacks_rounds(worker))
         )
 
     def _submit(self, pr: PartitionRound, worker: str | None, kind: str, task: bool = False) -> None:
@@ -375,12 +399,19 @@ class RoundAttempts:
             self.load[worker] = self.load.get(worker, 0) + 1
             if self.verify > 1:
                 pr.origins[worker] = self.plugin.origin_of(worker)
-        if not task and worker and self._can_call(worker) and worker in self._holders(pr):
+        data_key = self.run.dataset.keys[pr.position]
+        if worker and self._can_call(worker) and (
+            self._fetches(pr, worker) or (not task and worker in self._holders(pr))
+        ):
+            if self._dial_out(worker):  # it holds the partition from now on (fetching it if it must)
+                self.plugin.store.grant(worker, data_key)
             call = NodeCall(key, worker, asyncio.get_running_loop().create_future())
             attempt = Attempt(call, worker, time.monotonic(), kind)
             self.batch.setdefault(worker, []).append((pr, attempt))
             self._track(pr, attempt)
             return
+        if self._dial_out(worker):
+            worker = None  # no task on a node the scheduler cannot dial: Dask places it on an open one
         self.counts["tasks"] += 1
         future = self.client.submit(
             partition_update,
@@ -390,7 +421,7 @@ class RoundAttempts:
             self.round_no,
             pr.index,
             key=key,
-            workers=[worker] if worker else None,
+            workers=[worker] if worker else self._task_nodes(),
             # a pinned task must run there: replicas of one update need distinct nodes
             allow_other_workers=False,
         )
@@ -417,20 +448,41 @@ class RoundAttempts:
         from grid.node.rounds import OP
 
         outcomes: dict[int, Any] = {}
+        store = self.plugin.store
         try:
-            reply = await getattr(self.plugin.scheduler.rpc(worker), OP)(
-                request=self.run.request,
-                state=self.state_blob,
-                round_no=self.round_no,
-                parts=[[self.run.dataset.keys[pr.position], pr.index] for pr, _ in items],
-                # node results are msgpack'd wire blobs; refuse anything that unpickles
-                serializers=["msgpack"],
-                deserializers=["msgpack"],
-            )
+            if self._dial_out(worker):
+                # never dialed: the request goes on the stream the node opened, with a token
+                # for each partition it may have to read from the store first
+                keys = [self.run.dataset.keys[pr.position] for pr, _ in items]
+                reply = await self.plugin.channels.call(
+                    worker,
+                    "update",
+                    request=self.run.request,
+                    state=self.state_blob,
+                    round_no=self.round_no,
+                    parts=[[key, pr.index, store.grant(worker, key) if store.has(key) else None] for key, (pr, _) in zip(keys, items)],
+                )
+                if isinstance(reply, dict) and reply.get("status") == "error":
+                    raise _NodeCallFailed(str(reply.get("message"))[:200])
+                if isinstance(reply, dict):
+                    for key, _ in reply.get("unfetched") or []:
+                        store.forget(worker, str(key))  # it could not read it: no holder there
+            else:
+                reply = await getattr(self.plugin.scheduler.rpc(worker), OP)(
+                    request=self.run.request,
+                    state=self.state_blob,
+                    round_no=self.round_no,
+                    parts=[[self.run.dataset.keys[pr.position], pr.index] for pr, _ in items],
+                    # node results are msgpack'd wire blobs; refuse anything that unpickles
+                    serializers=["msgpack"],
+                    deserializers=["msgpack"],
+                )
         except asyncio.CancelledError:
             raise
         except (OSError, asyncio.TimeoutError) as exc:  # the node left, or the connection broke
             reply, default = None, NodeLost(exc)
+        except _NodeCallFailed as exc:  # e.g. the store could not be read: another node tries
+            reply, default = None, Declined(f"the node could not serve the request: {exc}")
         except TypeError as exc:
             # the request or its answer did not go through msgpack: run it as a task, whose
             # fetch finds out which node (if any) sends garbage (_probe)
@@ -486,8 +538,9 @@ class RoundAttempts:
         self.queue.put_nowait((pr, attempt, outcome))
 
     def _usable(self) -> list[str]:
-        """Nodes that may get a task now: running (not paused), not quarantined."""
-        return [addr for addr, ws in self.plugin.scheduler.workers.items() if ws.status.name == "running"]
+        """Nodes that may get work now: running (not paused), not quarantined, reachable or dialing out."""
+        reach = self.plugin.reach
+        return [addr for addr, ws in self.plugin.scheduler.workers.items() if ws.status.name == "running" and reach.may_work(addr)]
 
     def _choose(self, pr: PartitionRound, exclude: set[str] = frozenset()) -> str | None:  # type: ignore[assignment]
         """The least-loaded usable node not yet used for this partition, holders of its data first."""
@@ -498,9 +551,16 @@ class RoundAttempts:
             if task is not None and task.processing_on is not None:
                 used.add(task.processing_on.address)
         voters = self._voters(pr)
-        candidates = [w for w in self._usable() if w not in used and self._may_vote(w, voters)]
+
+        def serves(w: str) -> bool:  # a dial-out node only where it holds the data or can fetch it
+            return not self._dial_out(w) or w in holders or self._fetches(pr, w)
+
+        candidates = [w for w in self._usable() if w not in used and serves(w) and self._may_vote(w, voters)]
         if not candidates:  # a paused node will run it when it resumes (or the deadline moves it on)
-            candidates = [w for w in self.plugin.scheduler.workers if w not in used and self._may_vote(w, voters)]
+            candidates = [
+                w for w in self.plugin.scheduler.workers
+                if w not in used and self.plugin.reach.may_work(w) and serves(w) and self._may_vote(w, voters)
+            ]
         if not candidates:
             return None
         return min(candidates, key=lambda w: (w not in holders, self.load.get(w, 0), w))
@@ -586,6 +646,13 @@ class RoundAttempts:
         if isinstance(outcome, (asyncio.CancelledError, NodeLost)):
             if not pr.pending:  # lost (e.g. with a node just quarantined) and no other copy runs
                 self._reissue(pr, attempt, "lost")
+            return False
+        if isinstance(outcome, Declined) and self._dial_out(attempt.worker):
+            # no task can run on a dial-out node: the update goes to another node
+            logger.info("job %s round %d: dial-out node %s declined partition %d (%s)",
+                        self.run.job_id, self.round_no, attempt.worker, pr.index, outcome.why)
+            if not pr.pending:
+                self._reissue(pr, attempt, "declined")
             return False
         if isinstance(outcome, Declined):  # the same update as a task (counted once: not a re-issue)
             logger.debug("job %s round %d: node %s declined partition %d (%s); running it as a task",

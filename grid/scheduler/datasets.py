@@ -19,6 +19,7 @@ node, and the job waits for them, queued (:func:`grid.scheduler.driver.start_whe
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -81,15 +82,23 @@ class Dataset:
 class DatasetStore:
     """The datasets of one region, keeping their keys alive on the scheduler."""
 
-    def __init__(self, scheduler: Any) -> None:
+    def __init__(
+        self,
+        scheduler: Any,
+        stored: Callable[[str], bool] = lambda key: False,
+        on_drop: Callable[[list[str]], None] = lambda keys: None,
+    ) -> None:
         self.scheduler = scheduler
         self.datasets: dict[str, Dataset] = {}
+        #: whether the region's partition store holds a key (dial-out nodes fetch from it)
+        self.stored = stored
+        self.on_drop = on_drop
 
     def _holder(self, name: str) -> str:
         return f"grid-dataset-{name}"
 
     def register(self, dataset: Dataset) -> None:
-        missing = [k for k in dataset.keys if k not in self.scheduler.tasks]
+        missing = [k for k in dataset.keys if k not in self.scheduler.tasks and not self.stored(k)]
         if missing:
             raise ValueError(
                 f"dataset {dataset.name!r}: {len(missing)} partition keys are not on this "
@@ -97,7 +106,8 @@ class DatasetStore:
             )
         if dataset.name in self.datasets:
             raise ValueError(f"a dataset named {dataset.name!r} exists already on this region")
-        self.scheduler.client_desires_keys(keys=list(dataset.keys), client=self._holder(dataset.name))
+        known = [k for k in dataset.keys if k in self.scheduler.tasks]  # the rest only the store holds
+        self.scheduler.client_desires_keys(keys=known, client=self._holder(dataset.name))
         self.datasets[dataset.name] = dataset
 
     def get(self, name: str) -> Dataset:
@@ -134,12 +144,15 @@ class DatasetStore:
         if holder in self.scheduler.clients:
             self.scheduler.client_releases_keys(keys=list(dataset.keys), client=holder)
             self.scheduler.clients.pop(holder, None)
+        self.on_drop(list(dataset.keys))
         return True
 
     def lost(self, name: str) -> list[str]:
         """Keys of the dataset that no node holds any more and nothing can make again.
 
-        A partition the scheduler can recompute is not lost: a
+        A partition the scheduler can recompute or fetch again is not lost:
+        one in the region's partition store (every partition placed through
+        the scheduler: nodes fetch it again), and a
         ``jobs.data.Files`` partition is a read task with its recipe
         (``run_spec``), so when its every holder vanished the scheduler reads
         the file again and the round waits for it. Scattered data
@@ -150,6 +163,8 @@ class DatasetStore:
         out = []
         for key in dataset.keys:
             ts = self.scheduler.tasks.get(key)
+            if self.stored(key):
+                continue
             if ts is None or (not ts.who_has and ts.run_spec is None):
                 out.append(key)
         return out

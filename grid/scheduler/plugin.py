@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
+import os
 import time
+import warnings
 from typing import Any
 
 import numpy as np
@@ -30,6 +32,9 @@ from grid.dashboard.app import register_scheduler_page, unregister_scheduler_pag
 from grid.scheduler import replicas, untrusted
 from grid.scheduler.access import AccessControl
 from grid.scheduler.attempts import ROUND_ENGINES
+from grid.scheduler.channels import NodeChannels
+from grid.scheduler.reach import NodeReach
+from grid.scheduler.store import PartitionStore
 from grid.scheduler.quarantine import Quarantine
 from grid.scheduler.datasets import Dataset, DatasetStore, no_nodes_reason, read_pending_files
 from grid.scheduler.driver import JobDriver, RegionRun, start_when_read, taint_entry
@@ -41,6 +46,7 @@ from grid.protocol.requests import ADAPTIVE, check_request
 from grid.scheduler.verify import INDEPENDENCE, Origin, Reliability
 from grid.node.align import PLUGIN_NAME as ALIGN_PLUGIN, AlignPartitions
 from grid.node.rounds import PLUGIN_NAME as ROUNDS_PLUGIN, NodeRounds
+from grid.protocol.nodes import STORE_READ_OP
 from jobs.local import local_step
 from jobs.plain import check_plain
 from jobs.spec import SpecError, resolve_class
@@ -105,7 +111,18 @@ class GridSchedulerPlugin(SchedulerPlugin):
     # --- lifecycle ---------------------------------------------------------------------
     async def start(self, scheduler: Any) -> None:
         self.scheduler = scheduler
-        self.datasets = DatasetStore(scheduler)
+        # which nodes the scheduler may dial, calls to those it may not, and the partitions
+        # those fetch for themselves (docs/architecture.md#dial-out-nodes)
+        self.reach = NodeReach(scheduler)
+        self.reach.install()
+        self.channels = NodeChannels(scheduler)
+        self.channels.install()
+        self.store = PartitionStore(_store_dir(self.region), config.nbytes("scheduler.store-chunk"))
+        self.prefetches: set[asyncio.Task] = set()
+        self.datasets = DatasetStore(scheduler, stored=self.store.has, on_drop=self._drop_stored)
+        self.access.stored = self.store.has
+        # a client's future on a partition only the store holds names a key Dask does not know
+        warnings.filterwarnings("ignore", message=r"Client .* desires key 'grid-part-", category=UserWarning)
         self._client_lock = asyncio.Lock()
         scheduler.handlers.update(
             {
@@ -123,6 +140,7 @@ class GridSchedulerPlugin(SchedulerPlugin):
                 "grid_attach": self.attach,
                 "grid_detach": self.detach,
                 "grid_region_round": self.region_round,
+                STORE_READ_OP: self.store_read,
             }
         )
         # partitions a client scatters without naming nodes go to grid.jobs.replicas nodes at once
@@ -141,7 +159,7 @@ class GridSchedulerPlugin(SchedulerPlugin):
         if _is_tls(scheduler):
             crl = config.get("scheduler.crl-file")
             if crl:
-                from grid.security.certs import RevocationList
+                from grid.security.identity import RevocationList
 
                 # signed by the grid's CA, checked at every reload; read once now, so a missing or
                 # bad list stops the scheduler at start instead of refusing every call later
@@ -195,6 +213,12 @@ class GridSchedulerPlugin(SchedulerPlugin):
 
     async def close(self) -> None:
         protocol_comm.unregister_scheduler(self)
+        if self.scheduler is not None:
+            self.reach.close()
+            self.channels.uninstall()
+            for task in self.prefetches:
+                task.cancel()
+            self.store.close()
         self.closing = True  # drivers stopped now keep their durable state for the restart (finish_job)
         for task in self.files_ready.values():
             task.cancel()
@@ -230,7 +254,13 @@ class GridSchedulerPlugin(SchedulerPlugin):
             return self._client
 
     # --- handlers: status ------------------------------------------------------------
+    def add_worker(self, scheduler: Any, worker: str) -> None:
+        self.reach.add_worker(worker)
+
     def remove_worker(self, scheduler: Any, worker: str, **kwargs: Any) -> None:
+        self.reach.remove_worker(worker)
+        self.channels.remove_worker(worker)
+        self.store.remove_node(worker)
         self.access.forget_worker(worker)
         self.tasks_done.pop(worker, None)
         self.nodes_without_rounds.pop(worker, None)
@@ -308,6 +338,10 @@ class GridSchedulerPlugin(SchedulerPlugin):
         return Origin(node=identity, owner=self.access.owner_of(address) or identity, host=host)
 
     def node_state(self, ws: Any) -> str:
+        """``active``, ``paused``, or ``unreachable``: a stock worker the scheduler cannot
+        connect to gets neither data nor work (grid/scheduler/reach.py)."""
+        if self.reach.kind(ws.address) == "unreachable":
+            return "unreachable"
         return "paused" if ws.status.name == "paused" else "active"
 
     def info(self, comm: Any = None) -> dict:
@@ -320,7 +354,7 @@ class GridSchedulerPlugin(SchedulerPlugin):
         the same with no jobs or datasets (it needs the region only).
         """
         s = self.scheduler
-        nodes = {"active": 0, "paused": 0}
+        nodes = {"active": 0, "paused": 0, "unreachable": 0}
         for ws in s.workers.values():
             state = self.node_state(ws)
             nodes[state] = nodes.get(state, 0) + 1
@@ -331,7 +365,8 @@ class GridSchedulerPlugin(SchedulerPlugin):
             "address": s.address,
             "dashboard": _dashboard_link(s),
             "nodes": nodes,
-            "nthreads": sum(ws.nthreads for ws in s.workers.values()),
+            # threads that can take grid work: what placement splits partitions by
+            "nthreads": sum(ws.nthreads for ws in s.workers.values() if self.reach.kind(ws.address) != "unreachable"),
             "verification_rejects": self.verification_rejects,
             "tasks_done": self.tasks_done_total,
             "time": time.time(),
@@ -362,8 +397,9 @@ class GridSchedulerPlugin(SchedulerPlugin):
                 "cpu": ws.metrics.get("cpu", 0.0),
                 "status": ws.status.name,
                 "state": self.node_state(ws),
+                "reach": self.reach.kind(ws.address),
                 "executing": len(ws.processing),
-                "stored": len(ws.has_what),
+                "stored": len(ws.has_what) + self.store.count_held(ws.address),
                 "tasks_done": self.tasks_done.get(ws.address, 0),
                 "rejected": self.rejected.get(ws.address, 0),
                 "verified": self.reliability.get(self.quarantine.identity_of(ws.address)).valid,
@@ -446,38 +482,87 @@ class GridSchedulerPlugin(SchedulerPlugin):
 
     def _spread_scatter(self, scatter: Any) -> Any:
         """Wrap ``scatter``: grid partitions sent without named nodes go to ``grid.jobs.replicas``
-        running nodes, each copy straight from the scheduler.
+        nodes, each copy straight from the scheduler.
 
         Data scientists do not see node addresses, so the scheduler picks the
-        nodes holding the fewest keys. Every copy comes from the scheduler, none
-        from another node: a node that will not serve its partitions to other
-        nodes cannot leave a dataset with a single copy, and the dataset has its
-        copies before it is registered (the replica policy keeps them through
-        churn afterwards).
+        nodes holding the fewest partitions. Every partition is also written
+        to the region's partition store (``grid/scheduler/store.py``). An open
+        node gets its copy by scatter, from the scheduler; a dial-out node is
+        granted the partition and fetches it from the store over its own
+        connection (at once, and at the latest when a round needs it). A node
+        the scheduler cannot reach gets nothing, so it never stalls placement.
+        None gets a copy from another node: a node that will not serve its
+        partitions to other nodes cannot leave a dataset with a single copy,
+        and the dataset has its copies before it is registered (the replica
+        policy keeps them through churn afterwards).
         """
 
         async def spread(comm: Any = None, **msg: Any) -> Any:
             data = msg.get("data")
-            running = sorted(self.scheduler.running, key=lambda ws: (len(ws.has_what), ws.address))
-            if msg.get("workers") or msg.get("broadcast") or not isinstance(data, dict) or not running or not all(
+            if msg.get("workers") or msg.get("broadcast") or not isinstance(data, dict) or not data or not all(
                 is_partition(k) for k in data
             ):
                 return await call_handler(scatter, comm, msg)
+            await self.reach.settled([ws.address for ws in self.scheduler.running])
+            eligible = [ws.address for ws in self.scheduler.running if self.reach.may_work(ws.address)]
+            if not eligible:
+                if self.scheduler.running:
+                    raise OSError(
+                        f"region {self.region!r} has no node the scheduler can reach or that dials out "
+                        "(its nodes are stock Dask workers behind a firewall); start nodes with `grid node`"
+                    )
+                return await call_handler(scatter, comm, msg)  # no node yet: distributed waits for one
+            loop = asyncio.get_running_loop()
+            for key, value in data.items():  # disk writes off the event loop
+                await loop.run_in_executor(None, self.store.put, key, value)
+            held = {w: len(self.scheduler.workers[w].has_what) + self.store.count_held(w) for w in eligible}
+            ranked = sorted(eligible, key=lambda w: (held[w], w))
             # partition j of the message goes to the j-th least loaded node and the ones after it
-            r = min(max(1, int(config.get("jobs.replicas"))), len(running))
+            r = min(max(1, int(config.get("jobs.replicas"))), len(ranked))
             groups: dict[tuple[str, ...], dict] = {}
             for j, (key, value) in enumerate(data.items()):
-                holders = tuple(running[(j + k) % len(running)].address for k in range(r))
+                holders = tuple(ranked[(j + k) % len(ranked)] for k in range(r))
                 groups.setdefault(holders, {})[key] = value
-            keys: list = []
             for holders, part in groups.items():
-                # one scatter per holder (distributed's broadcast would copy node to node instead)
                 for holder in holders:
-                    sent = await call_handler(scatter, comm, {**msg, "data": part, "workers": [holder], "broadcast": False})
-                keys.extend(sent)
-            return keys
+                    if self.reach.is_dial_out(holder):
+                        self.prefetch(holder, list(part))
+                    else:  # one scatter per holder (distributed's broadcast would copy node to node)
+                        await call_handler(scatter, comm, {**msg, "data": part, "workers": [holder], "broadcast": False})
+            return list(data)
 
         return spread
+
+    def prefetch(self, node: str, keys: list[str]) -> None:
+        """Grant dial-out ``node`` stored partitions and have it fetch them now (in the background)."""
+        parts = [[key, self.store.grant(node, key)] for key in keys if self.store.has(key)]
+
+        async def fetch() -> None:
+            try:
+                reply = await self.channels.call(node, "fetch", parts=parts)
+            except OSError:
+                return  # it left: its grants died with it
+            failed = reply.get("failed") if isinstance(reply, dict) else None
+            for key, text in failed or []:
+                logger.warning("node %s could not fetch partition %s from the store: %s", node, key, str(text)[:200])
+                self.store.forget(node, str(key))
+
+        task = asyncio.ensure_future(fetch())
+        self.prefetches.add(task)
+        task.add_done_callback(self.prefetches.discard)
+
+    def store_read(self, comm: Any, key: str, token: str, offset: int = 0) -> dict:
+        """One chunk of a stored partition, for the dial-out node the scheduler granted it to."""
+        return self.store.read(key, token, offset)
+
+    def _drop_stored(self, keys: list[str]) -> None:
+        """A dataset was dropped: remove its stored partitions and tell their dial-out holders."""
+        by_node: dict[str, list[str]] = {}
+        for key, nodes in self.store.drop(keys).items():
+            for node in nodes:
+                by_node.setdefault(node, []).append(key)
+        for node, node_keys in by_node.items():
+            self.channels.drop(node, node_keys)
 
     async def register_files(
         self,
@@ -499,7 +584,7 @@ class GridSchedulerPlugin(SchedulerPlugin):
         them is queued until then.
         """
         from grid import wire
-        from grid.node.tasks import describe_partition, read_file_partition
+        from grid.node.tasks import read_file_partition
 
         if not wait:
             try:
@@ -524,9 +609,8 @@ class GridSchedulerPlugin(SchedulerPlugin):
                 client.submit(read_file_partition, str(p), options, key=partition_key(name, i))
                 for p, i in zip(paths, indices)
             ]
-            infos = [client.submit(describe_partition, f, key=f"grid-describe-{name}-{i}") for f, i in zip(parts, indices)]
             try:
-                blobs = await client.gather(infos)
+                blobs = await self._describe(client, parts, name, indices)
             except Exception as exc:  # noqa: BLE001 - a file that cannot be read: say which
                 await client.cancel(parts)
                 raise ValueError(str(exc)) from None
@@ -552,14 +636,44 @@ class GridSchedulerPlugin(SchedulerPlugin):
                     job_owned=bool(job_owned),
                 )
             )
-            for f in infos:
-                f.release()
             for f in parts:
                 f.release()  # the dataset holds them now
             recovery.save_recipe(self, self.datasets.get(str(name)), paths, options)
         except Exception as exc:  # noqa: BLE001 - every rejection goes back to the caller
             return _error(exc)
         return {"status": "OK", "rows": sum(int(d["rows"]) for d in described), "n_features": int(n_features), "labels": labels}
+
+    async def _describe(self, client: Any, parts: list, name: str, indices: list[int]) -> list[bytes]:
+        """The rows, features and labels of each file partition read on the nodes (wire blobs).
+
+        Each is described where it was read: by a task on an open node (its small
+        result fetched as usual), by a call on a dial-out node's own stream (which
+        nothing can dial to fetch a result from)."""
+        from grid.node.tasks import describe_partition
+
+        for exc in await asyncio.gather(*(f.exception() for f in parts)):  # each read ends (or fails)
+            if exc is not None:
+                raise exc
+
+        async def describe(f: Any, i: int) -> bytes:
+            ts = self.scheduler.tasks.get(f.key)
+            holder = min((ws.address for ws in ts.who_has), default=None) if ts is not None and ts.who_has else None
+            if holder is not None and self.reach.is_dial_out(holder):
+                reply = await self.channels.call(holder, "describe", key=f.key)
+                if not isinstance(reply, dict) or not isinstance(reply.get("blob"), bytes):
+                    raise OSError(f"node {holder} did not describe partition {i}: {str(reply)[:120]}")
+                return reply["blob"]
+            info = client.submit(describe_partition, f, key=f"grid-describe-{name}-{i}", workers=self._open_nodes())
+            try:
+                return await info.result()
+            finally:
+                info.release()
+
+        return list(await asyncio.gather(*(describe(f, i) for f, i in zip(parts, indices))))
+
+    def _open_nodes(self) -> list[str] | None:
+        """Nodes the scheduler can dial (a task's result is fetched from its node); None: any."""
+        return [w for w in self.scheduler.workers if self.reach.is_open(w)] or None
 
     def drop_dataset(self, comm: Any, name: str) -> dict:
         if not isinstance(name, str):
@@ -868,6 +982,15 @@ def _without_node_names(out: dict) -> dict:
         tainted = out["tainted"]
         out["tainted"] = {**tainted, "node": hide({"": [tainted["node"]]})[""][0]}
     return out
+
+
+def _store_dir(region: str) -> str | None:
+    """``grid.scheduler.store-dir``, else ``<state-dir>/store-<region>``, else None (a temporary directory)."""
+    directory = config.get("scheduler.store-dir")
+    if directory:
+        return str(directory)
+    state_dir = config.get("scheduler.state-dir")
+    return os.path.join(str(state_dir), f"store-{region}") if state_dir else None
 
 
 def _is_tls(scheduler: Any) -> bool:

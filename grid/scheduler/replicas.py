@@ -90,8 +90,11 @@ class GridReplicas(ReduceReplicas):
         return f"GridReplicas(replicas={self.replicas}, region={self.plugin.region!r})"
 
     def _eligible(self, scheduler: Any) -> set:
-        """Running nodes that may receive a replica (not paused, not quarantined)."""
-        running = set(scheduler.running)
+        """Running nodes that may receive a replica (not paused, not quarantined), and that the
+        scheduler can reach: a copy is made by the receiving node dialing a holder, and a dial-out
+        node talks to no other node (it fetches from the region's store, grid/scheduler/store.py)."""
+        reach = getattr(self.plugin, "reach", None)
+        running = {ws for ws in scheduler.running if reach is None or reach.is_open(ws.address)}
         quarantine = getattr(self.plugin, "quarantine", None)
         if quarantine is not None and quarantine.records:
             running = {ws for ws in running if quarantine.identity_of(ws.address) not in quarantine}

@@ -1,0 +1,136 @@
+"""Which nodes the scheduler may dial: the connect-back check at registration.
+
+Volunteers' machines sit behind NAT routers and firewalls. A node behind one
+registers and heartbeats normally (it opened that connection), but every
+connection the grid opens *to* it hangs until a timeout: a scatter to it, a
+round request, a result fetch, a replica copy it serves to another node. One
+such node used to stall placement for every job of its region.
+
+So when a node registers, the scheduler tries once to open a connection to
+the address it advertises, bounded by ``grid.scheduler.node-connect-timeout``
+(default 3 s), and records what it found:
+
+``open``
+    the scheduler reached it: Dask's usual data path (scatter, peer-to-peer
+    replica copies, task results) and ``grid_update`` requests;
+``dial-out``
+    a grid node that said it dials out (``grid node --dial-out``; never
+    checked, never dialed) or that could not be reached but serves grid calls
+    on its own stream: it gets round requests on that stream and fetches its
+    partitions from the region's store (``grid/scheduler/store.py``);
+``unreachable``
+    a stock Dask worker that could not be reached: it gets no data and no grid
+    work, and ``grid status`` and the dashboard say so;
+``checking``
+    the check has not ended yet (at most the timeout): not used yet.
+
+The same timeout bounds every connection the scheduler opens through its
+connection pool (to nodes, and to peer regions), so a node that stops
+answering costs a round seconds, not distributed's default 30 s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from distributed.comm import connect
+
+from grid import config
+from grid.protocol.nodes import profile_of
+
+logger = logging.getLogger("grid.scheduler")
+
+OPEN, DIAL_OUT, UNREACHABLE, CHECKING = "open", "dial-out", "unreachable", "checking"
+
+
+class NodeReach:
+    """The reachability of every node of one region."""
+
+    def __init__(self, scheduler: Any) -> None:
+        self.scheduler = scheduler
+        self.timeout = config.seconds("scheduler.node-connect-timeout")
+        if not self.timeout > 0:
+            raise ValueError(
+                f"grid.scheduler.node-connect-timeout must be a positive duration, got "
+                f"{config.get('scheduler.node-connect-timeout')!r}; e.g. 3s"
+            )
+        self.kinds: dict[str, str] = {}
+        self.checks: dict[str, asyncio.Task] = {}
+        self.checked_in: dict[str, float] = {}  # seconds each connect-back check took
+
+    def install(self) -> None:
+        # the scheduler's own pool opens every connection to nodes: a node behind a firewall
+        # costs this long, not distributed's default of 30 s
+        self.scheduler.rpc.timeout = self.timeout
+
+    def add_worker(self, worker: str) -> None:
+        ws = self.scheduler.workers.get(worker)
+        profile = profile_of(getattr(ws, "extra", None))
+        if profile.get("dial-out"):
+            self.kinds[worker] = DIAL_OUT  # it said so: never dial it, not even to check
+            return
+        self.kinds[worker] = CHECKING
+        self.checks[worker] = asyncio.ensure_future(self._check(worker, bool(profile.get("calls"))))
+
+    def remove_worker(self, worker: str) -> None:
+        self.kinds.pop(worker, None)
+        self.checked_in.pop(worker, None)
+        task = self.checks.pop(worker, None)
+        if task is not None:
+            task.cancel()
+
+    def close(self) -> None:
+        for task in self.checks.values():
+            task.cancel()
+        self.checks.clear()
+
+    async def _check(self, worker: str, serves_calls: bool) -> None:
+        start = time.monotonic()
+        try:
+            comm = await connect(worker, timeout=self.timeout, **self.scheduler.connection_args)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - refused, timed out, TLS failed: not reachable
+            kind = DIAL_OUT if serves_calls else UNREACHABLE
+            logger.warning(
+                "node %s cannot be reached from the scheduler (%s: %s); it is %s",
+                worker, type(exc).__name__, exc,
+                "served over its own connection (dial-out)" if serves_calls else "given no data and no work",
+            )
+        else:
+            comm.abort()
+            kind = OPEN
+        finally:
+            self.checks.pop(worker, None)
+        self.checked_in[worker] = time.monotonic() - start
+        if worker in self.kinds:  # it may have left meanwhile
+            self.kinds[worker] = kind
+
+    def kind(self, worker: str) -> str:
+        """``open``, ``dial-out``, ``unreachable`` or ``checking`` (unknown nodes: ``unreachable``)."""
+        return self.kinds.get(worker, UNREACHABLE)
+
+    def is_open(self, worker: str) -> bool:
+        return self.kinds.get(worker) == OPEN
+
+    def is_dial_out(self, worker: str) -> bool:
+        return self.kinds.get(worker) == DIAL_OUT
+
+    def may_work(self, worker: str) -> bool:
+        """Whether ``worker`` may get grid data and work: open or dial-out."""
+        return self.kinds.get(worker) in (OPEN, DIAL_OUT)
+
+    async def settled(self, workers: Any = None) -> None:
+        """Wait for the checks of ``workers`` (default: all) to end; each is bounded by the timeout."""
+        pending = [t for w, t in list(self.checks.items()) if workers is None or w in workers]
+        if pending:
+            await asyncio.wait(pending, timeout=self.timeout + 1)
+
+    def counts(self) -> dict[str, int]:
+        out = {OPEN: 0, DIAL_OUT: 0, UNREACHABLE: 0, CHECKING: 0}
+        for kind in self.kinds.values():
+            out[kind] += 1
+        return out

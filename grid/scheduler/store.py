@@ -1,0 +1,159 @@
+"""The region's partition store: where dial-out nodes get their partitions.
+
+A dial-out node (``grid/scheduler/reach.py``) cannot receive a scatter: nothing
+can connect to it. Every partition a client places on the region passes
+through the scheduler anyway (``Grid.scatter`` sends it there without naming
+nodes), so the scheduler writes it here, one file per partition, as it came:
+the Dask serialisation header and the raw frames the client sent, never
+deserialised on the scheduler. Nodes read it back in chunks of at most
+``grid.scheduler.store-chunk`` (default 4 MiB) over connections they open
+(:data:`~grid.protocol.nodes.STORE_READ_OP`), so a partition is never all in
+the scheduler's memory at once and never sent on a node's stream.
+
+Who may read what: a node reads a partition only with the token the
+scheduler gave that node for that partition, in a call on the node's own
+stream (a round request or a prefetch). Tokens carry 128 random bits and
+die when their node leaves or the dataset is dropped, so a node learns no
+other user's rows by asking for a key.
+
+Holding: a dial-out node *holds* a partition once the scheduler has granted
+it one (it fetches at once, and at the latest when a round asks it for an
+update). Replication means more nodes are granted the same partition; a
+holder that leaves is forgotten, and the next node asked fetches it again.
+The files live in ``grid.scheduler.store-dir``, else ``<state-dir>/store-<region>``,
+else a temporary directory removed when the scheduler closes; a scheduler
+that starts removes the files a previous run left there (their datasets are
+not known to it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from distributed.protocol.serialize import Serialized, serialize
+
+from grid.protocol.nodes import partition_head
+
+
+class StoreError(ValueError):
+    """A read of the store that names a partition or token the caller may not read."""
+
+
+class PartitionStore:
+    """Partitions of this region's datasets on disk, and which dial-out node holds which.
+
+    Parameters
+    ----------
+    directory : str or Path, optional
+        Where the files go; a temporary directory (removed by :meth:`close`) when None.
+    chunk_bytes : int
+        The most bytes one read returns.
+    """
+
+    def __init__(self, directory: str | os.PathLike[str] | None, chunk_bytes: int) -> None:
+        if chunk_bytes < 1:
+            raise ValueError(f"grid.scheduler.store-chunk must be at least 1 byte, got {chunk_bytes}; e.g. 4MiB")
+        self.temporary = directory is None
+        self.directory = Path(tempfile.mkdtemp(prefix="dask-grid-store-") if directory is None else directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        for stale in [*self.directory.glob("*.part"), *self.directory.glob("*.tmp")]:
+            stale.unlink(missing_ok=True)  # a previous run's: no dataset of this scheduler names them
+        self.chunk_bytes = int(chunk_bytes)
+        self.sizes: dict[str, int] = {}
+        #: partition key -> dial-out nodes granted it (fetched, or fetching)
+        self.holders: dict[str, set[str]] = {}
+        #: token -> (node, key) it lets read
+        self.grants: dict[str, tuple[str, str]] = {}
+        self._tokens: dict[tuple[str, str], str] = {}
+        self.bytes_served = 0
+
+    # --- partitions -----------------------------------------------------------------------------
+    def _path(self, key: str) -> Path:
+        # keys are grid partition keys; hashed so that no key names a path of its own
+        return self.directory / (hashlib.sha256(key.encode()).hexdigest() + ".part")
+
+    def put(self, key: str, value: Any) -> int:
+        """Write one partition (a ``Serialized`` as the scheduler received it, or plain data)."""
+        if isinstance(value, Serialized):
+            header, frames = value.header, value.frames
+        else:
+            header, frames = serialize(value, serializers=("dask", "msgpack"), on_error="raise")
+        frames = [memoryview(f).cast("B") if not isinstance(f, bytes) else f for f in frames]
+        path = self._path(key)
+        tmp = path.with_suffix(".tmp")
+        with open(tmp, "wb") as out:
+            out.write(partition_head(header, frames))
+            for frame in frames:
+                out.write(frame)
+        os.replace(tmp, path)
+        self.sizes[key] = path.stat().st_size
+        return self.sizes[key]
+
+    def has(self, key: str) -> bool:
+        return key in self.sizes
+
+    def read(self, key: str, token: str, offset: int) -> dict:
+        """One chunk of partition ``key`` from ``offset``, for the holder of ``token``."""
+        granted = self.grants.get(token) if isinstance(token, str) else None
+        if granted is None or granted[1] != key or key not in self.sizes:
+            raise StoreError(
+                "no such partition for this token: a node reads only the partitions its scheduler gave it"
+            )
+        total = self.sizes[key]
+        if not isinstance(offset, int) or not 0 <= offset <= total:
+            raise StoreError(f"offset {offset!r} is outside partition of {total} bytes")
+        with open(self._path(key), "rb") as source:
+            source.seek(offset)
+            data = source.read(min(self.chunk_bytes, total - offset))
+        self.bytes_served += len(data)
+        return {"status": "OK", "data": data, "total": total}
+
+    def drop(self, keys: Any) -> dict[str, set[str]]:
+        """Forget partitions; return the nodes that held each (to be told to forget them too)."""
+        held: dict[str, set[str]] = {}
+        for key in keys:
+            if self.sizes.pop(key, None) is not None:
+                self._path(key).unlink(missing_ok=True)
+            held[key] = self.holders.pop(key, set())
+            for node in held[key]:
+                self.grants.pop(self._tokens.pop((node, key), ""), None)
+        return held
+
+    # --- holders --------------------------------------------------------------------------------
+    def grant(self, node: str, key: str) -> str:
+        """Let ``node`` hold (and read) ``key``; its token (the same one each time)."""
+        token = self._tokens.get((node, key))
+        if token is None:
+            token = self._tokens[(node, key)] = secrets.token_hex(16)
+            self.grants[token] = (node, key)
+        self.holders.setdefault(key, set()).add(node)
+        return token
+
+    def held_by(self, key: str) -> set[str]:
+        return self.holders.get(key, set())
+
+    def count_held(self, node: str) -> int:
+        return sum(node in nodes for nodes in self.holders.values())
+
+    def forget(self, node: str, key: str) -> None:
+        """``node`` no longer holds ``key`` (it could not fetch it, or said it lost it)."""
+        self.holders.get(key, set()).discard(node)
+        self.grants.pop(self._tokens.pop((node, key), ""), None)
+
+    def remove_node(self, node: str) -> list[str]:
+        """A node left: its grants die. Returns the keys it held."""
+        lost = [key for key, nodes in self.holders.items() if node in nodes]
+        for key in lost:
+            self.forget(node, key)
+        return lost
+
+    def close(self) -> None:
+        if self.temporary:
+            shutil.rmtree(self.directory, ignore_errors=True)
+
