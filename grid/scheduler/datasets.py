@@ -87,11 +87,14 @@ class DatasetStore:
         scheduler: Any,
         stored: Callable[[str], bool] = lambda key: False,
         on_drop: Callable[[list[str]], None] = lambda keys: None,
+        fetchable: Callable[[str], bool] = lambda key: False,
     ) -> None:
         self.scheduler = scheduler
         self.datasets: dict[str, Dataset] = {}
-        #: whether the region's partition store holds a key (dial-out nodes fetch from it)
+        #: whether the region's partition store holds a key
         self.stored = stored
+        #: whether a node can fetch a key from the store now (a dial-out node is there)
+        self.fetchable = fetchable
         self.on_drop = on_drop
 
     def _holder(self, name: str) -> str:
@@ -150,9 +153,9 @@ class DatasetStore:
     def lost(self, name: str) -> list[str]:
         """Keys of the dataset that no node holds any more and nothing can make again.
 
-        A partition the scheduler can recompute or fetch again is not lost:
-        one in the region's partition store (every partition placed through
-        the scheduler: nodes fetch it again), and a
+        A partition the scheduler can recompute or have fetched again is not
+        lost: one in the region's partition store while a dial-out node can
+        fetch it (grid/scheduler/store.py), and a
         ``jobs.data.Files`` partition is a read task with its recipe
         (``run_spec``), so when its every holder vanished the scheduler reads
         the file again and the round waits for it. Scattered data
@@ -163,7 +166,7 @@ class DatasetStore:
         out = []
         for key in dataset.keys:
             ts = self.scheduler.tasks.get(key)
-            if self.stored(key):
+            if self.fetchable(key):
                 continue
             if ts is None or (not ts.who_has and ts.run_spec is None):
                 out.append(key)

@@ -17,7 +17,10 @@ import time
 import warnings
 from typing import Any
 
+import dask
 import numpy as np
+from dask.utils import parse_timedelta
+from tornado.ioloop import PeriodicCallback
 
 from distributed import Client
 from distributed.comm import get_address_host
@@ -34,7 +37,7 @@ from grid.scheduler.access import AccessControl
 from grid.scheduler.attempts import ROUND_ENGINES
 from grid.scheduler.channels import NodeChannels
 from grid.scheduler.reach import NodeReach
-from grid.scheduler.store import PartitionStore
+from grid.scheduler.store import PartitionStore, plan_copies
 from grid.scheduler.quarantine import Quarantine
 from grid.scheduler.datasets import Dataset, DatasetStore, no_nodes_reason, read_pending_files
 from grid.scheduler.driver import JobDriver, RegionRun, start_when_read, taint_entry
@@ -119,8 +122,18 @@ class GridSchedulerPlugin(SchedulerPlugin):
         self.channels.install()
         self.store = PartitionStore(_store_dir(self.region), config.nbytes("scheduler.store-chunk"))
         self.prefetches: set[asyncio.Task] = set()
-        self.datasets = DatasetStore(scheduler, stored=self.store.has, on_drop=self._drop_stored)
+        self.datasets = DatasetStore(
+            scheduler,
+            stored=self.store.has,
+            on_drop=self._drop_stored,
+            fetchable=lambda key: self.store.has(key) and any(self.reach.is_dial_out(ws.address) for ws in scheduler.running),
+        )
         self.access.stored = self.store.has
+        # as the replica policy does for open nodes, at the memory manager's pace
+        self.store_copies = PeriodicCallback(
+            self.keep_store_copies, 1000 * float(parse_timedelta(dask.config.get("distributed.scheduler.active-memory-manager.interval")))
+        )
+        self.store_copies.start()
         # a client's future on a partition only the store holds names a key Dask does not know
         warnings.filterwarnings("ignore", message=r"Client .* desires key 'grid-part-", category=UserWarning)
         self._client_lock = asyncio.Lock()
@@ -214,6 +227,7 @@ class GridSchedulerPlugin(SchedulerPlugin):
     async def close(self) -> None:
         protocol_comm.unregister_scheduler(self)
         if self.scheduler is not None:
+            self.store_copies.stop()
             self.reach.close()
             self.channels.uninstall()
             for task in self.prefetches:
@@ -534,7 +548,10 @@ class GridSchedulerPlugin(SchedulerPlugin):
         return spread
 
     def prefetch(self, node: str, keys: list[str]) -> None:
-        """Grant dial-out ``node`` stored partitions and have it fetch them now (in the background)."""
+        """Grant dial-out ``node`` stored partitions and have it fetch them now (in the background).
+
+        Once it holds them, a partition held more than ``grid.jobs.replicas``
+        times is forgotten by its fullest dial-out holder (a move, not a copy)."""
         parts = [[key, self.store.grant(node, key)] for key in keys if self.store.has(key)]
 
         async def fetch() -> None:
@@ -546,13 +563,53 @@ class GridSchedulerPlugin(SchedulerPlugin):
             for key, text in failed or []:
                 logger.warning("node %s could not fetch partition %s from the store: %s", node, key, str(text)[:200])
                 self.store.forget(node, str(key))
+            replicas = max(1, int(config.get("jobs.replicas")))
+            for key, _ in parts:
+                extra = self.store.held_by(key) - {node}
+                if node in self.store.held_by(key) and len(self._partition_holders(key)) > replicas and extra:
+                    fullest = max(extra, key=lambda n: (self.store.count_held(n), n))
+                    self.store.forget(fullest, key)
+                    self.channels.drop(fullest, [key])
 
         task = asyncio.ensure_future(fetch())
         self.prefetches.add(task)
         task.add_done_callback(self.prefetches.discard)
 
+    def _partition_holders(self, key: str) -> set[str]:
+        """Running nodes holding ``key``: open ones in Dask's memory, dial-out ones granted it."""
+        ts = self.scheduler.tasks.get(key)
+        held = {ws.address for ws in ts.who_has if ws.status.name == "running"} if ts is not None else set()
+        return held | {n for n in self.store.held_by(key) if n in self.scheduler.workers}
+
+    def keep_store_copies(self) -> None:
+        """Every few seconds: dial-out nodes fetch the stored partitions that have too few holders
+        (a holder left), and a node that joined takes partitions from the fullest holders."""
+        nodes = [
+            ws.address for ws in self.scheduler.running
+            if self.reach.is_dial_out(ws.address) and self.quarantine.identity_of(ws.address) not in self.quarantine
+        ]
+        keys = [k for d in self.datasets.datasets.values() for k in d.keys if self.store.has(k)]
+        if not nodes or not keys:
+            return
+        holders = {k: self._partition_holders(k) for k in keys}
+        load = {n: self.store.count_held(n) for n in nodes}
+        by_node: dict[str, list[str]] = {}
+        for node, key in plan_copies(keys, holders, nodes, max(1, int(config.get("jobs.replicas"))), load):
+            by_node.setdefault(node, []).append(key)
+        for node, node_keys in by_node.items():
+            self.prefetch(node, node_keys)
+
     def store_read(self, comm: Any, key: str, token: str, offset: int = 0) -> dict:
-        """One chunk of a stored partition, for the dial-out node the scheduler granted it to."""
+        """One chunk of a stored partition, for the dial-out node the scheduler granted it to.
+
+        The token names the node it was given to; on TLS the caller must present
+        that node's certificate too, so a token a node passes on reads nothing."""
+        node = self.store.grantee(token)
+        identity = self.access.identity(comm)
+        if identity is not None and identity.role == "node" and node not in self.access.addresses_of(identity):
+            raise PermissionError(
+                "no such partition for this token: a node reads only the partitions its scheduler gave it"
+            )
         return self.store.read(key, token, offset)
 
     def _drop_stored(self, keys: list[str]) -> None:

@@ -41,8 +41,8 @@ from distributed.protocol.serialize import Serialized, serialize
 from grid.protocol.nodes import partition_head
 
 
-class StoreError(ValueError):
-    """A read of the store that names a partition or token the caller may not read."""
+class StoreError(PermissionError):
+    """A read of the store with a token that does not grant that partition."""
 
 
 class PartitionStore:
@@ -107,7 +107,7 @@ class PartitionStore:
             )
         total = self.sizes[key]
         if not isinstance(offset, int) or not 0 <= offset <= total:
-            raise StoreError(f"offset {offset!r} is outside partition of {total} bytes")
+            raise ValueError(f"offset {offset!r} is outside the partition's {total} bytes")
         with open(self._path(key), "rb") as source:
             source.seek(offset)
             data = source.read(min(self.chunk_bytes, total - offset))
@@ -135,6 +135,11 @@ class PartitionStore:
         self.holders.setdefault(key, set()).add(node)
         return token
 
+    def grantee(self, token: Any) -> str | None:
+        """The node ``token`` was given to (None: no such token)."""
+        granted = self.grants.get(token) if isinstance(token, str) else None
+        return granted[0] if granted else None
+
     def held_by(self, key: str) -> set[str]:
         return self.holders.get(key, set())
 
@@ -157,3 +162,43 @@ class PartitionStore:
         if self.temporary:
             shutil.rmtree(self.directory, ignore_errors=True)
 
+
+
+def plan_copies(
+    keys: list[str], holders: dict[str, set[str]], nodes: list[str], replicas: int, load: dict[str, int]
+) -> list[tuple[str, str]]:
+    """Which dial-out node should fetch which partition: ``(node, key)`` pairs.
+
+    A partition held (by open and dial-out nodes together) fewer than
+    ``replicas`` times gets copies on the dial-out nodes among ``nodes``
+    holding the fewest partitions; then a partition moves to the emptiest node
+    where that lowers its fullest holder's count by more than one (a node that
+    joins gets partitions, and with them work; the fullest holder forgets it
+    once the new copy is fetched). Pure: ``load`` (node -> partitions held) is
+    updated with the plan.
+    """
+    plan: list[tuple[str, str]] = []
+    if not nodes:
+        return plan
+    for key in keys:
+        have = holders.get(key, set())
+        free = [n for n in nodes if n not in have]
+        for _ in range(max(0, replicas - len(have))):
+            if not free:
+                break
+            node = min(free, key=lambda n: (load.get(n, 0), n))
+            free.remove(node)
+            plan.append((node, key))
+            load[node] = load.get(node, 0) + 1
+    for key in keys:
+        have = holders.get(key, set()) & set(nodes)
+        free = [n for n in nodes if n not in holders.get(key, set()) and (n, key) not in plan]
+        if not have or not free or len(holders.get(key, set())) < replicas:
+            continue
+        fullest = max(have, key=lambda n: (load.get(n, 0), n))
+        emptiest = min(free, key=lambda n: (load.get(n, 0), n))
+        if load.get(emptiest, 0) + 1 < load.get(fullest, 0):
+            plan.append((emptiest, key))
+            load[emptiest] = load.get(emptiest, 0) + 1
+            load[fullest] -= 1  # it forgets the partition once the new copy is fetched
+    return plan

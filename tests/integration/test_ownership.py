@@ -168,9 +168,9 @@ def test_grid_info_shows_a_client_its_own_jobs_and_datasets_and_node_counts_only
                 reply = bob.status()[region]
                 text = json.dumps(reply, default=str)
                 assert not {s for s in secrets if s in text}, (region, {s for s in secrets if s in text})
-            assert full["nodes"] == {"active": 2, "paused": 0, "quarantined": 1}
+            assert full["nodes"] == {"active": 2, "paused": 0, "unreachable": 0, "quarantined": 1}
             reply = bob.status()["eu"]
-            assert reply["nodes"] == {"active": 2, "paused": 0, "quarantined": 1} and reply["nthreads"] == full["nthreads"]
+            assert reply["nodes"] == {"active": 2, "paused": 0, "unreachable": 0, "quarantined": 1} and reply["nthreads"] == full["nthreads"]
             assert not reply["workers"] and not reply["quarantined"] and not reply["datasets"]
             # Dask's own handlers name no node to a data scientist either
             raw = bob.client("eu")

@@ -1,0 +1,199 @@
+"""Dial-out nodes on an in-process TLS grid: nobody dials them, and they cannot reach past their grants.
+
+The nodes here advertise an address nothing listens on (``contact_address``),
+so any attempt to dial one fails at once: a job that finishes with the right
+model was served entirely over connections the nodes opened. Then the attacks:
+a node reading a partition it was not given (the oracle: a victim's secret
+rows), a node answering another node's call, and a pickle in a node's answer
+(the oracle: a marker file its unpickling would write).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import dask
+import numpy as np
+import pytest
+from distributed import Worker
+from distributed.core import rpc
+from distributed.protocol.serialize import ToPickle
+from distributed.utils import sync
+from distributed.utils_test import gen_cluster
+from sklearn.datasets import make_classification
+from sklearn.linear_model import SGDClassifier
+
+from grid import Grid
+from grid.node.rounds import STARTUP_INFORMATION, NodeRounds
+from grid.protocol.nodes import REPLY_OP
+from grid.scheduler.channels import NodeChannels
+from grid.security.certs import issue
+from jobs import PartialFit
+from tests.conftest import wait_for
+
+#: ports nothing listens on: a node advertising one can never be dialed
+UNREACHABLE_PORTS = iter(range(1, 100))
+#: a value no honest reply carries: the victim's rows are made of it
+SECRET = 7.123456789012345
+
+
+def _job(rounds: int = 3) -> PartialFit:
+    return PartialFit(SGDClassifier(random_state=0), rounds=rounds, partition_rows=1000)
+
+
+class DialOutGrid:
+    """An embedded TLS region whose nodes dial out and cannot be dialed."""
+
+    def __init__(self) -> None:
+        self.g = Grid.local(regions={"eu": 0}, processes=False, dashboard=False, tls=True)
+        self.cluster = self.g._local.clusters["eu"]
+        self.throwaway = self.g._local.throwaway
+        self.address = self.g.spec.regions["eu"].address
+        self.workers: dict[str, Worker] = {}
+        self.certs: dict[str, object] = {}
+
+    @property
+    def plugin(self):
+        return self.cluster.scheduler.plugins["grid"]
+
+    def add_node(self, name: str, rounds: bool = True) -> Worker:
+        cert = self.certs[name] = issue(self.throwaway.ca, "node", name, region="eu")
+
+        async def start() -> Worker:
+            with dask.config.set({"grid.node.dial-out": True}):
+                worker = Worker(
+                    self.address, security=cert.security(), nthreads=1, host="127.0.0.1",
+                    contact_address=f"tls://127.0.0.1:{next(UNREACHABLE_PORTS)}",
+                    plugins={NodeRounds()} if rounds else set(), startup_information=STARTUP_INFORMATION,
+                )
+                return await worker
+
+        self.workers[name] = sync(self.cluster.loop, start)
+        return self.workers[name]
+
+    def close(self) -> None:
+        async def stop() -> None:
+            await asyncio.gather(*(w.close() for w in self.workers.values()), return_exceptions=True)
+
+        try:
+            sync(self.cluster.loop, stop)
+        finally:
+            self.g.close()
+
+
+@pytest.fixture
+def dial_out_grid():
+    grid = DialOutGrid()
+    try:
+        grid.add_node("vol-a")
+        grid.add_node("vol-b")
+        wait_for(lambda: grid.g.status()["eu"]["nodes"]["active"] == 2, timeout=30, what="2 nodes")
+        yield grid
+    finally:
+        grid.close()
+
+
+def test_jobs_finish_on_nodes_nobody_can_dial(dial_out_grid) -> None:
+    X, y = make_classification(n_samples=4000, n_features=8, random_state=0)
+    with Grid.local(regions={"eu": 2}, processes=False, dashboard=False) as open_grid:
+        clean = open_grid.submit(_job(), X, y).result(timeout=60).estimator_.coef_
+        placed = open_grid.scatter(X, y)
+        clean_placed = open_grid.submit(_job(), placed).result(timeout=60).estimator_.coef_
+    g, plugin = dial_out_grid.g, dial_out_grid.plugin
+    assert {plugin.reach.kind(w) for w in plugin.scheduler.workers} == {"dial-out"}
+    in_memory = g.submit(_job(), X, y).result(timeout=60).estimator_.coef_
+    data = g.scatter(X, y)
+    scattered = g.submit(_job(), data).result(timeout=60).estimator_.coef_
+    job = g.submit(_job(), data, verify=2)
+    verified = job.result(timeout=60).estimator_.coef_
+    np.testing.assert_allclose(in_memory, clean, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(scattered, clean_placed, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(verified, clean_placed, rtol=0, atol=1e-9)
+    assert all(h["requests"] > 0 and h["tasks"] == 0 for h in job.history)  # no Dask task, every update a call
+    assert plugin.channels.answered > 0
+
+
+def test_a_node_reads_only_the_partitions_it_was_given(dial_out_grid) -> None:
+    g, plugin = dial_out_grid.g, dial_out_grid.plugin
+    X = np.full((50, 4), SECRET)
+    y = np.arange(50) % 2
+    data = g.scatter(X, y, partition_rows=50)
+    key = f"grid-part-{data.regions['eu']['dataset']}-0"
+    wait_for(lambda: plugin.store.held_by(key), timeout=30, what="the partition granted to a node")
+    holder = sorted(plugin.store.held_by(key))[0]
+    name = plugin.access.node_name(holder)
+    token = plugin.store._tokens[(holder, key)]
+    secret = np.float64(SECRET).tobytes()
+    throwaway = dial_out_grid.throwaway
+    mallory = issue(throwaway.ca, "node", "mallory", region="eu")
+
+    async def read(cert, token: str) -> bytes | str:
+        async with rpc(dial_out_grid.address, connection_args=cert.security().get_connection_args("worker")) as r:
+            try:
+                return (await r.grid_store_read(key=key, token=token, offset=0))["data"]
+            except Exception as exc:  # noqa: BLE001 - the refusal is the point
+                return f"{type(exc).__name__}: {exc}"
+
+    holder_cert = dial_out_grid.certs[name]
+    guessed = asyncio.run(read(mallory, "0" * 32))
+    stolen = asyncio.run(read(mallory, token))  # a token handed on by its holder
+    own = asyncio.run(read(holder_cert, token))
+    assert isinstance(own, bytes) and secret in own  # the oracle sees the rows where they are allowed
+    for refused in (guessed, stolen):
+        assert isinstance(refused, str) and "a node reads only the partitions its scheduler gave it" in refused, refused
+        assert secret.hex() not in refused
+
+
+@gen_cluster(client=False, nthreads=[("127.0.0.1", 1), ("127.0.0.1", 1)])
+async def test_an_answer_counts_only_on_the_stream_of_the_node_asked(s, a, b) -> None:
+    channels = NodeChannels(s)
+    channels.install()
+    # a and b take calls but answer only when the test says so
+    for w in (a, b):
+        w.stream_handlers["grid-call"] = lambda **msg: None
+    to_a = asyncio.ensure_future(channels.call(a.address, "update", parts=[]))
+    to_b = asyncio.ensure_future(channels.call(b.address, "update", parts=[]))
+    wait_until = asyncio.get_running_loop().time() + 10
+    while len(channels.pending) < 2:
+        assert asyncio.get_running_loop().time() < wait_until
+        await asyncio.sleep(0.01)
+    (a_call,) = [c for c, (w, _) in channels.pending.items() if w == a.address]
+    (b_call,) = [c for c, (w, _) in channels.pending.items() if w == b.address]
+    # b forges a's answer, then answers its own call on the same (ordered) stream
+    b.batched_stream.send({"op": REPLY_OP, "call": a_call, "reply": {"status": "OK", "forged": True}})
+    b.batched_stream.send({"op": REPLY_OP, "call": b_call, "reply": {"status": "OK", "from": "b"}})
+    assert (await asyncio.wait_for(to_b, 10)) == {"status": "OK", "from": "b"}
+    assert not to_a.done()  # the forged answer was read before b's own, and ignored
+    a.batched_stream.send({"op": REPLY_OP, "call": a_call, "reply": {"status": "OK", "from": "a"}})
+    assert (await asyncio.wait_for(to_a, 10)) == {"status": "OK", "from": "a"}
+    channels.uninstall()
+
+
+def _touch(path: str) -> None:
+    with open(path, "w") as f:
+        f.write("unpickled")
+
+
+class WritesMarker:
+    """Unpickling this writes ``path``: the oracle of code run where a node's answer is read."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (_touch, (self.path,))
+
+
+def test_a_pickle_in_a_dial_out_answer_never_runs(dial_out_grid, tmp_path) -> None:
+    marker = str(tmp_path / "marker")
+    worker = dial_out_grid.workers["vol-b"]
+    plugin = dial_out_grid.plugin
+
+    def send() -> None:
+        worker.batched_stream.send({"op": REPLY_OP, "call": 1, "reply": {"blob": ToPickle(WritesMarker(marker))}})
+
+    dial_out_grid.cluster.loop.add_callback(send)
+    wait_for(lambda: "vol-b" in plugin.quarantine.records, timeout=30, what="vol-b quarantined")
+    assert not os.path.exists(marker)
+    assert "pickled" in plugin.quarantine.records["vol-b"].reason
