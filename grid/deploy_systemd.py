@@ -1,39 +1,23 @@
 """systemd units for a region's scheduler and for volunteer nodes.
 
-This module is the single source of the unit files: the files in the
-repository's ``deploy/systemd/`` are its output with default options
-(``python -m grid.deploy_systemd deploy/systemd`` regenerates them, and a test
-checks that they match), and ``grid scheduler install-systemd`` / ``grid node
-install-systemd`` write the same text with the options an operator gives. The
-templates live here, in Python, rather than as package data, so an installed
-``dask-grid`` (which ships only ``*.yaml`` data files) can always render them.
+The units are static files shipped in the package (``grid/deploy/systemd/``;
+the repository's ``deploy/systemd/`` links to the same files), so operators
+read and audit exactly what runs. ``grid scheduler|node install-systemd``
+writes the unit verbatim, its environment file (``/etc/dask-grid/*.env``:
+the settings operators edit, kept on a re-install unless ``--force``) and a
+drop-in ``UNIT.d/50-grid.conf`` only for options that change what an
+environment file cannot say: the ``grid`` path in ``ExecStart=``, ``User=``,
+priority and CPU settings, the TLS and revocation list paths, the
+environment file's own path. A re-install rewrites that drop-in, or removes
+it when no option needs one; operators' own changes go in ``systemctl edit
+UNIT`` (``override.conf``, read after it), which the installer never touches.
 
-Design, in short:
-
-- ``grid-scheduler@.service`` is a template unit; the instance name is the
-  region (``systemctl enable --now grid-scheduler@eu``). ``grid-node.service``
-  runs one node per machine.
-- Settings an operator edits live in an environment file per unit
-  (``/etc/dask-grid/scheduler-REGION.env``, ``/etc/dask-grid/node.env``); the
-  unit sets fallbacks with ``Environment=`` that the file overrides.
-- Units run as an unprivileged user (``DynamicUser=yes`` by default, or a
-  dedicated user) with systemd's sandboxing; the scheduler gets a private
-  ``StateDirectory`` (the grid's ``scheduler.state-dir``), nodes run at low
-  priority (``Nice``, ``CPUSchedulingPolicy=batch``, ``CPUWeight``,
-  ``IOSchedulingClass=idle``, optional ``CPUQuota``).
-- TLS material is passed with ``LoadCredential=`` from a root-only directory;
-  distributed reads it through its own configuration variables
-  (``DASK_DISTRIBUTED__COMM__TLS__...``) pointing into ``%d``, the unit's
-  credentials directory.
-- A TLS scheduler checks every call against the grid's revocation list
-  (``--crl-file /etc/dask-grid/crl.pem``). The file is read in place, not
-  through ``LoadCredential=``, because the scheduler rereads it when it
-  changes: a new ``crl.pem`` takes effect without a restart (which would fail
-  the jobs that cannot resume). ``AssertFileNotEmpty=`` makes a missing list
-  a failed start rather than a scheduler that refuses every call.
-- Stopping sends ``SIGTERM`` to the main process only (``KillMode=mixed``): a
-  node then retires through its scheduler (data copied off first) and exits
-  0; ``TimeoutStopSec`` leaves room for that before systemd kills.
+So this module renders only drop-ins and environment files. It stays one
+module under its old import path rather than a package: what is left is one
+idea (options, checked, turned into files), and the units are data, not
+code. What the units do and why (sandbox, low priority, TLS through
+``LoadCredential=``, the revocation list read in place, retiring on stop) is
+said in their own comments and in docs/operations.md.
 """
 
 from __future__ import annotations
@@ -46,6 +30,7 @@ import socket
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 
 import click
@@ -66,6 +51,8 @@ DEFAULT_CRL_FILE = "/etc/dask-grid/crl.pem"
 SCHEDULER_UNIT = "grid-scheduler@.service"
 NODE_UNIT = "grid-node.service"
 ENV_EXAMPLE = "grid.env.example"
+#: the installer's drop-in; ``systemctl edit`` writes ``override.conf``, which sorts after it and wins
+DROPIN = "50-grid.conf"
 #: file names inside a credentials directory, which are also the credential ids in ``%d``
 TLS_FILES = ("ca.pem", "cert.pem", "key.pem")
 
@@ -267,7 +254,48 @@ def _check_memory_limit(value: str) -> None:
         raise ValueError(f"memory_limit={value!r} must be 'auto' or a size such as '4GiB'")
 
 
-# --- rendering ----------------------------------------------------------------------------
+# --- the shipped units and the installer's drop-ins ----------------------------------------
+def shipped_unit(name: str) -> str:
+    """Text of a unit as the package ships it; ``install-systemd`` copies it verbatim.
+
+    Parameters
+    ----------
+    name : str
+        ``SCHEDULER_UNIT`` or ``NODE_UNIT``.
+
+    Returns
+    -------
+    str
+        The unit file (the same file as ``deploy/systemd/NAME`` of the repository).
+    """
+    if name not in (SCHEDULER_UNIT, NODE_UNIT):
+        raise ValueError(f"unit {name!r} is not shipped: use {SCHEDULER_UNIT!r} or {NODE_UNIT!r}")
+    path = resources.files("grid").joinpath("deploy").joinpath("systemd").joinpath(name)
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"the unit {name} is missing from this dask-grid install ({path}); reinstall dask-grid "
+            "from a wheel or a clone of its repository, whose package data holds grid/deploy/systemd/"
+        ) from None
+
+
+def _unit_settings(text: str) -> dict[str, dict[str, list[str]]]:
+    """Settings of one unit file (no drop-ins): section to key to values, in file order."""
+    out: dict[str, dict[str, list[str]]] = {}
+    section = ""
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line[0] in "#;":
+            continue
+        if line.startswith("[") and line.endswith("]"):
+            section = line[1:-1]
+            continue
+        key, _, value = line.partition("=")
+        out.setdefault(section, {}).setdefault(key.strip(), []).append(value.strip())
+    return out
+
+
 def _protect_home(executable: str) -> str:
     """``ProtectHome=yes`` unless the executable itself lives under a home directory."""
     for home in ("/home/", "/root/", "/run/user/"):
@@ -276,132 +304,148 @@ def _protect_home(executable: str) -> str:
     return "yes"
 
 
-def _user_lines(opts: CommonOptions) -> list[str]:
-    if opts.user is None:
-        return ["# A transient, unprivileged user allocated for this unit.", "DynamicUser=yes"]
-    return ["# A dedicated, unprivileged system user (create it with `useradd --system`).", f"User={opts.user}", f"Group={opts.user}"]
+class _DropIn:
+    """The settings where the options differ from the shipped unit, by section (defaults: none)."""
+
+    def __init__(self, unit: str) -> None:
+        self.unit, self.shipped = unit, _unit_settings(shipped_unit(unit))
+        self.sections: dict[str, list[str]] = {"Unit": [], "Service": []}
+        self.why: dict[str, str] = {}  # the comment above the last lines of each section
+
+    def get(self, section: str, key: str) -> list[str]:
+        return self.shipped.get(section, {}).get(key, [])
+
+    def add(self, section: str, key: str, values: list[str], why: str, reset: bool = True) -> None:
+        """``key=`` each value unless the unit says the same; a list setting is reset first (``key=``)."""
+        if self.get(section, key) == values:
+            return
+        if self.why.get(section) != why:
+            self.sections[section].append(f"# {why}")
+            self.why[section] = why
+        self.sections[section] += [f"{key}="] * reset + [f"{key}={v}" for v in values]
+
+    def environment(self, changes: Mapping[str, str | None], why: str) -> None:
+        """``Environment=`` with new values (a later assignment wins) or, for ``None``, without a variable."""
+        lines = [line.split() for line in self.get("Service", "Environment")]
+
+        def new(assignment: str) -> str | None:
+            var = assignment.partition("=")[0]
+            return assignment if var not in changes else None if changes[var] is None else f"{var}={changes[var]}"
+
+        wanted = [[n for a in line if (n := new(a)) is not None] for line in lines]
+        if sum(map(len, wanted)) < sum(map(len, lines)):  # dropping one takes a reset and the rest again
+            self.add("Service", "Environment", [" ".join(w) for w in wanted if w], why)
+        else:
+            changed = [n for line, w in zip(lines, wanted) for a, n in zip(line, w) if a != n]
+            if changed:
+                self.add("Service", "Environment", changed, why, reset=False)
+
+    def common(
+        self, opts: CommonOptions, command_why: str, replacements: Mapping[str, str], env_file: str, credentials: str, cert: str
+    ) -> None:
+        """What the options of both units change: command, environment file, TLS files, user, sandbox."""
+        (command,) = self.get("Service", "ExecStart")
+        command = command.replace(DEFAULT_GRID_EXECUTABLE + " ", opts.grid_executable + " ", 1)
+        for old, new in replacements.items():
+            command = command.replace(old, new)
+        self.add("Service", "ExecStart", [command], command_why)
+        self.add("Service", "EnvironmentFile", [env_file], "the environment file (--env-dir)")
+        sources = (f"{credentials}/ca.pem", f"{credentials}/{cert}.pem", f"{credentials}/{cert}-key.pem")
+        if opts.tls:
+            creds = [f"{name}:{src}" for name, src in zip(TLS_FILES, sources)]
+            why = "where the TLS files are (--credentials-dir) and their name (--cert-name, else a node's --name)"
+            self.add("Service", "LoadCredential", creds, why)
+        else:
+            self.add("Service", "LoadCredential", [], "no TLS (--no-tls): for a private test network only")
+        if opts.user is not None:
+            for key, value in (("DynamicUser", "no"), ("User", opts.user), ("Group", opts.user)):
+                self.add("Service", key, [value], "a dedicated, unprivileged system user (--user)", reset=False)
+        home = _protect_home(opts.grid_executable)
+        self.add("Service", "ProtectHome", [home], "the `grid` command lives in a home directory", reset=False)
+
+    def text(self, command: str, edit: str) -> str | None:
+        """The drop-in, or ``None`` when the options change nothing in the unit."""
+        if not any(self.sections.values()):
+            return None
+        lines = [
+            f"# {self.unit}.d/{DROPIN}: written by `{command}`",
+            "# for the options that change the unit itself; a re-install rewrites or removes it.",
+            f"# Your own changes: `systemctl edit {edit}` (override.conf, read after this file).",
+        ]
+        for section, body in self.sections.items():
+            lines += ["", f"[{section}]", *body] if body else []
+        return "\n".join(lines) + "\n"
 
 
-def _hardening(opts: CommonOptions) -> list[str]:
-    return [
-        "# Sandboxing: the grid needs the network, its own directories and nothing else.",
-        "NoNewPrivileges=yes",
-        "ProtectSystem=strict",
-        f"ProtectHome={_protect_home(opts.grid_executable)}",
-        "PrivateTmp=yes",
-        "PrivateDevices=yes",
-        "ProtectKernelTunables=yes",
-        "ProtectKernelModules=yes",
-        "ProtectKernelLogs=yes",
-        "ProtectControlGroups=yes",
-        "ProtectClock=yes",
-        "ProtectHostname=yes",
-        "ProtectProc=invisible",
-        "RestrictSUIDSGID=yes",
-        "RestrictRealtime=yes",
-        "RestrictNamespaces=yes",
-        "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK",
-        "LockPersonality=yes",
-        "CapabilityBoundingSet=",
-        "AmbientCapabilities=",
-        "SystemCallArchitectures=native",
-        "SystemCallFilter=@system-service",
-        "SystemCallErrorNumber=EPERM",
-        "UMask=0077",
-        "# MemoryDenyWriteExecute= is left off: libffi closures (ctypes) need W+X pages.",
-    ]
+def _tls_variables(d: _DropIn) -> list[str]:
+    """The distributed TLS variables the shipped unit sets (``DASK_DISTRIBUTED__COMM__...``)."""
+    assignments = [a for line in d.get("Service", "Environment") for a in line.split()]
+    return [a.partition("=")[0] for a in assignments if a.startswith("DASK_DISTRIBUTED__COMM__")]
 
 
-def _tls_lines(opts: CommonOptions, subdir: str, roles: tuple[str, ...], cert_name: str) -> list[str]:
-    if not opts.tls:
-        return ["# TLS is off (installed with --no-tls): for a private test network only."]
-    src = f"{opts.credentials_dir}/{subdir}"
-    lines = [
-        "# Mutual TLS. systemd copies these root-only files (as `grid certs issue ... --out DIR`",
-        "# writes them) into %d, a private read-only directory of this unit; distributed reads",
-        "# them through its own configuration.",
-    ]
-    sources = (f"{src}/ca.pem", f"{src}/{cert_name}.pem", f"{src}/{cert_name}-key.pem")
-    lines += [f"LoadCredential={name}:{path}" for name, path in zip(TLS_FILES, sources)]
-    lines.append("Environment=DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION=True")
-    lines.append("Environment=DASK_DISTRIBUTED__COMM__TLS__CA_FILE=%d/ca.pem")
-    for role in roles:
-        lines.append(f"Environment=DASK_DISTRIBUTED__COMM__TLS__{role}__CERT=%d/cert.pem")
-        lines.append(f"Environment=DASK_DISTRIBUTED__COMM__TLS__{role}__KEY=%d/key.pem")
-    return lines
-
-
-def _header(unit: str, command: str, env_hint: str) -> list[str]:
-    return [
-        f"# {unit}: generated by `{command}` (grid/deploy_systemd.py).",
-        f"# Edit the environment file ({env_hint}) or add a drop-in",
-        "# (`systemctl edit UNIT`) instead of this file; re-running the installer rewrites it.",
-    ]
-
-
-def render_scheduler_unit(opts: SchedulerOptions | None = None) -> str:
-    """Text of ``grid-scheduler@.service`` (a template unit; instance = region).
+def render_scheduler_dropin(opts: SchedulerOptions | None = None) -> str | None:
+    """Text of ``grid-scheduler@.service.d/50-grid.conf`` for the given options.
 
     Parameters
     ----------
     opts : SchedulerOptions, optional
-        Defaults to ``SchedulerOptions()`` (the text in ``deploy/systemd/``).
+        Defaults to ``SchedulerOptions()``, for which the shipped unit needs no drop-in.
 
     Returns
     -------
-    str
-        The unit file.
+    str or None
+        The drop-in, or ``None`` when the shipped unit already says everything.
     """
     opts = opts or SchedulerOptions()
     opts.check()
-    protocol = "tls" if opts.tls else "tcp"
-    env_pattern = os.path.join(opts.env_dir, "scheduler-%i.env")
-    crl = f" --crl-file {opts.crl_file}" if opts.tls else ""
-    lines = _header(SCHEDULER_UNIT, "grid scheduler install-systemd", env_pattern)
-    lines += [
-        "[Unit]",
-        "Description=dask-grid scheduler of region %i",
-        "After=network-online.target",
-        "Wants=network-online.target",
-    ]
+    d = _DropIn(SCHEDULER_UNIT)
     if opts.tls:
-        lines += [
-            "# The grid's revocation list (`grid certs crl` on the CA machine, mode 0644): without it a",
-            "# revoked certificate would be admitted, so the unit does not start while it is missing.",
-            "# The scheduler rereads it when it changes; replace it with a rename, no restart needed.",
-            f"AssertFileNotEmpty={opts.crl_file}",
-        ]
-    lines += [
-        "",
-        "[Service]",
-        "Type=exec",
-        f"ExecStart={opts.grid_executable} scheduler --region %i --host ${{GRID_HOST}} --port ${{GRID_PORT}}"
-        f" --dashboard-address ${{GRID_DASHBOARD_ADDRESS}} --protocol ${{GRID_PROTOCOL}}{crl} $GRID_EXTRA_ARGS",
-        "# Fallbacks; the environment file overrides them.",
-        f"Environment=GRID_HOST=0.0.0.0 GRID_PORT=8786 GRID_DASHBOARD_ADDRESS=127.0.0.1:8787 GRID_PROTOCOL={protocol} GRID_EXTRA_ARGS=",
-        f"EnvironmentFile={env_pattern}",
-        "# Job registry and checkpoints (grid.scheduler.state-dir) in a private state directory.",
-        "Environment=DASK_GRID__SCHEDULER__STATE_DIR=%S/dask-grid/scheduler-%i",
-        "StateDirectory=dask-grid/scheduler-%i",
-        "StateDirectoryMode=0700",
-    ]
-    lines += _tls_lines(opts, "scheduler-%i", ("SCHEDULER", "CLIENT"), opts.cert_name or "%H")
-    lines += [
-        "# Stop: SIGTERM to the main process only; the scheduler closes its jobs' drivers and exits.",
-        "KillSignal=SIGTERM",
-        "KillMode=mixed",
-        f"TimeoutStopSec={opts.stop_timeout}s",
-        "Restart=on-failure",
-        "RestartSec=5s",
-        "# A scheduler holds a connection per node and client.",
-        "LimitNOFILE=65536",
-    ]
-    lines += _user_lines(opts)
-    lines += _hardening(opts)
-    lines += ["", "[Install]", "WantedBy=multi-user.target", ""]
-    return "\n".join(lines)
+        d.add("Unit", "AssertFileNotEmpty", [opts.crl_file], "the revocation list (--crl-file): no start without it")
+    else:  # an empty assignment resets every Assert...= of the unit; it has only this one
+        d.add("Unit", "AssertFileNotEmpty", [], "no TLS (--no-tls): for a private test network only")
+        # a plaintext scheduler: distributed must not look for certificates that were never loaded
+        tls_off = {"GRID_PROTOCOL": "tcp", **dict.fromkeys(_tls_variables(d), None)}
+        d.environment(tls_off, "no TLS (--no-tls): for a private test network only")
+    crl = {f" --crl-file {DEFAULT_CRL_FILE} ": f" --crl-file {opts.crl_file} " if opts.tls else " "}
+    why = "the command line: this install's `grid` (--grid-executable) and revocation list (--crl-file, --no-tls)"
+    env_file = os.path.join(opts.env_dir, "scheduler-%i.env")
+    d.common(opts, why, crl, env_file, f"{opts.credentials_dir}/scheduler-%i", opts.cert_name or "%H")
+    d.add("Service", "TimeoutStopSec", [f"{opts.stop_timeout}s"], "time to close before systemd kills", reset=False)
+    return d.text("grid scheduler install-systemd", "grid-scheduler@REGION")
 
 
+def render_node_dropin(opts: NodeOptions | None = None) -> str | None:
+    """Text of ``grid-node.service.d/50-grid.conf`` for the given options.
+
+    Parameters
+    ----------
+    opts : NodeOptions, optional
+        Defaults to ``NodeOptions()``, for which the shipped unit needs no drop-in.
+
+    Returns
+    -------
+    str or None
+        The drop-in, or ``None`` when the shipped unit already says everything.
+    """
+    opts = opts or NodeOptions()
+    opts.check()
+    d = _DropIn(NODE_UNIT)
+    # the retirement's time goes here with TimeoutStopSec, not in the environment file (which a
+    # re-install keeps): both change together, so systemd always waits longer than the node retires
+    changes: dict[str, str | None] = {"DASK_GRID__NODE__RETIRE_TIMEOUT": f"{opts.retire_timeout}s"}
+    changes.update({} if opts.tls else dict.fromkeys(_tls_variables(d), None))
+    d.environment(changes, "the retirement's time (--retire-timeout)" + ("" if opts.tls else "; no TLS (--no-tls)"))
+    why = "the command line: this install's `grid` (--grid-executable)"
+    d.common(opts, why, {}, opts.env_file, f"{opts.credentials_dir}/node", opts.cert_name or opts.name or "%H")
+    d.add("Service", "TimeoutStopSec", [f"{opts.stop_timeout}s"], "the retirement plus a minute to close (--retire-timeout)", reset=False)
+    d.add("Service", "Nice", [str(opts.nice)], "priority of the node's processes (--nice)", reset=False)
+    d.add("Service", "CPUWeight", [str(opts.cpu_weight)], "its share of a busy CPU (--cpu-weight)", reset=False)
+    if opts.cpu_quota is not None:
+        d.add("Service", "CPUQuota", [opts.cpu_quota], "a cap on the CPU it uses (--cpu-quota)", reset=False)
+    return d.text("grid node install-systemd", "grid-node")
+
+
+# --- environment files --------------------------------------------------------------------
 def render_scheduler_env(opts: SchedulerOptions | None = None) -> str:
     """Text of ``scheduler-REGION.env``, the environment file of one region's scheduler.
 
@@ -452,68 +496,6 @@ def render_scheduler_env(opts: SchedulerOptions | None = None) -> str:
     return "\n".join(lines)
 
 
-def render_node_unit(opts: NodeOptions | None = None) -> str:
-    """Text of ``grid-node.service``.
-
-    Parameters
-    ----------
-    opts : NodeOptions, optional
-        Defaults to ``NodeOptions()`` (the text in ``deploy/systemd/``).
-
-    Returns
-    -------
-    str
-        The unit file.
-    """
-    opts = opts or NodeOptions()
-    opts.check()
-    lines = _header(NODE_UNIT, "grid node install-systemd", opts.env_file)
-    lines += [
-        "[Unit]",
-        "Description=dask-grid node (lends this machine's idle CPU to a grid region)",
-        "After=network-online.target",
-        "Wants=network-online.target",
-        "",
-        "[Service]",
-        "Type=exec",
-        f"ExecStart={opts.grid_executable} node --region ${{GRID_REGION}} --scheduler ${{GRID_SCHEDULER}}"
-        " --nthreads ${GRID_NTHREADS} --memory-limit ${GRID_MEMORY_LIMIT} --name ${GRID_NODE_NAME} $GRID_EXTRA_ARGS",
-        "# Fallbacks; the environment file overrides them (GRID_REGION and GRID_SCHEDULER are required there).",
-        "Environment=GRID_NTHREADS=1 GRID_MEMORY_LIMIT=auto GRID_NODE_NAME=%H GRID_EXTRA_ARGS=",
-        f"EnvironmentFile={opts.env_file}",
-        "# Spilled data goes to a private cache directory on disk, not to a tmpfs /tmp.",
-        "Environment=DASK_TEMPORARY_DIRECTORY=%C/dask-grid/node",
-        "CacheDirectory=dask-grid/node",
-        "CacheDirectoryMode=0700",
-    ]
-    lines += _tls_lines(opts, "node", ("WORKER", "CLIENT"), opts.cert_name or opts.name or "%H")
-    lines += [
-        "# Stop: SIGTERM to the main process only (the nanny, not its worker process): the node",
-        "# retires through the scheduler, so the data only it holds is copied off first, then",
-        "# exits 0. TimeoutStopSec leaves the retirement its time plus a minute to close.",
-        f"Environment=DASK_GRID__NODE__RETIRE_TIMEOUT={opts.retire_timeout}s",
-        "KillSignal=SIGTERM",
-        "KillMode=mixed",
-        f"TimeoutStopSec={opts.stop_timeout}s",
-        "Restart=on-failure",
-        "RestartSec=30s",
-        "# Low priority: the machine's owner comes first.",
-        f"Nice={opts.nice}",
-        "CPUSchedulingPolicy=batch",
-        f"CPUWeight={opts.cpu_weight}",
-        "IOSchedulingClass=idle",
-        "IOWeight=10",
-        "OOMScoreAdjust=500",
-    ]
-    if opts.cpu_quota is not None:
-        lines.append(f"CPUQuota={opts.cpu_quota}")
-    else:
-        lines.append("# No CPU cap; install with --cpu-quota 50% (of one CPU) to set CPUQuota=.")
-    lines += _user_lines(opts)
-    lines += _hardening(opts)
-    lines += ["", "[Install]", "WantedBy=multi-user.target", ""]
-    return "\n".join(lines)
-
 
 def render_node_env(opts: NodeOptions | None = None) -> str:
     """Text of ``node.env``, the environment file of ``grid-node.service``.
@@ -542,7 +524,8 @@ def render_node_env(opts: NodeOptions | None = None) -> str:
         f"GRID_MEMORY_LIMIT={opts.memory_limit}",
         "# Node name (its identity on the grid; match the name in its certificate).",
         f"GRID_NODE_NAME={opts.name}" if opts.name else "#GRID_NODE_NAME=   (default: the host name)",
-        "# Extra arguments of `grid node`, split at spaces.",
+        "# Extra arguments of `grid node`, split at spaces (`grid node --help`), e.g. --no-dial-out",
+        "# for a node its scheduler and the region's other nodes can connect to.",
         "#GRID_EXTRA_ARGS=",
         "",
     ]
@@ -560,7 +543,7 @@ def render_env_example() -> str:
     s, n = SchedulerOptions(), NodeOptions()
     return "\n".join(
         [
-            "# dask-grid environment files (template; generated by grid/deploy_systemd.py).",
+            "# dask-grid environment files (template; `python -m grid.deploy_systemd deploy/systemd` writes it).",
             "#",
             "# `grid scheduler install-systemd --region REGION` writes the first section to",
             f"# {os.path.join(DEFAULT_ENV_DIR, 'scheduler-REGION.env')}; `grid node install-systemd` writes the",
@@ -574,19 +557,10 @@ def render_env_example() -> str:
     )
 
 
-def example_files() -> dict[str, str]:
-    """The files of ``deploy/systemd/``: name to text, with default options."""
-    return {
-        SCHEDULER_UNIT: render_scheduler_unit(),
-        NODE_UNIT: render_node_unit(),
-        ENV_EXAMPLE: render_env_example(),
-    }
-
-
 # --- installing ---------------------------------------------------------------------------
 @dataclass
 class InstallPlan:
-    """Files to write and directories to create for one unit.
+    """Files to write, files to remove and directories to create for one unit.
 
     Parameters
     ----------
@@ -594,28 +568,33 @@ class InstallPlan:
         Path to (text, mode, overwrite) for each file.
     directories : dict
         Path to mode of each directory to create when missing.
+    removals : list of str
+        Files to remove when present: a drop-in of an earlier install that no option needs now.
     next_steps : list of str
         What the operator does next.
     """
 
     files: dict[str, tuple[str, int, bool]] = field(default_factory=dict)
     directories: dict[str, int] = field(default_factory=dict)
+    removals: list[str] = field(default_factory=list)
     next_steps: list[str] = field(default_factory=list)
 
     def dry_run(self) -> str:
-        """Everything the plan would write, as one text."""
+        """Everything the plan would write or remove, as one text."""
         out = []
         for path, mode in self.directories.items():
             out.append(f"# mkdir -m {mode:o} -p {path}")
         for path, (text, mode, _) in self.files.items():
             out.append(f"# ---- {path} (mode {mode:o}) ----")
             out.append(text.rstrip("\n"))
+        for path in self.removals:
+            out.append(f"# rm -f {path}   (no option changes the unit)")
         out.append("# ---- next steps ----")
         out += [f"# {step}" for step in self.next_steps]
         return "\n".join(out) + "\n"
 
     def apply(self, force: bool = False) -> list[str]:
-        """Create the directories and write the files.
+        """Create the directories, write the files and remove the stale ones.
 
         Parameters
         ----------
@@ -645,7 +624,21 @@ class InstallPlan:
             os.chmod(tmp, mode)
             os.replace(tmp, path)
             report.append(f"wrote {path}")
+        for path in self.removals:
+            if os.path.exists(path):
+                os.remove(path)
+                report.append(f"removed {path} (no option changes the unit)")
         return report
+
+
+def _unit_files(plan: InstallPlan, target_dir: str, unit: str, dropin: str | None) -> None:
+    """The shipped unit, verbatim, and the drop-in for the options (or the removal of an old one)."""
+    plan.files[os.path.join(target_dir, unit)] = (shipped_unit(unit), 0o644, True)
+    path = os.path.join(target_dir, f"{unit}.d", DROPIN)
+    if dropin is None:
+        plan.removals.append(path)
+    else:
+        plan.files[path] = (dropin, 0o644, True)
 
 
 def scheduler_plan(opts: SchedulerOptions, target_dir: str = DEFAULT_TARGET_DIR) -> InstallPlan:
@@ -656,14 +649,14 @@ def scheduler_plan(opts: SchedulerOptions, target_dir: str = DEFAULT_TARGET_DIR)
     opts : SchedulerOptions
         Options of the unit and of the region's environment file.
     target_dir : str
-        Directory of the unit file.
+        Directory of the unit file (and of its drop-in directory).
 
     Returns
     -------
     InstallPlan
     """
     plan = InstallPlan()
-    plan.files[os.path.join(target_dir, SCHEDULER_UNIT)] = (render_scheduler_unit(opts), 0o644, True)
+    _unit_files(plan, target_dir, SCHEDULER_UNIT, render_scheduler_dropin(opts))
     plan.files[opts.env_file] = (render_scheduler_env(opts), 0o640, False)
     unit = f"grid-scheduler@{opts.region}.service"
     if opts.tls:
@@ -691,14 +684,14 @@ def node_plan(opts: NodeOptions, target_dir: str = DEFAULT_TARGET_DIR) -> Instal
     opts : NodeOptions
         Options of the unit and of its environment file.
     target_dir : str
-        Directory of the unit file.
+        Directory of the unit file (and of its drop-in directory).
 
     Returns
     -------
     InstallPlan
     """
     plan = InstallPlan()
-    plan.files[os.path.join(target_dir, NODE_UNIT)] = (render_node_unit(opts), 0o644, True)
+    _unit_files(plan, target_dir, NODE_UNIT, render_node_dropin(opts))
     plan.files[opts.env_file] = (render_node_env(opts), 0o640, False)
     if opts.tls:
         creds = os.path.join(opts.credentials_dir, "node")
@@ -787,9 +780,11 @@ def _common_kwargs(kwargs: Mapping[str, object]) -> dict[str, object]:
 )
 @_common_options
 def install_systemd_scheduler(region: str, host: str, port: int, dashboard_address: str, crl_file: str, **kwargs: object) -> None:
-    """Write grid-scheduler@.service and the region's environment file.
+    """Write grid-scheduler@.service, the region's environment file and a drop-in for the options.
 
-    Then `systemctl enable --now grid-scheduler@REGION` starts the region.
+    The unit is the one dask-grid ships, verbatim; options it does not cover go to
+    grid-scheduler@.service.d/50-grid.conf. Then `systemctl enable --now grid-scheduler@REGION`
+    starts the region.
     """
     try:
         opts = SchedulerOptions(
@@ -825,10 +820,11 @@ def install_systemd_node(
     retire_timeout: int,
     **kwargs: object,
 ) -> None:
-    """Write grid-node.service and its environment file.
+    """Write grid-node.service, its environment file and a drop-in for the options.
 
-    Then `systemctl enable --now grid-node` joins this machine to the region;
-    `systemctl stop grid-node` retires it gracefully.
+    The unit is the one dask-grid ships, verbatim; options it does not cover go to
+    grid-node.service.d/50-grid.conf. Then `systemctl enable --now grid-node` joins
+    this machine to the region; `systemctl stop grid-node` retires it gracefully.
     """
     try:
         opts = NodeOptions(
@@ -850,7 +846,7 @@ def install_systemd_node(
 
 
 def write_examples(directory: str | os.PathLike[str]) -> list[Path]:
-    """(Re)generate ``deploy/systemd/`` from the renderer's defaults.
+    """(Re)generate the rendered files of ``deploy/systemd/`` (``grid.env.example``).
 
     Parameters
     ----------
@@ -862,28 +858,25 @@ def write_examples(directory: str | os.PathLike[str]) -> list[Path]:
     list of Path
         The files written.
     """
-    out = []
-    for name, text in example_files().items():
-        path = Path(directory) / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-        out.append(path)
-    return out
+    path = Path(directory) / ENV_EXAMPLE  # the units there are the package's own files, not rendered
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(render_env_example())
+    return [path]
 
 
 __all__ = [
     "NodeOptions",
     "SchedulerOptions",
-    "example_files",
     "install_systemd_node",
     "install_systemd_scheduler",
     "node_plan",
     "render_env_example",
+    "render_node_dropin",
     "render_node_env",
-    "render_node_unit",
+    "render_scheduler_dropin",
     "render_scheduler_env",
-    "render_scheduler_unit",
     "scheduler_plan",
+    "shipped_unit",
     "write_examples",
 ]
 

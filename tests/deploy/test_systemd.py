@@ -1,12 +1,13 @@
-"""systemd units: generated from one source, accepted by systemd, hardened, installable.
+"""systemd units: one copy of each, shipped in the package, accepted by systemd, hardened, installable.
 
 ``systemd-analyze`` (Debian's ``systemd`` package; ``.ci/run`` installs it)
 must be on the machine: these tests fail, not skip, without it.
 ``systemd-analyze verify`` checks that the ``ExecStart=`` binary exists, so
 the shipped units (which name ``/opt/dask-grid/bin/grid``) are verified as
 copies that differ only in that path, pointed at this environment's ``grid``;
-the units ``install-systemd`` writes name that executable themselves and are
-verified as written.
+what ``install-systemd`` writes (the shipped unit verbatim plus a drop-in
+naming this environment's ``grid``) is verified as written: ``verify`` reads
+the drop-ins of ``UNIT.d/`` beside the unit, as systemd does.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from grid import deploy_systemd as ds
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = ROOT / "deploy" / "systemd"
 GRID = str(Path(sys.executable).parent / "grid")
+UNITS = (ds.SCHEDULER_UNIT, ds.NODE_UNIT)
 
 
 @pytest.fixture(scope="module")
@@ -57,11 +59,35 @@ def settings(text: str) -> dict[str, list[str]]:
     return out
 
 
-def test_shipped_files_are_the_renderer_output_with_defaults() -> None:
-    expected = ds.example_files()
-    assert sorted(p.name for p in SHIPPED.iterdir()) == sorted(expected)
-    for name, text in expected.items():
-        assert (SHIPPED / name).read_text() == text, f"deploy/systemd/{name} is stale: run `python -m grid.deploy_systemd deploy/systemd`"
+def test_deploy_systemd_holds_the_package_units_and_the_rendered_env_example() -> None:
+    assert sorted(p.name for p in SHIPPED.iterdir()) == sorted([*UNITS, ds.ENV_EXAMPLE])
+    for name in UNITS:  # one copy of each unit: the repository's view is the package's file
+        assert (SHIPPED / name).read_text() == ds.shipped_unit(name), f"deploy/systemd/{name} differs from grid/deploy/systemd/{name}"
+        assert (SHIPPED / name).resolve() == (ROOT / "grid" / "deploy" / "systemd" / name).resolve()
+    assert (SHIPPED / ds.ENV_EXAMPLE).read_text() == ds.render_env_example(), (
+        f"deploy/systemd/{ds.ENV_EXAMPLE} is stale: run `python -m grid.deploy_systemd deploy/systemd`"
+    )
+
+
+def test_the_units_are_package_data_of_a_build(tmp_path: Path) -> None:
+    """What a wheel holds: setuptools' build_py copies the package with its data, as `pip wheel .` does."""
+    try:
+        import setuptools  # noqa: F401
+    except ImportError:
+        pytest.fail("setuptools is missing: `pip install setuptools` (the build backend of pyproject.toml; `make env` installs it)")
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    shutil.copytree(ROOT / "grid", src / "grid", ignore=shutil.ignore_patterns("__pycache__"))
+    proc = subprocess.run(
+        [sys.executable, "-c", "import setuptools; setuptools.setup()", "-q", "build_py", "--build-lib", str(tmp_path / "lib")],
+        cwd=src, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name in UNITS:
+        built = tmp_path / "lib" / "grid" / "deploy" / "systemd" / name
+        assert built.is_file() and built.read_text() == (SHIPPED / name).read_text(), f"{name} is not package data of the build"
 
 
 def test_systemd_analyze_verifies_the_shipped_units(analyze: str, tmp_path: Path) -> None:
@@ -95,31 +121,64 @@ def test_systemd_analyze_verifies_the_installed_units(
     if "--scheduler" not in node_args:
         node_args = [*node_args, "--scheduler", "tls://eu-west.grid.example.org:8786"]
     install(ds.install_systemd_node, ["--region", "eu-west", *common, *node_args])
-    scheduler_unit, node_unit = target / "grid-scheduler@.service", target / "grid-node.service"
-    verify(analyze, scheduler_unit, node_unit)
-    assert f"ExecStart={GRID} scheduler" in scheduler_unit.read_text()
+    scheduler_unit, node_unit = target / ds.SCHEDULER_UNIT, target / ds.NODE_UNIT
+    verify(analyze, scheduler_unit, node_unit)  # with their drop-ins
+    for unit in (scheduler_unit, node_unit):  # the drop-ins keep the sandbox: still "OK" (below 2.5) in systemd's score
+        proc = subprocess.run([analyze, "security", "--offline=true", "--threshold=25", str(unit)], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0 and "OK" in proc.stdout.splitlines()[-1], proc.stdout[-2000:] + proc.stderr
+    for unit in (scheduler_unit, node_unit):  # the shipped units, verbatim; the options are in the drop-ins
+        assert unit.read_text() == (SHIPPED / unit.name).read_text()
+    scheduler_dropin = settings((target / f"{ds.SCHEDULER_UNIT}.d" / ds.DROPIN).read_text())
+    node_dropin = settings((target / f"{ds.NODE_UNIT}.d" / ds.DROPIN).read_text())
+    (exec_start,) = scheduler_dropin["ExecStart"][1:]
+    assert scheduler_dropin["ExecStart"][0] == "" and exec_start.startswith(f"{GRID} scheduler --region %i ")
+    assert node_dropin["ExecStart"][1].startswith(f"{GRID} node --region ${{GRID_REGION}} ")
+    assert scheduler_dropin["EnvironmentFile"] == ["", f"{env_dir}/scheduler-%i.env"]
     assert (env_dir / "scheduler-eu-west.env").stat().st_mode & 0o777 == 0o640
     node_env = (env_dir / "node.env").read_text()
     assert "GRID_REGION=eu-west" in node_env
     tls = "--no-tls" not in node_args
-    assert ("LoadCredential=ca.pem:" in node_unit.read_text()) == tls
     assert (creds / "node").is_dir() == tls
-    if "--cert-name" in scheduler_args:
-        assert f"LoadCredential=cert.pem:{creds}/scheduler-%i/eu-1.pem" in scheduler_unit.read_text()
+    if tls:
+        name = "lab-pc-7" if "--name" in node_args else "%H"  # named after the node, as `grid certs issue node NAME` names them
+        assert node_dropin["LoadCredential"] == ["", f"ca.pem:{creds}/node/ca.pem", f"cert.pem:{creds}/node/{name}.pem", f"key.pem:{creds}/node/{name}-key.pem"]
+        cert = "eu-1" if "--cert-name" in scheduler_args else "%H"
+        assert f"cert.pem:{creds}/scheduler-%i/{cert}.pem" in scheduler_dropin["LoadCredential"]
+        assert "Environment" not in scheduler_dropin  # the unit's TLS configuration stands
+    else:
+        # no certificates: the credentials, distributed's TLS variables and the revocation list are reset
+        assert node_dropin["LoadCredential"] == [""] and scheduler_dropin["LoadCredential"] == [""]
+        for dropin in (node_dropin, scheduler_dropin):
+            assert dropin["Environment"][0] == "" and not [v for v in dropin["Environment"] if "DASK_DISTRIBUTED__COMM__" in v]
+        assert "GRID_PROTOCOL=tcp" in scheduler_dropin["Environment"][1]
     # a TLS scheduler checks the revocation list; a plaintext one has no certificates to check
     crl = str(tmp_path / "crl.pem") if "--crl-file" in scheduler_args else ds.DEFAULT_CRL_FILE
-    (exec_start,) = settings(scheduler_unit.read_text())["ExecStart"]
     assert (f"--crl-file {crl} " in exec_start) == tls
-    assert (f"AssertFileNotEmpty={crl}" in scheduler_unit.read_text().splitlines()) == tls
-    assert "--crl-file" not in node_unit.read_text()
+    if not tls:
+        assert scheduler_dropin["AssertFileNotEmpty"] == [""]  # reset: no list to wait for
+    elif crl != ds.DEFAULT_CRL_FILE:
+        assert scheduler_dropin["AssertFileNotEmpty"] == ["", crl]
+    else:
+        assert "AssertFileNotEmpty" not in scheduler_dropin  # the unit's own stands
+    assert "--crl-file" not in node_unit.read_text() + str(node_dropin)
     if "--cpu-quota" in node_args:
-        assert settings(node_unit.read_text())["CPUQuota"] == ["50%"]
+        assert node_dropin["CPUQuota"] == ["50%"]
         assert "GRID_NODE_NAME=lab-pc-7" in node_env and "GRID_MEMORY_LIMIT=6GiB" in node_env
-        assert settings(node_unit.read_text())["User"] == ["daemon"]
-        # the certificate files are named after the node, as `grid certs issue node lab-pc-7 --out DIR` names them
-        assert settings(node_unit.read_text())["LoadCredential"] == [
-            f"ca.pem:{creds}/node/ca.pem", f"cert.pem:{creds}/node/lab-pc-7.pem", f"key.pem:{creds}/node/lab-pc-7-key.pem"
-        ]
+        assert node_dropin["User"] == ["daemon"] and node_dropin["DynamicUser"] == ["no"]
+        assert scheduler_dropin["User"] == ["daemon"]
+    else:
+        assert "User" not in node_dropin and "CPUQuota" not in node_dropin
+
+
+def test_default_options_write_the_shipped_unit_and_no_drop_in(tmp_path: Path) -> None:
+    assert ds.render_scheduler_dropin() is None and ds.render_node_dropin() is None
+    target = tmp_path / "system"
+    out = install(
+        ds.install_systemd_node,
+        ["--region", "eu", "--scheduler", "tls://eu.example.org:8786", "--grid-executable", ds.DEFAULT_GRID_EXECUTABLE, "--target-dir", str(target), "--dry-run"],
+    )
+    assert ds.shipped_unit(ds.NODE_UNIT).rstrip("\n") in out
+    assert f"# rm -f {target / 'grid-node.service.d' / ds.DROPIN}" in out and f"{ds.DROPIN} (mode" not in out
 
 
 def test_units_are_hardened_and_stop_gracefully(analyze: str, tmp_path: Path) -> None:
@@ -171,9 +230,12 @@ def test_dry_run_prints_every_file_and_writes_nothing(tmp_path: Path) -> None:
     )
     assert not target.exists() and not env_dir.exists()
     opts = ds.NodeOptions(scheduler="tls://eu.example.org:8786", grid_executable=GRID, env_dir=str(env_dir))
-    assert ds.render_node_unit(opts).rstrip("\n") in out
+    assert ds.shipped_unit(ds.NODE_UNIT).rstrip("\n") in out
+    dropin = ds.render_node_dropin(opts)
+    assert dropin is not None and dropin.rstrip("\n") in out and f"ExecStart={GRID} node " in dropin
     assert ds.render_node_env(opts).rstrip("\n") in out
     assert f"# ---- {target / 'grid-node.service'} (mode 644) ----" in out
+    assert f"# ---- {target / 'grid-node.service.d' / ds.DROPIN} (mode 644) ----" in out
     assert "systemctl enable --now grid-node.service" in out
     out = install(ds.install_systemd_scheduler, ["--region", "us", "--target-dir", str(target), "--env-dir", str(env_dir), "--dry-run"])
     assert "grid-scheduler@us.service" in out and "GRID_PORT=8786" in out
@@ -191,6 +253,26 @@ def test_reinstall_keeps_an_edited_environment_file_unless_forced(tmp_path: Path
     assert "kept" in out and "GRID_PORT=9999" in env.read_text()
     install(ds.install_systemd_scheduler, [*args, "--force"])
     assert "GRID_PORT=8786" in env.read_text()
+
+
+def test_reinstall_rewrites_its_drop_in_and_keeps_the_operators_override(tmp_path: Path) -> None:
+    units = tmp_path / "u"
+    ours, theirs = units / "grid-node.service.d" / ds.DROPIN, units / "grid-node.service.d" / "override.conf"
+    common = ["--region", "eu", "--scheduler", "tls://h:8786", "--target-dir", str(units), "--env-dir", str(tmp_path / "e"), "--grid-executable", GRID]
+    install(ds.install_systemd_node, [*common, "--nice", "10"])
+    assert settings(ours.read_text())["Nice"] == ["10"]
+    theirs.write_text("[Service]\nNice=5\n")  # what `systemctl edit grid-node` writes; systemd reads it last
+    install(ds.install_systemd_node, [*common, "--nice", "15"])
+    assert settings(ours.read_text())["Nice"] == ["15"] and theirs.read_text() == "[Service]\nNice=5\n"
+    assert (units / ds.NODE_UNIT).read_text() == ds.shipped_unit(ds.NODE_UNIT)
+
+    # options that change nothing in the unit: the earlier drop-in is removed, not left to apply
+    plan = ds.node_plan(ds.NodeOptions(scheduler="tls://h:8786"), str(units))
+    assert plan.removals == [str(ours)]
+    del plan.files[ds.NodeOptions().env_file]  # /etc/dask-grid/node.env of this machine: not the point here
+    assert f"removed {ours} (no option changes the unit)" in plan.apply()
+    assert not ours.exists() and theirs.exists()
+    assert plan.apply() == [f"wrote {units / ds.NODE_UNIT}"]  # nothing left to remove
 
 
 @pytest.mark.parametrize(
@@ -239,6 +321,6 @@ def test_missing_user_is_refused(tmp_path: Path) -> None:
 
 
 def test_home_install_keeps_home_readable_and_defaults_to_this_environment() -> None:
-    unit = ds.render_node_unit(ds.NodeOptions(grid_executable="/home/ann/.venv/bin/grid"))
-    assert "ProtectHome=read-only" in unit
+    dropin = ds.render_node_dropin(ds.NodeOptions(grid_executable="/home/ann/.venv/bin/grid"))
+    assert dropin is not None and settings(dropin)["ProtectHome"] == ["read-only"]
     assert ds.running_grid_executable() == GRID and os.access(GRID, os.X_OK)

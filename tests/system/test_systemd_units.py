@@ -2,16 +2,19 @@
 
 There is no systemd service manager in a test machine's container, so this
 test plays its part for the few settings that decide what runs: it reads the
-unit's ``ExecStart=``, ``Environment=``, ``EnvironmentFile=``,
-``LoadCredential=``, ``KillSignal=``, ``KillMode=``, ``TimeoutStopSec=`` and
-``AssertFileNotEmpty=`` (checked before the start, as systemd does),
-expands specifiers and variables by systemd's rules (``${VAR}`` is one
-argument, a lone ``$VAR`` splits at whitespace), and starts those argv's
-with that environment: one scheduler (``grid-scheduler@eu.service``) and two
+unit and its drop-ins (``UNIT.d/*.conf``, in name order, an empty assignment
+resetting what came before), then ``ExecStart=``, ``Environment=``,
+``EnvironmentFile=``, ``LoadCredential=``, ``KillSignal=``, ``KillMode=``,
+``TimeoutStopSec=`` and ``AssertFileNotEmpty=`` (checked before the start, as
+systemd does), expands specifiers and variables by systemd's rules (``${VAR}``
+is one argument, a lone ``$VAR`` splits at whitespace), and starts those
+argv's with that environment: one scheduler (``grid-scheduler@eu.service``) and two
 nodes (``grid-node.service`` twice, each with its own environment file). The
-units are the ones ``grid scheduler|node install-systemd --no-tls`` write;
-their command lines, signals and stop settings are checked to be the same
-lines as in the shipped TLS units of ``deploy/systemd``.
+units are the ones ``grid scheduler|node install-systemd --no-tls`` write:
+the shipped units of ``deploy/systemd`` verbatim, and drop-ins for the
+options; with those, their command lines, signals and stop settings are
+checked to be the shipped ones but for this environment's ``grid`` (and no
+revocation list without TLS).
 
 A job runs on data placed with one replica, so each node holds partitions no
 other node has. Stopping the first node the way systemd would (the unit's
@@ -58,20 +61,33 @@ PASS_THROUGH = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 
 
 # --- a small reader of unit files, by systemd's rules -------------------------------------------
-def parse_unit(text: str, section_name: str = "Service") -> dict[str, list[str]]:
-    """Settings of one section of a unit (``[Service]`` by default): key to values, in file order."""
+def unit_texts(unit_file: Path) -> list[str]:
+    """The unit, then its drop-ins (``UNIT.d/*.conf`` beside it) in the order systemd reads them."""
+    dropins = sorted((unit_file.parent / f"{unit_file.name}.d").glob("*.conf"), key=lambda p: p.name)
+    return [unit_file.read_text(), *(p.read_text() for p in dropins)]
+
+
+def parse_unit(texts: list[str], section_name: str = "Service") -> dict[str, list[str]]:
+    """Settings of one section (``[Service]`` by default) of a unit and its drop-ins: key to values,
+    in reading order; an empty assignment forgets the values before it (a list is reset, a single
+    value goes back to its default), so a single-valued setting is its last value."""
     out: dict[str, list[str]] = {}
-    section = None
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line or line[0] in "#;":
-            continue
-        if line.startswith("["):
-            section = line.strip("[]")
-            continue
-        key, _, value = line.partition("=")
-        if section == section_name:
-            out.setdefault(key.strip(), []).append(value.strip())
+    for text in texts:
+        section = None
+        for raw in text.splitlines():
+            line = raw.strip()
+            if not line or line[0] in "#;":
+                continue
+            if line.startswith("["):
+                section = line.strip("[]")
+                continue
+            key, _, value = line.partition("=")
+            if section != section_name:
+                continue
+            if value.strip():
+                out.setdefault(key.strip(), []).append(value.strip())
+            else:
+                out.pop(key.strip(), None)
     return out
 
 
@@ -191,8 +207,9 @@ def service_from_unit(
     ``env_files`` maps each ``EnvironmentFile=`` path (after specifiers) to the
     file this test wrote in its place.
     """
-    settings = parse_unit(unit_file.read_text())
-    unit_section = parse_unit(unit_file.read_text(), "Unit")
+    texts = unit_texts(unit_file)
+    settings = parse_unit(texts)
+    unit_section = parse_unit(texts, "Unit")
     creds = tmp / "credentials" / name
     specifiers = {
         "i": instance,
@@ -221,14 +238,14 @@ def service_from_unit(
         for line in settings.get(key, []):
             (tmp / root / expand_specifiers(line, specifiers)).mkdir(parents=True, exist_ok=True)
     (exec_start,) = settings["ExecStart"]
-    timeout = settings["TimeoutStopSec"][0]
+    timeout = settings["TimeoutStopSec"][-1]
     assert timeout.endswith("s"), timeout
     return Service(
         name=name,
         argv=expand_command(expand_specifiers(exec_start, specifiers), env),
         env=env,
-        kill_signal=signal.Signals[settings["KillSignal"][0]],
-        kill_mode=settings["KillMode"][0],
+        kill_signal=signal.Signals[settings["KillSignal"][-1]],
+        kill_mode=settings["KillMode"][-1],
         stop_timeout=float(timeout[:-1]),
         log=tmp / "logs" / f"{name}.log",
         assert_not_empty=[expand_specifiers(v, specifiers) for v in unit_section.get("AssertFileNotEmpty", [])],
@@ -266,10 +283,10 @@ def install(command: object, args: list[str]) -> None:
     assert result.exit_code == 0, result.output
 
 
-def stop_lines(text: str) -> list[str]:
-    """The lines that decide what runs and how it stops."""
-    keys = ("ExecStart=", "KillSignal=", "KillMode=", "TimeoutStopSec=", "Restart=", "Type=")
-    return [line for line in text.splitlines() if line.startswith(keys)]
+def stop_settings(texts: list[str]) -> dict[str, list[str]]:
+    """The settings that decide what runs and how it stops, after the drop-ins."""
+    keys = ("ExecStart", "KillSignal", "KillMode", "TimeoutStopSec", "Restart", "Type")
+    return {k: v for k, v in parse_unit(texts).items() if k in keys}
 
 
 @pytest.fixture
@@ -290,16 +307,20 @@ def test_units_start_run_a_job_and_retire_gracefully(units: dict[str, Path], tmp
     from grid import Grid
     from jobs import PartialFit
 
-    # The units under test run exactly the shipped command lines and stop settings.
+    # The units under test are the shipped files, and with their drop-ins they run exactly the
+    # shipped command lines and stop settings, but for this environment's `grid`.
     for role, shipped in (("scheduler", "grid-scheduler@.service"), ("node", "grid-node.service")):
-        ours = stop_lines(units[role].read_text().replace(GRID, "/opt/dask-grid/bin/grid"))
-        theirs = stop_lines((ROOT / "deploy" / "systemd" / shipped).read_text())
+        theirs = (ROOT / "deploy" / "systemd" / shipped).read_text()
+        assert units[role].read_text() == theirs
+        ours = stop_settings(unit_texts(units[role]))
+        ours["ExecStart"] = [line.replace(GRID, "/opt/dask-grid/bin/grid") for line in ours["ExecStart"]]
+        expected = stop_settings([theirs])
         if role == "scheduler":
             # the one difference: a plaintext scheduler has no certificates to check against a revocation list
             crl = " --crl-file /etc/dask-grid/crl.pem"
-            assert sum(crl in line for line in theirs) == 1
-            theirs = [line.replace(crl, "") for line in theirs]
-        assert ours == theirs
+            assert sum(crl in line for line in expected["ExecStart"]) == 1
+            expected["ExecStart"] = [line.replace(crl, "") for line in expected["ExecStart"]]
+        assert ours == expected
 
     port, dash = free_port(), free_port()
     address = f"tcp://127.0.0.1:{port}"
@@ -420,9 +441,10 @@ def test_tls_scheduler_unit_serves_tls_and_refuses_revoked_nodes(tmp_path: Path)
         ["--region", "eu", "--target-dir", str(target), "--env-dir", str(env_dir), "--credentials-dir", str(creds), "--grid-executable", GRID,
          "--crl-file", str(crl)],
     )  # fmt: skip
-    unit = (target / "grid-scheduler@.service").read_text()
-    shipped = (ROOT / "deploy" / "systemd" / "grid-scheduler@.service").read_text()
-    assert unit.replace(GRID, "/opt/dask-grid/bin/grid").replace(str(env_dir), "/etc/dask-grid").replace(str(creds), "/etc/dask-grid/tls") == shipped
+    # the shipped unit verbatim; the drop-in changes only the paths the options gave
+    assert (target / "grid-scheduler@.service").read_text() == (ROOT / "deploy" / "systemd" / "grid-scheduler@.service").read_text()
+    dropin = [parse_unit([(target / "grid-scheduler@.service.d" / "50-grid.conf").read_text()], s) for s in ("Unit", "Service")]
+    assert set(dropin[0]) | set(dropin[1]) == {"AssertFileNotEmpty", "ExecStart", "EnvironmentFile", "LoadCredential"}
     assert (creds / "scheduler-eu").is_dir() and (creds / "scheduler-eu").stat().st_mode & 0o777 == 0o700
     # the certificates, as docs/operations.md says: `grid certs issue ... --out` straight into the unit's directory
     host = socket.gethostname()  # the unit names %H.pem / %H-key.pem
