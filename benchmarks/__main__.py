@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ["sgd", "joblib_gridsearch", "round_cost", "region_scale", "multi_region", "guard", "verify"]
+BENCHMARKS = ["sgd", "joblib_gridsearch", "round_cost", "region_scale", "multi_region", "guard", "verify", "dial_out"]
 
 
 def main() -> None:

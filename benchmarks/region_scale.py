@@ -26,11 +26,21 @@ Each size runs one job per round engine (``--engines tasks,direct``: the
 task graph of before and the per-node requests of ``grid/node/rounds.py``),
 on the same nodes and data, and prints the ratios side by side.
 
+``--dial-out`` (or ``dial-out`` in ``--engines``) adds a third variant: the
+same job on the same data with the direct engine, on ``n`` **dial-out**
+nodes (``grid.node.dial-out``: the scheduler never dials them; round
+requests travel on each node's own stream, partitions come from the
+region's store). Those nodes are other workers than the open ones, so the
+variant runs after them on a fresh scheduler and fresh node hosts; its
+placement is timed until every node has fetched what it was granted. It is
+printed next to the direct engine on open nodes, and against the direct
+engine's figures at 1,000 nodes in docs/scale.md.
+
 Sizes run in increasing order and the benchmark stops at the first size that
 fails (workers not up in time, a job error or timeout, lost workers), and says
 why.
 
-    python -m benchmarks.region_scale [--nodes 100,250,500,1000] [--quick]
+    python -m benchmarks.region_scale [--nodes 100,250,500,1000] [--quick] [--dial-out]
 """
 
 from __future__ import annotations
@@ -48,9 +58,13 @@ import weakref
 from collections import defaultdict
 from typing import Any
 
-from benchmarks.common import machine, table
+from benchmarks.common import machine, table, wait_until
 
 MiB = 1 << 20
+#: the variant of ``--engines`` that runs the direct engine on dial-out nodes
+DIAL_OUT = "dial-out"
+#: the direct engine on 1,000 open nodes (docs/scale.md, section 0): round seconds, scheduler CPU ms per update
+ANCHOR_NODES, ANCHOR_ROUND_S, ANCHOR_CPU_MS = 1000, 1.08, 0.571
 
 # ======================================================================================
 # Byte counters on distributed's TCP comms (installed in the process being measured)
@@ -173,6 +187,7 @@ def _instrumented_plugin_class() -> type:
             scheduler.handlers["bench_stats"] = self.bench_stats
             scheduler.handlers["bench_idle"] = self.bench_idle
             scheduler.handlers["bench_engine"] = self.bench_engine
+            scheduler.handlers["bench_store"] = self.bench_store
             digest = scheduler.digest_metric
 
             def digest_metric(name: Any, value: float) -> None:  # the loop's own tick probe
@@ -219,6 +234,10 @@ def _instrumented_plugin_class() -> type:
 
             dask.config.set({"grid.scheduler.round-engine": engine})
             return {"status": "OK", "engine": engine}
+
+        def bench_store(self, comm: Any = None) -> dict:
+            """Fetch calls to dial-out nodes not answered yet, bytes the store served, and the nodes' kinds."""
+            return {"pending": len(self.prefetches), "served": self.store.bytes_served, "reach": self.reach.counts()}
 
         async def bench_idle(self, comm: Any = None, seconds: float = 3.0) -> dict:
             """Scheduler CPU and bytes over a measurement window with no job running."""
@@ -291,9 +310,11 @@ class ErrorCounter(logging.Handler):
             self.first.append(f"{record.name}: {record.getMessage()[:160]}")
 
 
-def node_host_main(conn: Any, address: str, names: list[str], host: str, batch: int) -> None:
+def node_host_main(conn: Any, address: str, names: list[str], host: str, batch: int, dial_out: bool = False) -> None:
     """Process target: ``len(names)`` workers (1 thread each) in one event loop.
 
+    ``dial_out``: the workers register as dial-out grid nodes (as ``grid node
+    --dial-out`` does), so the scheduler never dials them.
     Answers "stats" (RSS, distributed errors logged so far) and "stop" on its pipe.
     """
     import warnings
@@ -301,6 +322,8 @@ def node_host_main(conn: Any, address: str, names: list[str], host: str, batch: 
     import dask
 
     dask.config.set(NODE_HOST_CONFIG)
+    # read by each worker's grid profile when it registers (grid.node.rounds.profile)
+    dask.config.set({"grid.node.dial-out": dial_out})
     # hundreds of workers creating their scratch directories at once on a loaded box
     warnings.filterwarnings("ignore", message="Creating scratch directories is taking")
 
@@ -319,13 +342,17 @@ def node_host_main(conn: Any, address: str, names: list[str], host: str, batch: 
             other.addHandler(errors)
             other.propagate = False
         import grid.node.tasks  # noqa: F401 - what partition tasks import, loaded once up front
+        from grid.node.rounds import STARTUP_INFORMATION
 
+        # open nodes register as before (no grid profile: the scheduler checks it can dial them);
+        # dial-out nodes send the profile that says so, as every `grid node` does
+        profile = {"startup_information": STARTUP_INFORMATION} if dial_out else {}
         base = rss_mib()
         workers: list[Any] = []
         try:
             for i in range(0, len(names), batch):
                 group = [
-                    Worker(address, nthreads=1, memory_limit=0, name=name, host=host, dashboard=False)
+                    Worker(address, nthreads=1, memory_limit=0, name=name, host=host, dashboard=False, **profile)
                     for name in names[i : i + batch]
                 ]
                 workers.extend(group)
@@ -413,12 +440,12 @@ class Processes:
 
 
 def start_nodes(procs: Processes, address: str, n: int, per_process: int, host: str = "127.0.0.1",
-                prefix: str = "node", timeout: float = 600.0) -> list[dict]:
+                prefix: str = "node", timeout: float = 600.0, dial_out: bool = False) -> list[dict]:
     """Start ``n`` workers in ``ceil(n / per_process)`` host processes; wait until all are up."""
     names = [f"{prefix}-{i:06d}" for i in range(n)]
     conns = []
     for i in range(0, n, per_process):
-        _, conn = procs.start(node_host_main, address, names[i : i + per_process], host, 25,
+        _, conn = procs.start(node_host_main, address, names[i : i + per_process], host, 25, dial_out,
                               name=f"node-host-{i // per_process}")
         conns.append(conn)
     deadline = time.monotonic() + timeout
@@ -466,15 +493,50 @@ def per_round(snapshots: list[dict], history: list[dict], job_id: str) -> list[d
     return rows
 
 
+def node_groups(engines: list[str]) -> list[tuple[bool, list[str]]]:
+    """The variants grouped by the nodes they run on: (dial_out, variants), open nodes first."""
+    groups = []
+    open_engines = [e for e in engines if e != DIAL_OUT]
+    if open_engines:
+        groups.append((False, open_engines))
+    if DIAL_OUT in engines:
+        groups.append((True, [DIAL_OUT]))
+    return groups
+
+
 def run_size(n: int, args: argparse.Namespace) -> dict:
-    """Start a region of ``n`` nodes, train, measure, tear down. Never raises."""
+    """Every variant of ``args.engines`` on ``n`` nodes: open nodes first, then dial-out ones. Never raises."""
+    out: dict[str, Any] = {"nodes": n, "hosts": -(-n // args.per_process), "status": "ok", "phases": {}, "engines": {}}
+    coefs: dict[str, Any] = {}
+    for dial_out, engines in node_groups(args.engines):
+        phase = run_nodes(n, args, engines, dial_out)
+        out["engines"].update(phase.pop("engines", {}))
+        coefs.update(phase.pop("coefs", {}))
+        for engine in engines:
+            out["phases"][engine] = phase
+        if phase["status"] != "ok":
+            out["status"] = f"dial-out nodes: {phase['status']}" if dial_out else phase["status"]
+            break
+    if coefs:
+        import numpy as np
+
+        first = next(iter(coefs.values()))
+        out["max_coef_diff"] = max(float(np.max(np.abs(c - first))) for c in coefs.values())
+    return out
+
+
+def run_nodes(n: int, args: argparse.Namespace, engines: list[str], dial_out: bool = False) -> dict:
+    """Start a region of ``n`` nodes (open, or dial-out), train once per variant, measure, tear down.
+
+    Never raises: a failure is the ``status`` of the returned measurements.
+    """
     import numpy as np
     from sklearn.datasets import make_classification
 
     from grid import Grid
     from jobs import SGDClassifier
 
-    out: dict[str, Any] = {"nodes": n, "hosts": -(-n // args.per_process), "status": "ok"}
+    out: dict[str, Any] = {"status": "ok"}
     procs = Processes()
     step = "scheduler start"
     try:
@@ -483,7 +545,7 @@ def run_size(n: int, args: argparse.Namespace) -> dict:
         sched = procs.receive(sconn, 60, "scheduler")
         address = sched["address"]
         step = "node start"
-        hosts = start_nodes(procs, address, n, args.per_process, timeout=args.timeout)
+        hosts = start_nodes(procs, address, n, args.per_process, timeout=args.timeout, dial_out=dial_out)
         out["node_rss_mib"] = sum(h["rss_mib"] for h in hosts)
         out["host_base_mib"] = statistics.mean(h["base_rss_mib"] for h in hosts)
         out["per_node_mib"] = (out["node_rss_mib"] - out["host_base_mib"] * len(hosts)) / n
@@ -493,6 +555,10 @@ def run_size(n: int, args: argparse.Namespace) -> dict:
             client = g.client("eu")
             wait_for_workers(client, n, args.timeout)
             out["startup_s"] = time.perf_counter() - t0
+            if dial_out:
+                reach = client.sync(client.scheduler.bench_store)["reach"]
+                if reach.get("dial-out") != n:
+                    raise RuntimeError(f"{n} nodes started to dial out, the scheduler sees {reach}")
             step = "scatter"
             X, y = make_classification(
                 n_samples=n * args.rows, n_features=args.features, n_informative=min(10, args.features),
@@ -500,6 +566,9 @@ def run_size(n: int, args: argparse.Namespace) -> dict:
             )
             t1 = time.perf_counter()
             data = g.scatter(X.astype(np.float64), y, partition_rows=args.rows)
+            if dial_out:  # placed once every node has fetched the partitions it was granted
+                wait_until(lambda: client.sync(client.scheduler.bench_store)["pending"] == 0, args.timeout,
+                           "every dial-out node to fetch its partitions", interval=0.1)
             out["scatter_s"] = time.perf_counter() - t1
             assert data.n_partitions == n, (data.n_partitions, n)
             step = "idle measurement"
@@ -510,9 +579,10 @@ def run_size(n: int, args: argparse.Namespace) -> dict:
             # one job per round engine on the same nodes and data, one after the other
             jobs = {}
             models = {}
-            for engine in args.engines:
+            for engine in engines:
                 step = f"job ({engine})"
-                client.sync(client.scheduler.bench_engine, engine=engine)
+                # dial-out nodes take round requests only from the direct engine (no task runs on them)
+                client.sync(client.scheduler.bench_engine, engine="direct" if engine == DIAL_OUT else engine)
                 job = g.submit(SGDClassifier(rounds=args.rounds, random_state=0), data)
                 models[engine] = job.result(timeout=args.timeout)
                 jobs[engine] = job
@@ -524,8 +594,7 @@ def run_size(n: int, args: argparse.Namespace) -> dict:
             out["per_node_mib"] = (out["node_rss_mib"] - out["host_base_mib"] * len(hosts)) / n
             out["sched_rss_mib"] = stats["rss_mib"]
             out["engines"] = {engine: per_round(stats["snapshots"], job.history, job.id) for engine, job in jobs.items()}
-            first = models[args.engines[0]]
-            out["max_coef_diff"] = max(float(np.max(np.abs(m.coef_ - first.coef_))) for m in models.values())
+            out["coefs"] = {engine: np.asarray(m.coef_).copy() for engine, m in models.items()}
             lost = [r for rounds in out["engines"].values() for r in rounds if r["workers"] < n]
             if lost:
                 out["status"] = f"lost workers: {min(r['workers'] for r in lost)} of {n} left during the job"
@@ -573,9 +642,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds for startup and for the job")
     parser.add_argument("--per-round", action="store_true", help="also print every round of every size")
     parser.add_argument("--engines", default="tasks,direct",
-                        help="grid.scheduler.round-engine values to run side by side (the first is the 'before')")
+                        help="grid.scheduler.round-engine values to run side by side (the first is the 'before'); "
+                        f"'{DIAL_OUT}': the direct engine on dial-out nodes")
+    parser.add_argument("--dial-out", action="store_true",
+                        help=f"also run the direct engine on n dial-out nodes (adds '{DIAL_OUT}' to --engines)")
     args = parser.parse_args(argv)
     args.engines = [e.strip() for e in args.engines.split(",") if e.strip()]
+    if args.dial_out and DIAL_OUT not in args.engines:
+        args.engines.append(DIAL_OUT)
+    if not args.engines:
+        parser.error("--engines names no variant; e.g. --engines tasks,direct")
     sizes = [int(s) for s in args.nodes.split(",") if s.strip()]
     if args.quick:
         sizes, args.rounds, args.idle_window = [50, 100], 3, 2.0
@@ -584,6 +660,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
           f"process, 1 thread each); one {args.rows} x {args.features} partition per node; "
           f"jobs.SGDClassifier, {args.rounds} rounds, one job per round engine ({', '.join(args.engines)}) "
           f"on the same nodes", flush=True)
+    if DIAL_OUT in args.engines:
+        print(f"'{DIAL_OUT}': the direct engine on another N nodes that dial out (a fresh scheduler and node hosts, "
+              "after the open nodes); its scatter s lasts until every node has fetched its partitions", flush=True)
     print(f"machine: {machine()}")
     print(f"before: {load_line()}", flush=True)
     results = []
@@ -596,27 +675,41 @@ def main(argv: list[str] | None = None) -> list[dict]:
         if res["status"] != "ok":
             break
     print(f"after: {load_line()}")
-    rows, ratios = [], []
+    rows, ratios, dial_rows = [], [], []
     nan = float("nan")
+    open_engines = [e for e in args.engines if e != DIAL_OUT]
     for res in results:
         summaries = {engine: summarise(res, engine) for engine in args.engines}
         for engine, s in summaries.items():
+            phase = res["phases"].get(engine, {})
             rows.append(
                 (
-                    res["nodes"], engine, res["hosts"], res.get("startup_s", nan), res.get("scatter_s", nan),
+                    res["nodes"], engine, res["hosts"], phase.get("startup_s", nan), phase.get("scatter_s", nan),
                     s["first_round_s"], s["round_s"], s["compute_s"], s["overhead_s"], s["cpu_s"], s["cpu_ms_per_task"],
                     s["kib_in"], s["kib_out"], s["bytes_per_task"], s["msgs_per_task"], s["max_tick_ms"],
-                    100 * res.get("idle_cpu_share", nan), res.get("sched_rss_mib", nan),
-                    res.get("per_node_mib", nan), res.get("node_rss_mib", nan) / 1024,
-                    res.get("node_errors", "-"), res["status"],
+                    100 * phase.get("idle_cpu_share", nan), phase.get("sched_rss_mib", nan),
+                    phase.get("per_node_mib", nan), phase.get("node_rss_mib", nan) / 1024,
+                    phase.get("node_errors", "-"), phase.get("status", "not run"),
                 )
             )
-        before = summaries[args.engines[0]]
-        for engine, s in list(summaries.items())[1:]:
-            ratio = lambda k: before[k] / s[k] if s[k] else nan  # noqa: E731
-            ratios.append((res["nodes"], f"{args.engines[0]} / {engine}", ratio("round_s"), ratio("overhead_s"),
-                           ratio("cpu_s"), ratio("bytes_per_task"), ratio("msgs_per_task"),
-                           res.get("max_coef_diff", nan)))
+        if open_engines:
+            before = summaries[open_engines[0]]
+            for engine in open_engines[1:]:
+                s = summaries[engine]
+                ratio = lambda k: before[k] / s[k] if s[k] else nan  # noqa: E731
+                ratios.append((res["nodes"], f"{open_engines[0]} / {engine}", ratio("round_s"), ratio("overhead_s"),
+                               ratio("cpu_s"), ratio("bytes_per_task"), ratio("msgs_per_task"),
+                               res.get("max_coef_diff", nan)))
+        if DIAL_OUT in summaries:
+            dial = summaries[DIAL_OUT]
+            direct = summaries.get("direct")  # None: not run this time ("-"; the anchor below still applies)
+            over = lambda k: (dial[k] / direct[k] if direct[k] else nan) if direct else "-"  # noqa: E731
+            dial_rows.append((
+                res["nodes"], direct["round_s"] if direct else "-", dial["round_s"], over("round_s"), over("overhead_s"),
+                direct["cpu_ms_per_task"] if direct else "-", dial["cpu_ms_per_task"], over("cpu_ms_per_task"),
+                over("bytes_per_task"), over("msgs_per_task"), res["phases"].get(DIAL_OUT, {}).get("scatter_s", nan),
+                res.get("max_coef_diff", nan),
+            ))
     print()
     print("Per round: median of rounds 2.. (round 1 also builds the job's partition handles and layouts)")
     print(
@@ -633,6 +726,20 @@ def main(argv: list[str] | None = None) -> list[dict]:
               "max |coef diff| between the engines' models")
         print(table(["nodes", "ratio", "round time", "beyond compute", "sched CPU", "bytes/task", "msgs/task",
                      "max |coef diff|"], ratios))
+    if dial_rows:
+        print()
+        print(f"Dial-out nodes next to the direct engine on open nodes, same run, same data (dial-out / direct: > 1 "
+              f"costs more); anchor: the direct engine at {ANCHOR_NODES:,} open nodes in docs/scale.md, "
+              f"{ANCHOR_ROUND_S:g} s round, {ANCHOR_CPU_MS:g} ms scheduler CPU per update; max |coef diff| between "
+              "every variant's model")
+        print(table(["nodes", "round s direct", "round s dial-out", "round dial-out / direct",
+                     "beyond compute dial-out / direct", "sched CPU ms/update direct", "sched CPU ms/update dial-out",
+                     "CPU dial-out / direct", "bytes/task dial-out / direct", "msgs/task dial-out / direct",
+                     "dial-out placement s (until fetched)", "max |coef diff|"], dial_rows))
+        at_anchor = [r for r in dial_rows if r[0] == ANCHOR_NODES]
+        for r in at_anchor:
+            print(f"at {ANCHOR_NODES:,} nodes against the anchor: round {r[2] / ANCHOR_ROUND_S:.2f}x, "
+                  f"scheduler CPU per update {r[6] / ANCHOR_CPU_MS:.2f}x")
     if args.per_round:
         detail = []
         for res in results:

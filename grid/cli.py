@@ -103,6 +103,7 @@ def scheduler(
     if region is None:
         raise click.UsageError("Missing option '--region'.")
     from grid.local import check_regions
+    from grid.dashboard.page import scheduler_plugins
     from grid.scheduler.service import run_scheduler
 
     try:
@@ -144,7 +145,10 @@ def scheduler(
             os.replace(tmp, scheduler_file)  # readers never see a half-written file
 
     asyncio.run(
-        run_scheduler(region, host=host, port=port, dashboard_address=dash, protocol=protocol, security=security, ready=ready)
+        run_scheduler(
+            region, host=host, port=port, dashboard_address=dash, protocol=protocol, security=security, ready=ready,
+            plugins=scheduler_plugins(region),  # the grid plugin, and the /grid page where Bokeh is
+        )
     )
 
 
@@ -262,7 +266,7 @@ defaults except, for a volunteer's machine:
 @click.option(
     "--dial-out/--no-dial-out", default=None,
     help="Open every connection from this node, accept none (behind NAT or a firewall): rounds and partitions "
-    "come over connections it opens to its scheduler  [default: grid.node.dial-out, else on for community nodes]",
+    "come over connections it opens to its scheduler  [default: grid.node.dial-out, else on for community nodes of TLS grids]",
 )
 @click.option("--idle-only/--no-idle-only", default=None, help="Pause while other processes use the host's CPU (default: grid.node.idle.enabled).")
 @click.option("--cpu-share", default=None, type=click.FloatRange(min=0, min_open=True, max=1), help="Share of the host's cores this node may use (0 < x <= 1).")
@@ -330,7 +334,8 @@ def node(
     if dial_out is None:
         dial_out = config.get("node.dial-out")
     if dial_out is None:
-        dial_out = community  # a volunteer's machine is behind NAT until proven otherwise
+        # a volunteer's machine (community mode on a TLS grid) is behind NAT until proven otherwise
+        dial_out = community and tls
     # the worker process reads it when it registers (grid.node.rounds.profile)
     dask.config.set({"grid.node.dial-out": bool(dial_out)})
     # --nworkers, --nthreads and the address options as `dask worker` reads them
@@ -454,7 +459,7 @@ def status(grid_file: str, as_json: bool) -> None:
         click.echo(f"region {region}  {info['address']}  nodes {n_nodes}  threads {info['nthreads']}  jobs: {jobs or 'none'}")
         for w in info["workers"]:
             click.echo(
-                f"  {w['name']:<28} {w['state']:<12} threads {w['nthreads']}  cpu {w['cpu']:5.1f}%  "
+                f"  {w['name']:<28} {w['state']:<12} {w.get('reach', ''):<9} threads {w['nthreads']}  cpu {w['cpu']:5.1f}%  "
                 f"mem {w['memory'] / 2**20:8.1f} MiB  verified {w.get('verified', 0)}  {w['address']}"
             )
         for q in info.get("quarantined", []):

@@ -13,7 +13,7 @@ from distributed import LocalCluster
 
 from grid import config
 from grid.node.rounds import STARTUP_INFORMATION, NodeRounds
-from grid.scheduler.plugin import GridSchedulerPlugin
+from grid.dashboard.page import scheduler_plugins
 from grid import names
 from grid.spec import GridSpec, RegionSpec, TLSSpec
 
@@ -73,7 +73,7 @@ class LocalGrid:
         except BaseException:
             self.close()
             raise
-        # each scheduler dials the other regions of this grid, and only those (GridSchedulerPlugin.peer_address)
+        # each scheduler dials the other regions of this grid, and only those (grid.scheduler.plugin.GridSchedulerPlugin.peer_address)
         for name, cluster in self.clusters.items():
             plugin = cluster.scheduler.plugins.get("grid")
             if plugin is not None:
@@ -99,7 +99,7 @@ class LocalGrid:
             host=host,
             # ":0": a free port (the scheduler serves /health and /metrics there too)
             dashboard_address=":0",
-            scheduler_kwargs={"plugins": [GridSchedulerPlugin(region=name)], "dashboard": bool(dashboard)},
+            scheduler_kwargs={"plugins": scheduler_plugins(name), "dashboard": bool(dashboard)},
             plugins={NodeRounds()},  # each node serves round requests from its start (grid/node/rounds.py)
             startup_information=STARTUP_INFORMATION,  # registers as a grid node (grid.node.dial-out)
             silence_logs=logging.ERROR,

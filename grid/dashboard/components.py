@@ -647,7 +647,7 @@ class RegionsTable(GridComponent):
 
 
 class NodesTable(GridComponent):
-    """The nodes of the selected region: state, CPU, memory, tasks and verification.
+    """The nodes of the selected region: state, reach, CPU, memory, tasks and verification.
 
     Nodes that the region reported before and no longer does are listed as
     ``gone`` (for ``gone_ttl`` seconds of the view). ``tasks_done``,
@@ -656,7 +656,7 @@ class NodesTable(GridComponent):
     """
 
     FIELDS = (
-        "name", "address", "state", "cpu", "memory", "memory_limit", "memory_text", "threads",
+        "name", "address", "state", "reach", "cpu", "memory", "memory_limit", "memory_text", "threads",
         "executing", "stored", "tasks_done", "verified", "rejected",
     )  # fmt: skip
     VISIBLE_ROWS = (2, 5)
@@ -673,6 +673,8 @@ class NodesTable(GridComponent):
         columns = [
             _col("name", "Node", 92),
             _col("state", "State", 62, state),
+            # open: the scheduler dials it; dial-out: it opens every connection itself (NAT, firewall)
+            _col("reach", "Reach", 58),
             _col("cpu", "CPU %", 46, NumberFormatter(format="0")),
             _col("memory_text", "Memory used / limit", 124),
             _col("tasks_done", "Tasks done", 72, NumberFormatter(format="0,0")),
@@ -692,6 +694,7 @@ class NodesTable(GridComponent):
             data["name"].append(str(n.get("name", n["address"])))
             data["address"].append(n["address"])
             data["state"].append(str(n.get("state", "active")))
+            data["reach"].append(str(n.get("reach", "")))
             data["cpu"].append(0.0 if gone else _num(n.get("cpu")))
             data["memory"].append(_num(n.get("memory")))
             data["memory_limit"].append(_num(n.get("memory_limit")))

@@ -58,16 +58,16 @@ def _error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def _update_as_worker(worker: Any, *args: Any) -> bytes:
-    """:func:`grid.node.tasks.partition_update` in a worker thread, with ``get_worker()``
-    answering ``worker`` as it does inside a task (several workers may share a process)."""
+def _as_worker(worker: Any, function: Any, *args: Any) -> Any:
+    """``function(*args)`` in a worker thread, with ``get_worker()`` answering ``worker`` as it
+    does inside a task (several workers may share a process)."""
     try:
         from distributed.worker import _worker_cvar
     except ImportError:  # pragma: no cover - a distributed without it: get_worker() is then unset here
-        return tasks.partition_update(*args)
+        return function(*args)
     token = _worker_cvar.set(worker)
     try:
-        return tasks.partition_update(*args)
+        return function(*args)
     finally:
         _worker_cvar.reset(token)
 
@@ -117,7 +117,7 @@ async def update_partitions(
         else:
             missing.append(int(index))  # moved off meanwhile: the scheduler issues it elsewhere
     calls = [
-        loop.run_in_executor(executor, _update_as_worker, worker, request, state, partition, round_no, index)
+        loop.run_in_executor(executor, _as_worker, worker, tasks.partition_update, request, state, partition, round_no, index)
         for index, partition in held
     ]
     outcomes = await asyncio.gather(*calls, return_exceptions=True)
@@ -204,25 +204,34 @@ class NodeRounds(WorkerPlugin):
             stream.send({"op": REPLY_OP, "call": call, "reply": reply})
 
     async def _update(self, request: dict, state: bytes | None, round_no: int, parts: list) -> dict:
-        wanted = [[key, token] for key, _, token in parts if token and key not in self.worker.data]
+        wanted = [[key, spec] for key, _, spec in parts if spec and key not in self.worker.data]
         fetched = await self._fetch_all(wanted)
         reply = await update_partitions(self.worker, request, state, round_no, parts, self.stored)
         reply["unfetched"] = fetched["failed"]
         return reply
 
     async def _fetch_all(self, parts: list) -> dict:
-        """Read partitions (``[key, token]`` pairs) from the store, those not held yet, concurrently."""
+        """Get partitions (``[key, spec]`` pairs) not held yet, concurrently: ``spec`` is
+        ``{"token": ...}`` (read it from the store) or ``{"read": [path, options]}`` (a Files partition)."""
         keys = [key for key, _ in parts]
-        outcomes = await asyncio.gather(*(self._fetch(key, token) for key, token in parts), return_exceptions=True)
+        outcomes = await asyncio.gather(*(self._fetch(key, spec) for key, spec in parts), return_exceptions=True)
         failed = [[k, _error_text(o)] for k, o in zip(keys, outcomes) if isinstance(o, BaseException)]
         return {"status": "OK", "held": [k for k, o in zip(keys, outcomes) if not isinstance(o, BaseException)], "failed": failed}
 
-    async def _fetch(self, key: str, token: str) -> None:
+    async def _fetch(self, key: str, spec: dict) -> None:
         if key in self.stored:
             return
         pending = self._fetching.get(key)
         if pending is None:  # one read per partition, however many calls name it
-            pending = self._fetching[key] = asyncio.ensure_future(self._read(key, token))
+            if "read" in spec:  # a Files partition: read as a read task would, under the node's data roots
+                path, options = spec["read"]
+                loop = asyncio.get_running_loop()
+                call = loop.run_in_executor(
+                    self.worker.executors["default"], _as_worker, self.worker, tasks.read_file_partition, path, options
+                )
+            else:
+                call = self._read(key, spec["token"])
+            pending = self._fetching[key] = asyncio.ensure_future(call)
             pending.add_done_callback(lambda _: self._fetching.pop(key, None))
         self.stored[key] = await asyncio.shield(pending)
 

@@ -7,10 +7,12 @@ Two transports carry the same round request and the same answer:
 * **dial-out nodes** (community machines behind NAT or a firewall) are never
   dialed. The scheduler sends :data:`CALL_OP` on the batched stream the node
   itself opened when it registered, and the node answers with
-  :data:`REPLY_OP` on the same stream. Partitions the node does not hold yet
-  it reads from the region's partition store with :data:`STORE_READ_OP`,
-  again over a connection it opens, presenting the one-time token the call
-  carried for that partition.
+  :data:`REPLY_OP` on the same stream. For each partition the node does not
+  hold yet, a call says how to get it (a *fetch spec*): ``{"token": T}``, read
+  it from the region's partition store with :data:`STORE_READ_OP` over a
+  connection the node opens, presenting the token the scheduler gave this
+  node for this partition; or ``{"read": [path, options]}``, read a ``Files``
+  partition itself, under the node's own data roots.
 
 A node says which kind it is at registration, in the ``extra`` information
 of its ``register-worker`` message under :data:`PROFILE_KEY` (see

@@ -373,8 +373,10 @@ class RoundAttempts:
         return worker is not None and self.plugin.reach.is_dial_out(worker)
 
     def _fetches(self, pr: PartitionRound, worker: str) -> bool:
-        """Whether dial-out node ``worker`` can get ``pr``'s data: the region's store has it."""
-        return self._dial_out(worker) and self.plugin.store.has(self.run.dataset.keys[pr.position])
+        """Whether dial-out node ``worker`` can get ``pr``'s data: from the region's store, or
+        by reading its file (a Files dataset)."""
+        key = self.run.dataset.keys[pr.position]
+        return self._dial_out(worker) and (self.plugin.store.has(key) or key in self.plugin.datasets.sources)
 
     def _task_nodes(self) -> list[str] | None:
         """Where a Dask task of this round may run: nodes the scheduler can reach (a task's
@@ -403,8 +405,6 @@ class RoundAttempts:
         if worker and self._can_call(worker) and (
             self._fetches(pr, worker) or (not task and worker in self._holders(pr))
         ):
-            if self._dial_out(worker):  # it holds the partition from now on (fetching it if it must)
-                self.plugin.store.grant(worker, data_key)
             call = NodeCall(key, worker, asyncio.get_running_loop().create_future())
             attempt = Attempt(call, worker, time.monotonic(), kind)
             self.batch.setdefault(worker, []).append((pr, attempt))
@@ -451,8 +451,8 @@ class RoundAttempts:
         store = self.plugin.store
         try:
             if self._dial_out(worker):
-                # never dialed: the request goes on the stream the node opened, with a token
-                # for each partition it may have to read from the store first
+                # never dialed: the request goes on the stream the node opened, saying for each
+                # partition how the node gets it if it does not hold it yet (it holds it from now on)
                 keys = [self.run.dataset.keys[pr.position] for pr, _ in items]
                 reply = await self.plugin.channels.call(
                     worker,
@@ -460,7 +460,7 @@ class RoundAttempts:
                     request=self.run.request,
                     state=self.state_blob,
                     round_no=self.round_no,
-                    parts=[[key, pr.index, store.grant(worker, key) if store.has(key) else None] for key, (pr, _) in zip(keys, items)],
+                    parts=[[key, pr.index, self.plugin.fetch_spec(worker, key)] for key, (pr, _) in zip(keys, items)],
                 )
                 if isinstance(reply, dict) and reply.get("status") == "error":
                     raise _NodeCallFailed(str(reply.get("message"))[:200])

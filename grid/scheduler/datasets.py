@@ -66,6 +66,8 @@ class Dataset:
     owner: str = ""
     job_owned: bool = False
     users: set[str] = field(default_factory=set)
+    #: Files datasets: partition key -> [path, reader options], what a dial-out node reads itself
+    sources: dict[str, list] = field(default_factory=dict)
 
     def info(self) -> dict[str, Any]:
         return {
@@ -96,6 +98,8 @@ class DatasetStore:
         #: whether a node can fetch a key from the store now (a dial-out node is there)
         self.fetchable = fetchable
         self.on_drop = on_drop
+        #: partition key -> [path, reader options] of every Files dataset held here
+        self.sources: dict[str, list] = {}
 
     def _holder(self, name: str) -> str:
         return f"grid-dataset-{name}"
@@ -112,6 +116,7 @@ class DatasetStore:
         known = [k for k in dataset.keys if k in self.scheduler.tasks]  # the rest only the store holds
         self.scheduler.client_desires_keys(keys=known, client=self._holder(dataset.name))
         self.datasets[dataset.name] = dataset
+        self.sources.update(dataset.sources)
 
     def get(self, name: str) -> Dataset:
         try:
@@ -147,6 +152,8 @@ class DatasetStore:
         if holder in self.scheduler.clients:
             self.scheduler.client_releases_keys(keys=list(dataset.keys), client=holder)
             self.scheduler.clients.pop(holder, None)
+        for key in dataset.keys:
+            self.sources.pop(key, None)
         self.on_drop(list(dataset.keys))
         return True
 

@@ -31,7 +31,6 @@ from grid import config
 from grid.handlers import call_handler
 from grid.protocol import comm as protocol_comm
 from grid.keys import GRID_PREFIX, is_partition, partition_key
-from grid.dashboard.app import register_scheduler_page, unregister_scheduler_page
 from grid.scheduler import replicas, untrusted
 from grid.scheduler.access import AccessControl
 from grid.scheduler.attempts import ROUND_ENGINES
@@ -188,8 +187,6 @@ class GridSchedulerPlugin(SchedulerPlugin):
             recovery.recover(self)
             self._taint_finished_jobs()  # both were kept: a node caught after a job still taints it
         register_metrics(self)
-        # the grid page on this scheduler's own dashboard (/grid), via distributed's Bokeh app hook
-        register_scheduler_page(scheduler, region=self.region)
 
     def _taint_finished_jobs(self, caught: Any = None) -> None:
         """A node quarantined from now on taints the ended jobs it had updates accepted unchecked in."""
@@ -239,8 +236,6 @@ class GridSchedulerPlugin(SchedulerPlugin):
         unregister_metrics(self)
         if self.scheduler is not None:
             replicas.uninstall(self.scheduler, getattr(self, "replica_policy", None))
-        if self.scheduler is not None:
-            unregister_scheduler_page(self.scheduler)
         for task in list(self.tasks.values()):
             task.cancel()
         if self.tasks:
@@ -552,7 +547,7 @@ class GridSchedulerPlugin(SchedulerPlugin):
 
         Once it holds them, a partition held more than ``grid.jobs.replicas``
         times is forgotten by its fullest dial-out holder (a move, not a copy)."""
-        parts = [[key, self.store.grant(node, key)] for key in keys if self.store.has(key)]
+        parts = [[key, spec] for key in keys if (spec := self.fetch_spec(node, key))]
 
         async def fetch() -> None:
             try:
@@ -575,6 +570,17 @@ class GridSchedulerPlugin(SchedulerPlugin):
         self.prefetches.add(task)
         task.add_done_callback(self.prefetches.discard)
 
+    def fetch_spec(self, node: str, key: str) -> dict | None:
+        """How dial-out ``node`` gets partition ``key``, which it holds from now on: a token to
+        read it from the store, the file to read itself (Files datasets), or None (it cannot)."""
+        if self.store.has(key):
+            return {"token": self.store.grant(node, key)}
+        source = self.datasets.sources.get(key)
+        if source is not None:
+            self.store.grant(node, key)  # a holder like any other (the token reads nothing)
+            return {"read": source}
+        return None
+
     def _partition_holders(self, key: str) -> set[str]:
         """Running nodes holding ``key``: open ones in Dask's memory, dial-out ones granted it."""
         ts = self.scheduler.tasks.get(key)
@@ -588,7 +594,7 @@ class GridSchedulerPlugin(SchedulerPlugin):
             ws.address for ws in self.scheduler.running
             if self.reach.is_dial_out(ws.address) and self.quarantine.identity_of(ws.address) not in self.quarantine
         ]
-        keys = [k for d in self.datasets.datasets.values() for k in d.keys if self.store.has(k)]
+        keys = [k for d in self.datasets.datasets.values() for k in d.keys if self.store.has(k) or k in d.sources]
         if not nodes or not keys:
             return
         holders = {k: self._partition_holders(k) for k in keys}
@@ -691,6 +697,7 @@ class GridSchedulerPlugin(SchedulerPlugin):
                     classes=labels or None,
                     owner=self.access.owner(comm, owner),
                     job_owned=bool(job_owned),
+                    sources={f.key: [str(p), options] for f, p in zip(parts, paths)},
                 )
             )
             for f in parts:

@@ -23,8 +23,13 @@ async def run_scheduler(
     security: Any = None,
     protocol: str | None = None,
     ready: Any = None,
+    plugins: list | None = None,
 ) -> None:
-    """Serve one region until SIGTERM/SIGINT."""
+    """Serve one region until SIGTERM/SIGINT.
+
+    ``plugins``: the scheduler plugins to install (default: the grid plugin of
+    ``region``); ``grid scheduler`` adds the dashboard's ``/grid`` page
+    (:func:`grid.dashboard.page.scheduler_plugins`)."""
     with config.scheduler_settings():
         scheduler = Scheduler(
             host=host,
@@ -33,7 +38,7 @@ async def run_scheduler(
             dashboard=dashboard_address is not None,
             security=security,
             protocol=protocol,
-            plugins=[GridSchedulerPlugin(region=region)],
+            plugins=plugins if plugins is not None else [GridSchedulerPlugin(region=region)],
         )
     await scheduler
     logger.info("grid scheduler for region %s at %s", region, scheduler.address)

@@ -247,15 +247,15 @@ def test_a_node_that_leaves_shows_as_gone():
 
 
 def test_scheduler_grid_page():
-    """register_scheduler_page serves /grid on a scheduler's own dashboard, linked from Dask's pages."""
+    """The grid page plugin serves /grid on a scheduler's own dashboard, linked from Dask's pages."""
     from distributed import Scheduler
 
     from grid.dashboard.app import register_scheduler_page, unregister_scheduler_page
-    from grid.scheduler.plugin import GridSchedulerPlugin
+    from grid.dashboard.page import scheduler_plugins
 
     async def main() -> tuple[str, str, dict]:
-        async with Scheduler(dashboard_address="127.0.0.1:0", plugins=[GridSchedulerPlugin("eu")]) as s:
-            # the grid plugin registered the page in its start(); a second registration is refused
+        async with Scheduler(dashboard_address="127.0.0.1:0", plugins=scheduler_plugins("eu")) as s:
+            # the page plugin registered the page in its start(); a second registration is refused
             assert register_scheduler_page(s) is None
             base = f"http://127.0.0.1:{s.http_server.port}"
             loop = asyncio.get_running_loop()

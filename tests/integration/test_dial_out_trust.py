@@ -114,6 +114,20 @@ def test_jobs_finish_on_nodes_nobody_can_dial(dial_out_grid) -> None:
     assert plugin.channels.answered > 0
 
 
+def test_files_with_verification_on_nodes_nobody_can_dial(dial_out_grid, tmp_path) -> None:
+    """A second vote on a Files partition is computed by a node that reads the file itself."""
+    from jobs.data import Files
+    from tests.system.procs import write_npz_parts
+
+    X, y = make_classification(n_samples=4000, n_features=8, random_state=1)
+    pattern = write_npz_parts(str(tmp_path), X, y, 4)
+    with Grid.local(regions={"eu": 2}, processes=False, dashboard=False) as open_grid:
+        clean = open_grid.submit(_job(), X, y).result(timeout=60).estimator_.coef_
+    job = dial_out_grid.g.submit(_job(), Files(pattern), verify=2)
+    np.testing.assert_allclose(job.result(timeout=60).estimator_.coef_, clean, rtol=0, atol=1e-9)
+    assert all(h["tasks"] == 0 for h in job.history)  # every vote was a call on a node's own stream
+
+
 def test_a_node_reads_only_the_partitions_it_was_given(dial_out_grid) -> None:
     g, plugin = dial_out_grid.g, dial_out_grid.plugin
     X = np.full((50, 4), SECRET)

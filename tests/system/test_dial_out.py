@@ -70,9 +70,9 @@ class Region:
         self.alice = issue(self.ca, "client", "alice", out=self.out)
         self.nodes: dict[str, object] = {}
 
-    def node(self, name: str, *extra: str, wan: dict | None = None, stock: bool = False):
-        """Start a node on a firewalled host of its own; ``wan``: its link's delay, jitter and loss."""
-        host = self.lab.host(name, firewalled=True)
+    def node(self, name: str, *extra: str, wan: dict | None = None, stock: bool = False, firewalled: bool = True):
+        """Start a node on a host of its own, firewalled unless said; ``wan``: its link's delay, jitter and loss."""
+        host = self.lab.host(name, firewalled=firewalled)
         cert = issue(self.ca, "node", name, region="eu", out=self.out)
         if wan:  # a relay in the node's own namespace delays what it sends and receives
             scheduler = "tls://" + self.lab.wan(host, target=f"{self.sched.ip}:{PORT}", **wan)
@@ -159,28 +159,35 @@ def test_a_killed_dial_out_node_is_replaced_mid_job(lab, tmp_path) -> None:
     assert set(done) == {"vol-b", "vol-c"} and done["vol-c"] > 0, done
 
 
-def test_an_unreachable_stock_worker_stalls_nothing(lab, tmp_path) -> None:
+def test_a_mixed_region_with_an_unreachable_stock_worker(lab, tmp_path) -> None:
+    """Open, dial-out, claimed-open-but-firewalled and unreachable nodes in one region."""
     X, y = make_classification(n_samples=4000, n_features=8, random_state=2)
     clean = _reference(X, y, scatter=True)
     region = Region(lab, tmp_path)
     region.node("stock", stock=True)  # cannot be dialed, and cannot serve grid calls on its stream
-    region.node("vol-a")
+    region.node("vol-a")  # a community node: dials out
+    region.node("vol-b", "--no-dial-out")  # says it is open, but its firewall says otherwise
+    region.node("private", "--no-dial-out", firewalled=False)  # an operator's open node: Dask's usual path
+    expected = {"stock": "unreachable", "vol-a": "dial-out", "vol-b": "dial-out", "private": "open"}
     with region.connect("admin") as ops, region.connect() as g:
         status = wait_for(
-            lambda: (lambda ws: ws if {w["reach"] for w in ws} == {"unreachable", "dial-out"} else None)(_workers(ops)),
-            timeout=90, what="the stock worker found unreachable",
+            lambda: (lambda ws: ws if {w["name"]: w["reach"] for w in ws} == expected else None)(_workers(ops)),
+            timeout=90, what=f"nodes found {expected}",
         )
-        stock = next(w for w in status if w["reach"] == "unreachable")
+        stock = next(w for w in status if w["name"] == "stock")
         assert stock["state"] == "unreachable"  # reported as such, not as gone or active
         assert ops.status()["eu"]["nodes"]["unreachable"] == 1
         start = time.monotonic()
         data = g.scatter(X, y)
         fitted = g.submit(_job(), data).result(timeout=120).estimator_.coef_
+        verified = g.submit(_job(), data, verify=2).result(timeout=120).estimator_.coef_
         seconds = time.monotonic() - start
-        stock_after = next(w for w in _workers(ops) if w["reach"] == "unreachable")
+        after = {w["name"]: w for w in _workers(ops)}
     np.testing.assert_allclose(fitted, clean, rtol=0, atol=1e-9)
-    assert stock_after["stored"] == 0 and stock_after["tasks_done"] == 0  # it got no data and no work
-    print(f"placement and a 3-round job beside an unreachable worker: {seconds:.2f} s")
+    np.testing.assert_allclose(verified, clean, rtol=0, atol=1e-9)
+    assert after["stock"]["stored"] == 0 and after["stock"]["tasks_done"] == 0  # it got no data and no work
+    assert all(after[n]["tasks_done"] > 0 for n in ("vol-a", "vol-b", "private")), after
+    print(f"placement and two 3-round jobs beside an unreachable worker: {seconds:.2f} s")
 
 
 def test_dial_out_nodes_over_a_slow_lossy_wan(lab, tmp_path) -> None:

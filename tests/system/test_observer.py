@@ -83,7 +83,9 @@ class Observed:
         write_crl(ca)
         _, self.address = procs.scheduler("eu", args=("--crl-file", str(ca.crl_path), *tls_args(ca, sched)))
         for cert in nodes:
-            procs.node("eu", self.address, cert.identity.name, args=tls_args(ca, cert), community=None)
+            # open nodes: the oracle gathers alice's partitions from them through the scheduler,
+            # which a dial-out node (its partitions in the region's store) would not serve
+            procs.node("eu", self.address, cert.identity.name, args=(*tls_args(ca, cert), "--no-dial-out"), community=None)
         X, y = make_classification(n_samples=2000, n_features=8, random_state=1)
         secret = np.random.default_rng(int.from_bytes(os.urandom(8), "little")).uniform(-1e9, 1e9, (SECRET_ROWS, 8))
         X[:SECRET_ROWS] = secret
