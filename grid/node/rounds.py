@@ -165,8 +165,10 @@ class NodeRounds(WorkerPlugin):
 
     def teardown(self, worker: Any) -> None:
         worker.handlers.pop(OP, None)
-        worker.stream_handlers.pop(CALL_OP, None)
-        worker.stream_handlers.pop(DROP_OP, None)
+        # a call or a drop may still come on the stream (the plugin goes before the node does):
+        # an operation without a handler would close the node's connection to its scheduler
+        worker.stream_handlers[CALL_OP] = self._decline
+        worker.stream_handlers[DROP_OP] = lambda **_: None
         for task in self._calls:
             task.cancel()
         self.stored.clear()
@@ -178,6 +180,12 @@ class NodeRounds(WorkerPlugin):
         task = asyncio.ensure_future(self._answer(call, kind, fields))
         self._calls.add(task)
         task.add_done_callback(self._calls.discard)
+
+    def _decline(self, call: int, **_: Any) -> None:
+        stream = self.worker.batched_stream
+        if stream is not None and not stream.comm.closed():
+            reply = {"status": "error", "message": "the node no longer serves grid calls"}
+            stream.send({"op": REPLY_OP, "call": call, "reply": reply})
 
     def _on_drop(self, keys: list, **_: Any) -> None:
         for key in keys:

@@ -29,6 +29,7 @@ not known to it).
 from __future__ import annotations
 
 import hashlib
+import heapq
 import os
 import secrets
 import shutil
@@ -174,31 +175,59 @@ def plan_copies(
     holding the fewest partitions; then a partition moves to the emptiest node
     where that lowers its fullest holder's count by more than one (a node that
     joins gets partitions, and with them work; the fullest holder forgets it
-    once the new copy is fetched). Pure: ``load`` (node -> partitions held) is
-    updated with the plan.
+    once the new copy is fetched). Pure: ``load`` (node -> partitions held)
+    and ``holders`` are updated with the plan.
+
+    Runs every couple of seconds on the scheduler's event loop, so it costs
+    O(keys x replicas x log nodes), not O(keys x nodes): the emptiest nodes
+    come off a heap, skipping the few that hold the partition already.
     """
     plan: list[tuple[str, str]] = []
     if not nodes:
         return plan
+    heap = [(load.get(n, 0), n) for n in nodes]
+    heapq.heapify(heap)
+
+    def emptiest(exclude: set[str]) -> str | None:
+        skipped, found = [], None
+        while heap:
+            count, node = heapq.heappop(heap)
+            if count != load.get(node, 0):
+                continue  # a stale entry: the node's fresh one is in the heap too
+            if node in exclude:
+                skipped.append((count, node))
+                continue
+            found = node
+            skipped.append((count, node))
+            break
+        for entry in skipped:
+            heapq.heappush(heap, entry)
+        return found
+
+    def take(node: str, key: str, held: set[str]) -> None:
+        plan.append((node, key))
+        held.add(node)
+        load[node] = load.get(node, 0) + 1
+        heapq.heappush(heap, (load[node], node))
+
+    members = set(nodes)
     for key in keys:
-        have = holders.get(key, set())
-        free = [n for n in nodes if n not in have]
-        for _ in range(max(0, replicas - len(have))):
-            if not free:
+        held = set(holders.get(key, set()))
+        for _ in range(max(0, replicas - len(held))):
+            node = emptiest(held)
+            if node is None:
                 break
-            node = min(free, key=lambda n: (load.get(n, 0), n))
-            free.remove(node)
-            plan.append((node, key))
-            load[node] = load.get(node, 0) + 1
+            take(node, key, held)
+        holders[key] = held
     for key in keys:
-        have = holders.get(key, set()) & set(nodes)
-        free = [n for n in nodes if n not in holders.get(key, set()) and (n, key) not in plan]
-        if not have or not free or len(holders.get(key, set())) < replicas:
+        held = holders[key]
+        movable = held & members
+        if not movable or len(held) < replicas:
             continue
-        fullest = max(have, key=lambda n: (load.get(n, 0), n))
-        emptiest = min(free, key=lambda n: (load.get(n, 0), n))
-        if load.get(emptiest, 0) + 1 < load.get(fullest, 0):
-            plan.append((emptiest, key))
-            load[emptiest] = load.get(emptiest, 0) + 1
+        fullest = max(movable, key=lambda n: (load.get(n, 0), n))
+        node = emptiest(held)
+        if node is not None and load.get(node, 0) + 1 < load.get(fullest, 0):
+            take(node, key, held)
             load[fullest] -= 1  # it forgets the partition once the new copy is fetched
+            heapq.heappush(heap, (load[fullest], fullest))
     return plan
