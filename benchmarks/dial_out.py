@@ -105,12 +105,12 @@ def store_progress(client: Any) -> dict:
     # defined here, so that it is pickled by value: a `grid scheduler` process cannot import benchmarks
     def progress(dask_scheduler: Any) -> dict:
         plugin = dask_scheduler.plugins["grid"]
-        store = plugin.store
+        store = plugin.dial_out.store
         node_bytes = {}
         for address, ws in dask_scheduler.workers.items():
             held = sum(size for key, size in store.sizes.items() if address in store.held_by(key))
             node_bytes[address] = held + sum(ts.nbytes for ts in ws.has_what)
-        return {"pending": len(plugin.prefetches), "served": store.bytes_served, "node_bytes": node_bytes}
+        return {"pending": len(plugin.dial_out.prefetches), "served": store.bytes_served, "node_bytes": node_bytes}
 
     return client.run_on_scheduler(progress)
 

@@ -237,7 +237,7 @@ def _instrumented_plugin_class() -> type:
 
         def bench_store(self, comm: Any = None) -> dict:
             """Fetch calls to dial-out nodes not answered yet, bytes the store served, and the nodes' kinds."""
-            return {"pending": len(self.prefetches), "served": self.store.bytes_served, "reach": self.reach.counts()}
+            return {"pending": len(self.dial_out.prefetches), "served": self.dial_out.store.bytes_served, "reach": self.dial_out.reach.counts()}
 
         async def bench_idle(self, comm: Any = None, seconds: float = 3.0) -> dict:
             """Scheduler CPU and bytes over a measurement window with no job running."""

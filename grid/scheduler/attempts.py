@@ -191,6 +191,7 @@ class RoundAttempts:
     def __init__(self, run: "RegionRun", client: Any, round_no: int, state_blob: bytes | None) -> None:
         self.run = run
         self.plugin = run.plugin
+        self.dial_out = run.plugin.dial_out  # who is dialed, and how a dial-out node gets a partition
         self.client = client
         self.round_no = round_no
         self.state_blob = state_blob
@@ -367,21 +368,20 @@ class RoundAttempts:
         key = self.run.dataset.keys[pr.position]
         ts = self.plugin.scheduler.tasks.get(key)
         held = {ws.address for ws in ts.who_has} if ts is not None and ts.who_has else set()
-        return held | self.plugin.store.held_by(key)
+        return held | self.dial_out.store.held_by(key)
 
-    def _dial_out(self, worker: str | None) -> bool:
-        return worker is not None and self.plugin.reach.is_dial_out(worker)
+    def _is_dial_out(self, worker: str | None) -> bool:
+        return worker is not None and self.dial_out.reach.is_dial_out(worker)
 
     def _fetches(self, pr: PartitionRound, worker: str) -> bool:
         """Whether dial-out node ``worker`` can get ``pr``'s data: from the region's store, or
         by reading its file (a Files dataset)."""
-        key = self.run.dataset.keys[pr.position]
-        return self._dial_out(worker) and (self.plugin.store.has(key) or key in self.plugin.datasets.sources)
+        return self._is_dial_out(worker) and self.dial_out.can_fetch(self.run.dataset.keys[pr.position])
 
     def _task_nodes(self) -> list[str] | None:
         """Where a Dask task of this round may run: nodes the scheduler can reach (a task's
         result is fetched by dialing its node). None: anywhere (no node checked yet)."""
-        return [w for w in self.plugin.scheduler.workers if self.plugin.reach.is_open(w)] or None
+        return self.dial_out.open_nodes()
 
     def _can_call(self, worker: str) -> bool:
         ws = self.plugin.scheduler.workers.get(worker)
@@ -389,8 +389,8 @@ class RoundAttempts:
             self.direct
             and ws is not None
             and ws.status.name == "running"
-            and self.plugin.reach.may_work(worker)
-            and (self._dial_out(worker) or not self.plugin.lacks_rounds(worker))
+            and self.dial_out.reach.may_work(worker)
+            and (self._is_dial_out(worker) or not self.plugin.lacks_rounds(worker))
         )
 
     def _submit(self, pr: PartitionRound, worker: str | None, kind: str, task: bool = False) -> None:
@@ -410,7 +410,7 @@ class RoundAttempts:
             self.batch.setdefault(worker, []).append((pr, attempt))
             self._track(pr, attempt)
             return
-        if self._dial_out(worker):
+        if self._is_dial_out(worker):
             worker = None  # no task on a node the scheduler cannot dial: Dask places it on an open one
         self.counts["tasks"] += 1
         future = self.client.submit(
@@ -448,19 +448,19 @@ class RoundAttempts:
         from grid.node.rounds import OP
 
         outcomes: dict[int, Any] = {}
-        store = self.plugin.store
+        store = self.dial_out.store
         try:
-            if self._dial_out(worker):
+            if self._is_dial_out(worker):
                 # never dialed: the request goes on the stream the node opened, saying for each
                 # partition how the node gets it if it does not hold it yet (it holds it from now on)
                 keys = [self.run.dataset.keys[pr.position] for pr, _ in items]
-                reply = await self.plugin.channels.call(
+                reply = await self.dial_out.channels.call(
                     worker,
                     "update",
                     request=self.run.request,
                     state=self.state_blob,
                     round_no=self.round_no,
-                    parts=[[key, pr.index, self.plugin.fetch_spec(worker, key)] for key, (pr, _) in zip(keys, items)],
+                    parts=[[key, pr.index, self.dial_out.fetch_spec(worker, key)] for key, (pr, _) in zip(keys, items)],
                 )
                 if isinstance(reply, dict) and reply.get("status") == "error":
                     raise _NodeCallFailed(str(reply.get("message"))[:200])
@@ -539,7 +539,7 @@ class RoundAttempts:
 
     def _usable(self) -> list[str]:
         """Nodes that may get work now: running (not paused), not quarantined, reachable or dialing out."""
-        reach = self.plugin.reach
+        reach = self.dial_out.reach
         return [addr for addr, ws in self.plugin.scheduler.workers.items() if ws.status.name == "running" and reach.may_work(addr)]
 
     def _choose(self, pr: PartitionRound, exclude: set[str] = frozenset()) -> str | None:  # type: ignore[assignment]
@@ -553,13 +553,13 @@ class RoundAttempts:
         voters = self._voters(pr)
 
         def serves(w: str) -> bool:  # a dial-out node only where it holds the data or can fetch it
-            return not self._dial_out(w) or w in holders or self._fetches(pr, w)
+            return not self._is_dial_out(w) or w in holders or self._fetches(pr, w)
 
         candidates = [w for w in self._usable() if w not in used and serves(w) and self._may_vote(w, voters)]
         if not candidates:  # a paused node will run it when it resumes (or the deadline moves it on)
             candidates = [
                 w for w in self.plugin.scheduler.workers
-                if w not in used and self.plugin.reach.may_work(w) and serves(w) and self._may_vote(w, voters)
+                if w not in used and self.dial_out.reach.may_work(w) and serves(w) and self._may_vote(w, voters)
             ]
         if not candidates:
             return None
@@ -647,7 +647,7 @@ class RoundAttempts:
             if not pr.pending:  # lost (e.g. with a node just quarantined) and no other copy runs
                 self._reissue(pr, attempt, "lost")
             return False
-        if isinstance(outcome, Declined) and self._dial_out(attempt.worker):
+        if isinstance(outcome, Declined) and self._is_dial_out(attempt.worker):
             # no task can run on a dial-out node: the update goes to another node
             logger.info("job %s round %d: dial-out node %s declined partition %d (%s)",
                         self.run.job_id, self.round_no, attempt.worker, pr.index, outcome.why)

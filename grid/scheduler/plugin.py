@@ -17,10 +17,7 @@ import time
 import warnings
 from typing import Any
 
-import dask
 import numpy as np
-from dask.utils import parse_timedelta
-from tornado.ioloop import PeriodicCallback
 
 from distributed import Client
 from distributed.comm import get_address_host
@@ -34,9 +31,7 @@ from grid.keys import GRID_PREFIX, is_partition, partition_key
 from grid.scheduler import replicas, untrusted
 from grid.scheduler.access import AccessControl
 from grid.scheduler.attempts import ROUND_ENGINES
-from grid.scheduler.channels import NodeChannels
-from grid.scheduler.reach import NodeReach
-from grid.scheduler.store import PartitionStore, plan_copies
+from grid.scheduler.dial_out import DialOutNodes
 from grid.scheduler.quarantine import Quarantine
 from grid.scheduler.datasets import Dataset, DatasetStore, no_nodes_reason, read_pending_files
 from grid.scheduler.driver import JobDriver, RegionRun, start_when_read, taint_entry
@@ -48,7 +43,6 @@ from grid.protocol.requests import ADAPTIVE, check_request
 from grid.scheduler.verify import INDEPENDENCE, Origin, Reliability
 from grid.node.align import PLUGIN_NAME as ALIGN_PLUGIN, AlignPartitions
 from grid.node.rounds import PLUGIN_NAME as ROUNDS_PLUGIN, NodeRounds
-from grid.protocol.nodes import STORE_READ_OP
 from jobs.local import local_step
 from jobs.plain import check_plain
 from jobs.spec import SpecError, resolve_class
@@ -115,24 +109,11 @@ class GridSchedulerPlugin(SchedulerPlugin):
         self.scheduler = scheduler
         # which nodes the scheduler may dial, calls to those it may not, and the partitions
         # those fetch for themselves (docs/architecture.md#dial-out-nodes)
-        self.reach = NodeReach(scheduler)
-        self.reach.install()
-        self.channels = NodeChannels(scheduler)
-        self.channels.install()
-        self.store = PartitionStore(_store_dir(self.region), config.nbytes("scheduler.store-chunk"))
-        self.prefetches: set[asyncio.Task] = set()
+        self.dial_out = DialOutNodes(self)
         self.datasets = DatasetStore(
-            scheduler,
-            stored=self.store.has,
-            on_drop=self._drop_stored,
-            fetchable=lambda key: self.store.has(key) and any(self.reach.is_dial_out(ws.address) for ws in scheduler.running),
+            scheduler, stored=self.dial_out.store.has, on_drop=self.dial_out.drop_stored, fetchable=self.dial_out.fetchable
         )
-        self.access.stored = self.store.has
-        # as the replica policy does for open nodes, at the memory manager's pace
-        self.store_copies = PeriodicCallback(
-            self.keep_store_copies, 1000 * float(parse_timedelta(dask.config.get("distributed.scheduler.active-memory-manager.interval")))
-        )
-        self.store_copies.start()
+        self.access.stored = self.dial_out.store.has
         # a client's future on a partition only the store holds names a key Dask does not know
         warnings.filterwarnings("ignore", message=r"Client .* desires key 'grid-part-", category=UserWarning)
         self._client_lock = asyncio.Lock()
@@ -152,7 +133,6 @@ class GridSchedulerPlugin(SchedulerPlugin):
                 "grid_attach": self.attach,
                 "grid_detach": self.detach,
                 "grid_region_round": self.region_round,
-                STORE_READ_OP: self.store_read,
             }
         )
         # partitions a client scatters without naming nodes go to grid.jobs.replicas nodes at once
@@ -161,6 +141,7 @@ class GridSchedulerPlugin(SchedulerPlugin):
         self.quarantine = Quarantine(scheduler, self.access)
         self.quarantine.install(scheduler)
         self.quarantine.listeners.append(self._taint_finished_jobs)
+        self.dial_out.install()  # its handler, and its copies kept at the memory manager's pace
         # keep grid.jobs.replicas copies of every dataset partition (docs/reliability.md#churn)
         self.replica_policy = replicas.install(self, scheduler)
         # partitions arrive unaligned through Dask's comms: each node copies them once (grid/node/align.py)
@@ -224,12 +205,7 @@ class GridSchedulerPlugin(SchedulerPlugin):
     async def close(self) -> None:
         protocol_comm.unregister_scheduler(self)
         if self.scheduler is not None:
-            self.store_copies.stop()
-            self.reach.close()
-            self.channels.uninstall()
-            for task in self.prefetches:
-                task.cancel()
-            self.store.close()
+            self.dial_out.close()
         self.closing = True  # drivers stopped now keep their durable state for the restart (finish_job)
         for task in self.files_ready.values():
             task.cancel()
@@ -264,12 +240,10 @@ class GridSchedulerPlugin(SchedulerPlugin):
 
     # --- handlers: status ------------------------------------------------------------
     def add_worker(self, scheduler: Any, worker: str) -> None:
-        self.reach.add_worker(worker)
+        self.dial_out.add_worker(worker)
 
     def remove_worker(self, scheduler: Any, worker: str, **kwargs: Any) -> None:
-        self.reach.remove_worker(worker)
-        self.channels.remove_worker(worker)
-        self.store.remove_node(worker)
+        self.dial_out.remove_worker(worker)
         self.access.forget_worker(worker)
         self.tasks_done.pop(worker, None)
         self.nodes_without_rounds.pop(worker, None)
@@ -349,7 +323,7 @@ class GridSchedulerPlugin(SchedulerPlugin):
     def node_state(self, ws: Any) -> str:
         """``active``, ``paused``, or ``unreachable``: a stock worker the scheduler cannot
         connect to gets neither data nor work (grid/scheduler/reach.py)."""
-        if self.reach.kind(ws.address) == "unreachable":
+        if self.dial_out.reach.kind(ws.address) == "unreachable":
             return "unreachable"
         return "paused" if ws.status.name == "paused" else "active"
 
@@ -375,7 +349,7 @@ class GridSchedulerPlugin(SchedulerPlugin):
             "dashboard": _dashboard_link(s),
             "nodes": nodes,
             # threads that can take grid work: what placement splits partitions by
-            "nthreads": sum(ws.nthreads for ws in s.workers.values() if self.reach.kind(ws.address) != "unreachable"),
+            "nthreads": sum(ws.nthreads for ws in s.workers.values() if self.dial_out.reach.kind(ws.address) != "unreachable"),
             "verification_rejects": self.verification_rejects,
             "tasks_done": self.tasks_done_total,
             "time": time.time(),
@@ -406,9 +380,9 @@ class GridSchedulerPlugin(SchedulerPlugin):
                 "cpu": ws.metrics.get("cpu", 0.0),
                 "status": ws.status.name,
                 "state": self.node_state(ws),
-                "reach": self.reach.kind(ws.address),
+                "reach": self.dial_out.reach.kind(ws.address),
                 "executing": len(ws.processing),
-                "stored": len(ws.has_what) + self.store.count_held(ws.address),
+                "stored": len(ws.has_what) + self.dial_out.store.count_held(ws.address),
                 "tasks_done": self.tasks_done.get(ws.address, 0),
                 "rejected": self.rejected.get(ws.address, 0),
                 "verified": self.reliability.get(self.quarantine.identity_of(ws.address)).valid,
@@ -512,8 +486,8 @@ class GridSchedulerPlugin(SchedulerPlugin):
                 is_partition(k) for k in data
             ):
                 return await call_handler(scatter, comm, msg)
-            await self.reach.settled([ws.address for ws in self.scheduler.running])
-            eligible = [ws.address for ws in self.scheduler.running if self.reach.may_work(ws.address)]
+            await self.dial_out.reach.settled([ws.address for ws in self.scheduler.running])
+            eligible = [ws.address for ws in self.scheduler.running if self.dial_out.reach.may_work(ws.address)]
             if not eligible:
                 if self.scheduler.running:
                     raise OSError(
@@ -523,8 +497,8 @@ class GridSchedulerPlugin(SchedulerPlugin):
                 return await call_handler(scatter, comm, msg)  # no node yet: distributed waits for one
             loop = asyncio.get_running_loop()
             for key, value in data.items():  # disk writes off the event loop
-                await loop.run_in_executor(None, self.store.put, key, value)
-            held = {w: len(self.scheduler.workers[w].has_what) + self.store.count_held(w) for w in eligible}
+                await loop.run_in_executor(None, self.dial_out.store.put, key, value)
+            held = {w: len(self.scheduler.workers[w].has_what) + self.dial_out.store.count_held(w) for w in eligible}
             ranked = sorted(eligible, key=lambda w: (held[w], w))
             # partition j of the message goes to the j-th least loaded node and the ones after it
             r = min(max(1, int(config.get("jobs.replicas"))), len(ranked))
@@ -534,98 +508,13 @@ class GridSchedulerPlugin(SchedulerPlugin):
                 groups.setdefault(holders, {})[key] = value
             for holders, part in groups.items():
                 for holder in holders:
-                    if self.reach.is_dial_out(holder):
-                        self.prefetch(holder, list(part))
+                    if self.dial_out.reach.is_dial_out(holder):
+                        self.dial_out.prefetch(holder, list(part))
                     else:  # one scatter per holder (distributed's broadcast would copy node to node)
                         await call_handler(scatter, comm, {**msg, "data": part, "workers": [holder], "broadcast": False})
             return list(data)
 
         return spread
-
-    def prefetch(self, node: str, keys: list[str]) -> None:
-        """Grant dial-out ``node`` stored partitions and have it fetch them now (in the background).
-
-        Once it holds them, a partition held more than ``grid.jobs.replicas``
-        times is forgotten by its fullest dial-out holder (a move, not a copy)."""
-        parts = [[key, spec] for key in keys if (spec := self.fetch_spec(node, key))]
-
-        async def fetch() -> None:
-            try:
-                reply = await self.channels.call(node, "fetch", parts=parts)
-            except OSError:
-                return  # it left: its grants died with it
-            failed = reply.get("failed") if isinstance(reply, dict) else None
-            for key, text in failed or []:
-                logger.warning("node %s could not fetch partition %s from the store: %s", node, key, str(text)[:200])
-                self.store.forget(node, str(key))
-            replicas = max(1, int(config.get("jobs.replicas")))
-            for key, _ in parts:
-                extra = self.store.held_by(key) - {node}
-                if node in self.store.held_by(key) and len(self._partition_holders(key)) > replicas and extra:
-                    fullest = max(extra, key=lambda n: (self.store.count_held(n), n))
-                    self.store.forget(fullest, key)
-                    self.channels.drop(fullest, [key])
-
-        task = asyncio.ensure_future(fetch())
-        self.prefetches.add(task)
-        task.add_done_callback(self.prefetches.discard)
-
-    def fetch_spec(self, node: str, key: str) -> dict | None:
-        """How dial-out ``node`` gets partition ``key``, which it holds from now on: a token to
-        read it from the store, the file to read itself (Files datasets), or None (it cannot)."""
-        if self.store.has(key):
-            return {"token": self.store.grant(node, key)}
-        source = self.datasets.sources.get(key)
-        if source is not None:
-            self.store.grant(node, key)  # a holder like any other (the token reads nothing)
-            return {"read": source}
-        return None
-
-    def _partition_holders(self, key: str) -> set[str]:
-        """Running nodes holding ``key``: open ones in Dask's memory, dial-out ones granted it."""
-        ts = self.scheduler.tasks.get(key)
-        held = {ws.address for ws in ts.who_has if ws.status.name == "running"} if ts is not None else set()
-        return held | {n for n in self.store.held_by(key) if n in self.scheduler.workers}
-
-    def keep_store_copies(self) -> None:
-        """Every few seconds: dial-out nodes fetch the stored partitions that have too few holders
-        (a holder left), and a node that joined takes partitions from the fullest holders."""
-        nodes = [
-            ws.address for ws in self.scheduler.running
-            if self.reach.is_dial_out(ws.address) and self.quarantine.identity_of(ws.address) not in self.quarantine
-        ]
-        keys = [k for d in self.datasets.datasets.values() for k in d.keys if self.store.has(k) or k in d.sources]
-        if not nodes or not keys:
-            return
-        holders = {k: self._partition_holders(k) for k in keys}
-        load = {n: self.store.count_held(n) for n in nodes}
-        by_node: dict[str, list[str]] = {}
-        for node, key in plan_copies(keys, holders, nodes, max(1, int(config.get("jobs.replicas"))), load):
-            by_node.setdefault(node, []).append(key)
-        for node, node_keys in by_node.items():
-            self.prefetch(node, node_keys)
-
-    def store_read(self, comm: Any, key: str, token: str, offset: int = 0) -> dict:
-        """One chunk of a stored partition, for the dial-out node the scheduler granted it to.
-
-        The token names the node it was given to; on TLS the caller must present
-        that node's certificate too, so a token a node passes on reads nothing."""
-        node = self.store.grantee(token)
-        identity = self.access.identity(comm)
-        if identity is not None and identity.role == "node" and node not in self.access.addresses_of(identity):
-            raise PermissionError(
-                "no such partition for this token: a node reads only the partitions its scheduler gave it"
-            )
-        return self.store.read(key, token, offset)
-
-    def _drop_stored(self, keys: list[str]) -> None:
-        """A dataset was dropped: remove its stored partitions and tell their dial-out holders."""
-        by_node: dict[str, list[str]] = {}
-        for key, nodes in self.store.drop(keys).items():
-            for node in nodes:
-                by_node.setdefault(node, []).append(key)
-        for node, node_keys in by_node.items():
-            self.channels.drop(node, node_keys)
 
     async def register_files(
         self,
@@ -722,22 +611,18 @@ class GridSchedulerPlugin(SchedulerPlugin):
         async def describe(f: Any, i: int) -> bytes:
             ts = self.scheduler.tasks.get(f.key)
             holder = min((ws.address for ws in ts.who_has), default=None) if ts is not None and ts.who_has else None
-            if holder is not None and self.reach.is_dial_out(holder):
-                reply = await self.channels.call(holder, "describe", key=f.key)
+            if holder is not None and self.dial_out.reach.is_dial_out(holder):
+                reply = await self.dial_out.channels.call(holder, "describe", key=f.key)
                 if not isinstance(reply, dict) or not isinstance(reply.get("blob"), bytes):
                     raise OSError(f"node {holder} did not describe partition {i}: {str(reply)[:120]}")
                 return reply["blob"]
-            info = client.submit(describe_partition, f, key=f"grid-describe-{name}-{i}", workers=self._open_nodes())
+            info = client.submit(describe_partition, f, key=f"grid-describe-{name}-{i}", workers=self.dial_out.open_nodes())
             try:
                 return await info.result()
             finally:
                 info.release()
 
         return list(await asyncio.gather(*(describe(f, i) for f, i in zip(parts, indices))))
-
-    def _open_nodes(self) -> list[str] | None:
-        """Nodes the scheduler can dial (a task's result is fetched from its node); None: any."""
-        return [w for w in self.scheduler.workers if self.reach.is_open(w)] or None
 
     def drop_dataset(self, comm: Any, name: str) -> dict:
         if not isinstance(name, str):
@@ -1046,15 +931,6 @@ def _without_node_names(out: dict) -> dict:
         tainted = out["tainted"]
         out["tainted"] = {**tainted, "node": hide({"": [tainted["node"]]})[""][0]}
     return out
-
-
-def _store_dir(region: str) -> str | None:
-    """``grid.scheduler.store-dir``, else ``<state-dir>/store-<region>``, else None (a temporary directory)."""
-    directory = config.get("scheduler.store-dir")
-    if directory:
-        return str(directory)
-    state_dir = config.get("scheduler.state-dir")
-    return os.path.join(str(state_dir), f"store-{region}") if state_dir else None
 
 
 def _is_tls(scheduler: Any) -> bool:

@@ -101,7 +101,7 @@ def test_jobs_finish_on_nodes_nobody_can_dial(dial_out_grid) -> None:
         placed = open_grid.scatter(X, y)
         clean_placed = open_grid.submit(_job(), placed).result(timeout=60).estimator_.coef_
     g, plugin = dial_out_grid.g, dial_out_grid.plugin
-    assert {plugin.reach.kind(w) for w in plugin.scheduler.workers} == {"dial-out"}
+    assert {plugin.dial_out.reach.kind(w) for w in plugin.scheduler.workers} == {"dial-out"}
     in_memory = g.submit(_job(), X, y).result(timeout=60).estimator_.coef_
     data = g.scatter(X, y)
     scattered = g.submit(_job(), data).result(timeout=60).estimator_.coef_
@@ -111,7 +111,7 @@ def test_jobs_finish_on_nodes_nobody_can_dial(dial_out_grid) -> None:
     np.testing.assert_allclose(scattered, clean_placed, rtol=0, atol=1e-9)
     np.testing.assert_allclose(verified, clean_placed, rtol=0, atol=1e-9)
     assert all(h["requests"] > 0 and h["tasks"] == 0 for h in job.history)  # no Dask task, every update a call
-    assert plugin.channels.answered > 0
+    assert plugin.dial_out.channels.answered > 0
 
 
 def test_files_with_verification_on_nodes_nobody_can_dial(dial_out_grid, tmp_path) -> None:
@@ -134,10 +134,10 @@ def test_a_node_reads_only_the_partitions_it_was_given(dial_out_grid) -> None:
     y = np.arange(50) % 2
     data = g.scatter(X, y, partition_rows=50)
     key = f"grid-part-{data.regions['eu']['dataset']}-0"
-    wait_for(lambda: plugin.store.held_by(key), timeout=30, what="the partition granted to a node")
-    holder = sorted(plugin.store.held_by(key))[0]
+    wait_for(lambda: plugin.dial_out.store.held_by(key), timeout=30, what="the partition granted to a node")
+    holder = sorted(plugin.dial_out.store.held_by(key))[0]
     name = plugin.access.node_name(holder)
-    token = plugin.store._tokens[(holder, key)]
+    token = plugin.dial_out.store._tokens[(holder, key)]
     secret = np.float64(SECRET).tobytes()
     throwaway = dial_out_grid.throwaway
     mallory = issue(throwaway.ca, "node", "mallory", region="eu")

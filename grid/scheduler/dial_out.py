@@ -1,0 +1,190 @@
+"""Nodes the scheduler cannot or must not dial: one extension of the grid's scheduler plugin.
+
+A dial-out node (docs/architecture.md#dial-out-nodes) opens every connection
+itself. This extension composes what serving such nodes takes:
+
+* :class:`~grid.scheduler.reach.NodeReach`: which nodes are open, dial-out or
+  unreachable (the connect-back check at registration);
+* :class:`~grid.scheduler.channels.NodeChannels`: calls on a node's own stream;
+* :class:`~grid.scheduler.store.PartitionStore`: the region's partitions on the
+  scheduler's disk, read by dial-out nodes with per-node tokens
+  (``grid_store_read``, a handler this extension registers);
+* the holders of each partition among dial-out nodes, topped up and balanced
+  at the memory manager's pace (:func:`~grid.scheduler.store.plan_copies`), as
+  the replica policy does for open nodes (``grid/scheduler/replicas.py``).
+
+The grid plugin creates it in its ``start`` and forwards its ``add_worker`` /
+``remove_worker`` hooks; placement (the plugin's scatter wrapper) and the
+round engine (``grid/scheduler/attempts.py``) ask it who is which and how a
+node gets a partition.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import TYPE_CHECKING, Any
+
+import dask
+from dask.utils import parse_timedelta
+from tornado.ioloop import PeriodicCallback
+
+from grid import config
+from grid.protocol.nodes import STORE_READ_OP
+from grid.scheduler.channels import NodeChannels
+from grid.scheduler.reach import NodeReach
+from grid.scheduler.store import PartitionStore, plan_copies
+
+if TYPE_CHECKING:
+    from grid.scheduler.plugin import GridSchedulerPlugin
+
+logger = logging.getLogger("grid.scheduler")
+
+
+class DialOutNodes:
+    """Reachability, stream calls, the partition store and dial-out holders of one region.
+
+    Parameters
+    ----------
+    plugin : GridSchedulerPlugin
+        The region's grid plugin (its datasets, quarantine and access control are read here).
+    """
+
+    def __init__(self, plugin: "GridSchedulerPlugin") -> None:
+        self.plugin = plugin
+        self.scheduler = plugin.scheduler
+        self.reach = NodeReach(self.scheduler)
+        self.channels = NodeChannels(self.scheduler)
+        self.store = PartitionStore(_store_dir(plugin.region), config.nbytes("scheduler.store-chunk"))
+        self.prefetches: set[asyncio.Task] = set()
+        interval = parse_timedelta(dask.config.get("distributed.scheduler.active-memory-manager.interval"))
+        self.copies = PeriodicCallback(self.keep_store_copies, 1000 * float(interval))
+
+    def install(self) -> None:
+        self.reach.install()
+        self.channels.install()
+        self.scheduler.handlers[STORE_READ_OP] = self.store_read
+        self.copies.start()
+
+    def close(self) -> None:
+        self.copies.stop()
+        self.reach.close()
+        self.channels.uninstall()
+        for task in self.prefetches:
+            task.cancel()
+        self.store.close()
+
+    def add_worker(self, worker: str) -> None:
+        self.reach.add_worker(worker)
+
+    def remove_worker(self, worker: str) -> None:
+        self.reach.remove_worker(worker)
+        self.channels.remove_worker(worker)
+        self.store.remove_node(worker)
+
+    def fetchable(self, key: str) -> bool:
+        """Whether a node can fetch ``key`` now: the store has it and a dial-out node is there."""
+        return self.store.has(key) and any(self.reach.is_dial_out(ws.address) for ws in self.scheduler.running)
+
+    def can_fetch(self, key: str) -> bool:
+        """Whether a dial-out node can get partition ``key`` itself: from the store, or by reading its file."""
+        return self.store.has(key) or key in self.plugin.datasets.sources
+
+    def open_nodes(self) -> list[str] | None:
+        """Nodes the scheduler can dial (a task's result is fetched from its node); None: any."""
+        return [w for w in self.scheduler.workers if self.reach.is_open(w)] or None
+
+    def prefetch(self, node: str, keys: list[str]) -> None:
+        """Grant dial-out ``node`` stored partitions and have it fetch them now (in the background).
+
+        Once it holds them, a partition held more than ``grid.jobs.replicas``
+        times is forgotten by its fullest dial-out holder (a move, not a copy)."""
+        parts = [[key, spec] for key in keys if (spec := self.fetch_spec(node, key))]
+
+        async def fetch() -> None:
+            try:
+                reply = await self.channels.call(node, "fetch", parts=parts)
+            except OSError:
+                return  # it left: its grants died with it
+            failed = reply.get("failed") if isinstance(reply, dict) else None
+            for key, text in failed or []:
+                logger.warning("node %s could not fetch partition %s from the store: %s", node, key, str(text)[:200])
+                self.store.forget(node, str(key))
+            replicas = max(1, int(config.get("jobs.replicas")))
+            for key, _ in parts:
+                extra = self.store.held_by(key) - {node}
+                if node in self.store.held_by(key) and len(self.partition_holders(key)) > replicas and extra:
+                    fullest = max(extra, key=lambda n: (self.store.count_held(n), n))
+                    self.store.forget(fullest, key)
+                    self.channels.drop(fullest, [key])
+
+        task = asyncio.ensure_future(fetch())
+        self.prefetches.add(task)
+        task.add_done_callback(self.prefetches.discard)
+
+    def fetch_spec(self, node: str, key: str) -> dict | None:
+        """How dial-out ``node`` gets partition ``key``, which it holds from now on: a token to
+        read it from the store, the file to read itself (Files datasets), or None (it cannot)."""
+        if self.store.has(key):
+            return {"token": self.store.grant(node, key)}
+        source = self.plugin.datasets.sources.get(key)
+        if source is not None:
+            self.store.grant(node, key)  # a holder like any other (the token reads nothing)
+            return {"read": source}
+        return None
+
+    def partition_holders(self, key: str) -> set[str]:
+        """Running nodes holding ``key``: open ones in Dask's memory, dial-out ones granted it."""
+        ts = self.scheduler.tasks.get(key)
+        held = {ws.address for ws in ts.who_has if ws.status.name == "running"} if ts is not None else set()
+        return held | {n for n in self.store.held_by(key) if n in self.scheduler.workers}
+
+    def keep_store_copies(self) -> None:
+        """Every few seconds: dial-out nodes fetch the stored partitions that have too few holders
+        (a holder left), and a node that joined takes partitions from the fullest holders."""
+        nodes = [
+            ws.address for ws in self.scheduler.running
+            if self.reach.is_dial_out(ws.address) and self.plugin.quarantine.identity_of(ws.address) not in self.plugin.quarantine
+        ]
+        keys = [k for d in self.plugin.datasets.datasets.values() for k in d.keys if self.can_fetch(k)]
+        if not nodes or not keys:
+            return
+        holders = {k: self.partition_holders(k) for k in keys}
+        load = {n: self.store.count_held(n) for n in nodes}
+        by_node: dict[str, list[str]] = {}
+        for node, key in plan_copies(keys, holders, nodes, max(1, int(config.get("jobs.replicas"))), load):
+            by_node.setdefault(node, []).append(key)
+        for node, node_keys in by_node.items():
+            self.prefetch(node, node_keys)
+
+    def store_read(self, comm: Any, key: str, token: str, offset: int = 0) -> dict:
+        """One chunk of a stored partition, for the dial-out node the scheduler granted it to.
+
+        The token names the node it was given to; on TLS the caller must present
+        that node's certificate too, so a token a node passes on reads nothing."""
+        node = self.store.grantee(token)
+        identity = self.plugin.access.identity(comm)
+        if identity is not None and identity.role == "node" and node not in self.plugin.access.addresses_of(identity):
+            raise PermissionError(
+                "no such partition for this token: a node reads only the partitions its scheduler gave it"
+            )
+        return self.store.read(key, token, offset)
+
+    def drop_stored(self, keys: list[str]) -> None:
+        """A dataset was dropped: remove its stored partitions and tell their dial-out holders."""
+        by_node: dict[str, list[str]] = {}
+        for key, nodes in self.store.drop(keys).items():
+            for node in nodes:
+                by_node.setdefault(node, []).append(key)
+        for node, node_keys in by_node.items():
+            self.channels.drop(node, node_keys)
+
+
+def _store_dir(region: str) -> str | None:
+    """``grid.scheduler.store-dir``, else ``<state-dir>/store-<region>``, else None (a temporary directory)."""
+    directory = config.get("scheduler.store-dir")
+    if directory:
+        return str(directory)
+    state_dir = config.get("scheduler.state-dir")
+    return os.path.join(str(state_dir), f"store-{region}") if state_dir else None
