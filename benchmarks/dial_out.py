@@ -28,6 +28,9 @@ runs both kinds side by side in one run, on the same data and jobs:
    nodes, timed until every node has fetched what it was granted from the
    store (the scheduler's pending fetch calls, read with
    ``run_on_scheduler``).
+4. ``regions``: the same job over two regions of 2 dial-out nodes each, home
+   ``eu``: the home scheduler dials ``us`` directly, then through the relay
+   (50 ms one way); the round time the link adds, in round-trip times.
 
     python -m benchmarks.dial_out            # full sizes (a few minutes, ~4 GB)
     python -m benchmarks.dial_out --quick    # small sizes, a correctness check (~1 minute)
@@ -57,7 +60,7 @@ from benchmarks.sgd import Problem, make_problem, quiet
 GOAL_ROUND_RATIO = 1.2
 #: a dial-out round over a delayed link: (round - compute) / RTT, at most
 GOAL_WAN_RTTS = 1.5
-SECTIONS = ("rounds", "wan", "delivery")
+SECTIONS = ("rounds", "wan", "delivery", "regions")
 MB = 1e6
 
 METHOD = """\
@@ -374,6 +377,79 @@ def report_delivery(results: dict[str, dict], nodes: int, size_mb: float, repeat
 
 
 # --------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------
+# 4. cross-region rounds over a delayed link between schedulers
+# --------------------------------------------------------------------------------------
+def run_regions(problem: Problem, rounds: int, delay: float) -> dict[str, dict]:
+    """A job over regions eu (home) and us, with the home dialing us directly, then through a
+    relay that delays every byte ``delay`` seconds each way (the operator's ``--peer us=ADDRESS``)."""
+    import dask
+
+    from grid import Grid
+    from jobs import SGDClassifier
+
+    _, Relay, Wan = _wan_tools()
+    relay = Relay()
+    out: dict[str, dict] = {}
+    try:
+        with dask.config.set({"grid.node.dial-out": True}), Grid.local(regions={"eu": 2, "us": 2}, dashboard=False) as g:
+            for region in ("eu", "us"):
+                wait_nodes_in(g, region, 2, "dial-out")
+            warm_up(g, problem)
+            home = g._local.clusters["eu"].scheduler.plugins["grid"]
+            direct = g.spec.regions["us"].address
+            delayed = "tcp://" + relay.add(direct.split("://", 1)[1], source="127.0.0.1", wan=Wan(delay=delay))
+            rows = math.ceil(len(problem.y_train) / 4)
+            data = g.scatter(problem.X_train, problem.y_train, partition_rows=rows, regions=["eu", "us"])
+            wait_delivered(g.client("eu"))
+            wait_delivered(g.client("us"))
+            for label, address in (("direct", direct), ("delayed", delayed)):
+                home.peers["us"] = address  # what `grid scheduler --peer us=ADDRESS` configures
+                model = g.submit(SGDClassifier(loss="log_loss", rounds=rounds, random_state=0), data).result()
+                out[label] = summarise([{
+                    "placement": 0.0, "job": 0.0,
+                    "round": [h["seconds"] for h in model.history_],
+                    "compute": [h["compute_seconds"] for h in model.history_],
+                    "coef": np.asarray(model.coef_).copy(),
+                    "bytes": [h.get("bytes_cross_region", 0) for h in model.history_],
+                }])
+                out[label]["bytes"] = statistics.median(h.get("bytes_cross_region", 0) for h in model.history_)
+            home.peers["us"] = direct
+            g.drop(data)
+    finally:
+        relay.close()
+    return out
+
+
+def wait_nodes_in(g: Any, region: str, n: int, kind: str, timeout: float = 120.0) -> None:
+    wait_until(
+        lambda: [w.get("reach") for w in g.status()[region]["workers"]] == [kind] * n,
+        timeout, f"{n} {kind} nodes in region {region}",
+    )
+
+
+def report_regions(problem: Problem, results: dict[str, dict], rounds: int, delay: float) -> str:
+    rtt = 2 * delay
+    direct, delayed = results["direct"], results["delayed"]
+    added = delayed["round"] - direct["round"]
+    lines = [f"## 4. Cross-region rounds: regions eu (home) and us, 2 dial-out nodes each, {problem.title} split "
+             f"over both; the home scheduler dials us directly, then through a link delayed {delay * 1e3:g} ms "
+             f"one way (RTT {rtt * 1e3:g} ms); {rounds} rounds"]
+    lines.append(table(
+        ["link between the schedulers", "median round s", "compute s", "bytes across regions per round"],
+        [("direct", direct["round"], direct["compute"], f"{direct['bytes']:,.0f}"),
+         (f"{rtt * 1e3:g} ms RTT", delayed["round"], delayed["compute"], f"{delayed['bytes']:,.0f}")],
+    ))
+    per_rtt = added / rtt
+    lines.append(
+        f"a cross-region round is one request and its answer between the schedulers (the state out, the "
+        f"regional aggregate back): the delayed link added {added:.3f} s = {per_rtt:.2f} RTT per round "
+        f"(goal <= {GOAL_WAN_RTTS:g}: {_verdict(per_rtt, GOAL_WAN_RTTS)})"
+    )
+    lines.append(f"max |coef diff| between the two: {coef_diff(results):.1e}")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.dial_out", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes (60k rows, 40 MB, 4 rounds): a correctness check")
@@ -401,7 +477,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(METHOD)
     out: dict[str, Any] = {}
     with quiet():
-        problem = make_problem("binary", args.quick) if {"rounds", "wan"} & set(sections) else None
+        problem = make_problem("binary", args.quick) if {"rounds", "wan", "regions"} & set(sections) else None
         if "rounds" in sections:
             out["rounds"] = run_rounds(problem, rounds, args.partitions, repeat)
             print()
@@ -415,6 +491,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             out["delivery"], size = run_delivery(args.delivery_nodes, megabytes, args.delivery_nodes, repeat)
             print()
             print(report_delivery(out["delivery"], args.delivery_nodes, size, repeat), flush=True)
+        if "regions" in sections:
+            out["regions"] = run_regions(problem, rounds, args.delay)
+            print()
+            print(report_regions(problem, out["regions"], rounds, args.delay), flush=True)
     print(f"\ntotal benchmark time {time.perf_counter() - started:.0f}s; "
           f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     return out

@@ -401,7 +401,6 @@ class RoundAttempts:
             self.load[worker] = self.load.get(worker, 0) + 1
             if self.verify > 1:
                 pr.origins[worker] = self.plugin.origin_of(worker)
-        data_key = self.run.dataset.keys[pr.position]
         if worker and self._can_call(worker) and (
             self._fetches(pr, worker) or (not task and worker in self._holders(pr))
         ):
@@ -603,7 +602,7 @@ class RoundAttempts:
                 self.waiting = None
                 self.plugin.note_waiting(self.run.job_id, None)
             return
-        origins = [self.plugin.origin_of(w) for w in self.plugin.scheduler.workers]
+        origins = [self.plugin.origin_of(w) for w in self.plugin.scheduler.workers if self.dial_out.reach.may_work(w)]
         have = independent_count(origins, self.independence)
         what = "nodes of different owners on different hosts" if self.independence == "hosts-and-owners" else "distinct nodes"
         setting, update = (f"verify={self.verify}", "update") if self.adaptive is None else ("verify='adaptive'", "checked update")

@@ -1,8 +1,9 @@
 """The round engine: runs a job's rounds on this region and, at home, across regions.
 
-:class:`RegionRun` is the share of one job on one region: per round it sends
-one graph of partition tasks to this region's nodes (data stays where it is,
-parameters move), gathers the updates as code-free wire blobs, checks them
+:class:`RegionRun` is the share of one job on one region: per round it asks
+this region's nodes for their partitions' updates (one request per node, see
+``grid/scheduler/attempts.py``; data stays where it is, parameters move),
+takes the updates as code-free wire blobs, checks them
 against the model's layout and reduces them in partition order on this
 scheduler. :class:`JobDriver` runs at the job's home scheduler: it asks every
 region for its regional aggregate (its own directly, others through their

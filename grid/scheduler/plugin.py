@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
-import os
 import time
 import warnings
 from typing import Any
