@@ -18,3 +18,20 @@ def short_connect_timeout():
     """
     with dask.config.set({"distributed.comm.timeouts.connect": "3s"}):
         yield
+
+
+@pytest.fixture
+def dial_out_grid():
+    """An embedded TLS region of two dial-out nodes nothing can dial (tests/integration/dial_out.py)."""
+    from tests.conftest import wait_for
+    from tests.integration.dial_out import DialOutGrid
+
+    grid = DialOutGrid()
+    try:
+        grid.add_node("vol-a")
+        grid.add_node("vol-b")
+        wait_for(lambda: grid.g.status()["eu"]["nodes"]["active"] == 2, timeout=30, what="2 nodes")
+        yield grid
+    finally:
+        grid.close()
+

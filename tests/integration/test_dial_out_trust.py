@@ -13,86 +13,18 @@ from __future__ import annotations
 import asyncio
 import os
 
-import dask
 import numpy as np
-import pytest
-from distributed import Worker
 from distributed.core import rpc
 from distributed.protocol.serialize import ToPickle
-from distributed.utils import sync
 from distributed.utils_test import gen_cluster
 from sklearn.datasets import make_classification
-from sklearn.linear_model import SGDClassifier
 
 from grid import Grid
-from grid.node.rounds import STARTUP_INFORMATION, NodeRounds
 from grid.protocol.nodes import REPLY_OP
 from grid.scheduler.channels import NodeChannels
 from grid.security.certs import issue
-from jobs import PartialFit
 from tests.conftest import wait_for
-
-#: ports nothing listens on: a node advertising one can never be dialed
-UNREACHABLE_PORTS = iter(range(1, 100))
-#: a value no honest reply carries: the victim's rows are made of it
-SECRET = 7.123456789012345
-
-
-def _job(rounds: int = 3) -> PartialFit:
-    return PartialFit(SGDClassifier(random_state=0), rounds=rounds, partition_rows=1000)
-
-
-class DialOutGrid:
-    """An embedded TLS region whose nodes dial out and cannot be dialed."""
-
-    def __init__(self) -> None:
-        self.g = Grid.local(regions={"eu": 0}, processes=False, dashboard=False, tls=True)
-        self.cluster = self.g._local.clusters["eu"]
-        self.throwaway = self.g._local.throwaway
-        self.address = self.g.spec.regions["eu"].address
-        self.workers: dict[str, Worker] = {}
-        self.certs: dict[str, object] = {}
-
-    @property
-    def plugin(self):
-        return self.cluster.scheduler.plugins["grid"]
-
-    def add_node(self, name: str, rounds: bool = True) -> Worker:
-        cert = self.certs[name] = issue(self.throwaway.ca, "node", name, region="eu")
-
-        async def start() -> Worker:
-            with dask.config.set({"grid.node.dial-out": True}):
-                worker = Worker(
-                    self.address, security=cert.security(), nthreads=1, host="127.0.0.1",
-                    contact_address=f"tls://127.0.0.1:{next(UNREACHABLE_PORTS)}",
-                    plugins={NodeRounds()} if rounds else set(), startup_information=STARTUP_INFORMATION,
-                )
-                return await worker
-
-        self.workers[name] = sync(self.cluster.loop, start)
-        return self.workers[name]
-
-    def close(self) -> None:
-        async def stop() -> None:
-            await asyncio.gather(*(w.close() for w in self.workers.values()), return_exceptions=True)
-
-        try:
-            sync(self.cluster.loop, stop)
-        finally:
-            self.g.close()
-
-
-@pytest.fixture
-def dial_out_grid():
-    grid = DialOutGrid()
-    try:
-        grid.add_node("vol-a")
-        grid.add_node("vol-b")
-        wait_for(lambda: grid.g.status()["eu"]["nodes"]["active"] == 2, timeout=30, what="2 nodes")
-        yield grid
-    finally:
-        grid.close()
-
+from tests.integration.dial_out import SECRET, job as _job
 
 def test_jobs_finish_on_nodes_nobody_can_dial(dial_out_grid) -> None:
     X, y = make_classification(n_samples=4000, n_features=8, random_state=0)

@@ -1,0 +1,98 @@
+"""Dial-out nodes keep the grid's behaviour: a paused node gets no work, a late one a speculative copy.
+
+On the embedded region of ``tests/integration/dial_out.py``: two dial-out nodes
+that nothing can dial. Each model is compared with the same job on an open grid.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import dask
+import numpy as np
+from distributed.core import Status
+from distributed.utils import sync
+from sklearn.datasets import make_classification
+
+from grid import Grid
+from grid.protocol.nodes import CALL_OP
+from tests.conftest import wait_for
+from tests.integration.dial_out import job
+
+
+def _open_grid_model(X, y, scatter: bool = True) -> np.ndarray:
+    with Grid.local(regions={"eu": 2}, processes=False, dashboard=False) as g:
+        data = (g.scatter(X, y),) if scatter else (X, y)
+        return g.submit(job(), *data).result(timeout=60).estimator_.coef_
+
+
+def test_a_paused_dial_out_node_gets_no_work(dial_out_grid) -> None:
+    """An idle-only node pauses while its owner uses the machine: rounds go to the other node."""
+    X, y = make_classification(n_samples=4000, n_features=8, random_state=5)
+    clean = _open_grid_model(X, y)
+    grid, plugin = dial_out_grid, dial_out_grid.plugin
+    data = grid.g.scatter(X, y)
+    paused = grid.workers["vol-a"]
+
+    def pause() -> None:
+        # what the idle-only policy does (grid/node/idle.py): the memory monitor, which would
+        # resume a node it did not pause itself, leaves the status to it
+        paused.memory_manager.memory_pause_fraction = False
+        paused.status = Status.paused
+
+    grid.cluster.loop.add_callback(pause)
+    wait_for(lambda: plugin.scheduler.workers[paused.address].status == Status.paused, timeout=10, what="vol-a paused")
+    before = plugin.tasks_done.get(paused.address, 0)
+    fitted = grid.g.submit(job(), data).result(timeout=60).estimator_.coef_
+    assert plugin.tasks_done.get(paused.address, 0) == before
+    np.testing.assert_allclose(fitted, clean, rtol=0, atol=1e-9)
+
+    def resume() -> None:
+        paused.status = Status.running
+
+    grid.cluster.loop.add_callback(resume)
+    wait_for(lambda: plugin.scheduler.workers[paused.address].status == Status.running, timeout=10, what="vol-a resumed")
+    again = grid.g.submit(job(), data).result(timeout=60).estimator_.coef_
+    np.testing.assert_allclose(again, clean, rtol=0, atol=1e-9)
+
+
+def test_a_late_dial_out_node_gets_a_speculative_copy(dial_out_grid) -> None:
+    """vol-a holds its calls back; the late partitions get copies on vol-b, which fetches their data."""
+    X, y = make_classification(n_samples=4000, n_features=8, random_state=6)
+    clean = _open_grid_model(X, y)
+    grid = dial_out_grid
+    slow = grid.workers["vol-a"]
+    held: list = []
+    release = {}
+
+    def hold_calls() -> None:
+        answer = slow.stream_handlers[CALL_OP]
+        release["event"] = asyncio.Event()
+
+        def late(**msg) -> None:
+            held.append(msg["call"])
+
+            async def later() -> None:
+                await release["event"].wait()
+                answer(**msg)
+
+            asyncio.ensure_future(later())
+
+        slow.stream_handlers[CALL_OP] = late
+
+    sync(grid.cluster.loop, _as_coroutine(hold_calls))  # the Event belongs to the nodes' loop
+    data = grid.g.scatter(X, y)
+    with dask.config.set({"grid.scheduler.speculation.minimum": "300ms"}):
+        submitted = grid.g.submit(job(), data)
+        fitted = submitted.result(timeout=60).estimator_.coef_
+    assert held, "the slow node got no call: the test proves nothing"
+    grid.cluster.loop.add_callback(lambda: release["event"].set())
+    assert sum(h["speculative"] for h in submitted.history) >= 1
+    np.testing.assert_allclose(fitted, clean, rtol=0, atol=1e-9)
+
+
+def _as_coroutine(function):
+    async def run() -> None:
+        function()
+
+    return run
