@@ -161,29 +161,35 @@ def test_a_killed_dial_out_node_is_replaced_mid_job(lab, tmp_path) -> None:
 
 
 def test_a_dial_out_node_that_is_stopped_retires_at_once(lab, tmp_path) -> None:
-    """SIGTERM (`systemctl stop`) retires a dial-out node over its own connection; its partitions
-    are in the region's store, so nothing has to be copied off it and the job goes on."""
+    """SIGTERM (`systemctl stop`) retires a dial-out node that read Files partitions over its own
+    connection, without waiting for copies that would have to be made by dialing it; the job goes on."""
     X, y = make_classification(n_samples=20000, n_features=20, random_state=4)
-    clean = _reference(X, y, rounds=20, rows=5000, scatter=True)
+    clean = _reference(X, y, rounds=20, rows=5000)
+    files_dir = tmp_path / "files"
+    files_dir.mkdir()
+    pattern = write_npz_parts(str(files_dir), X, y, 4)
     region = Region(lab, tmp_path)
     for name in ("vol-a", "vol-b", "vol-c"):
-        region.node(name)
+        region.node(name, "--data-root", str(files_dir))
     with region.connect("admin") as ops, region.connect() as g:
         _wait_nodes(ops, 3)
-        data = g.scatter(X, y)
-        job = g.submit(_job(rounds=20, rows=5000), data)
+        job = g.submit(_job(rounds=20, rows=5000), Files(pattern))
         wait_for(lambda: len(job.history) >= 2, timeout=60, what="2 rounds")
+        # a node that read file partitions: copies of them could only be made by dialing it
+        holding = {w["name"]: w["stored"] for w in _workers(ops)}
+        stopping = max(sorted(holding), key=lambda n: holding[n])
+        assert holding[stopping] > 0, holding
         stopped = time.monotonic()
-        region.nodes["vol-a"].send_signal(signal.SIGTERM)
-        assert region.nodes["vol-a"].wait(timeout=90) == 0, region.log("vol-a")
+        region.nodes[stopping].send_signal(signal.SIGTERM)
+        assert region.nodes[stopping].wait(timeout=90) == 0, region.log(stopping)
         seconds = time.monotonic() - stopped
         fitted = job.result(timeout=120).estimator_.coef_
         names = {w["name"] for w in _workers(ops)}
     np.testing.assert_allclose(fitted, clean, rtol=0, atol=1e-9)
-    assert names == {"vol-b", "vol-c"}, names
-    log = region.log("vol-a")
+    assert names == {"vol-a", "vol-b", "vol-c"} - {stopping}, names
+    log = region.log(stopping)
     assert "retired from" in log and "could not retire" not in log, log  # retired, not timed out
-    print(f"a dial-out node retired and exited in {seconds:.2f} s")
+    print(f"a dial-out node holding Files partitions retired and exited in {seconds:.2f} s")
 
 
 def test_a_mixed_region_with_an_unreachable_stock_worker(lab, tmp_path) -> None:
