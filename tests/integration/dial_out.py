@@ -44,7 +44,8 @@ class DialOutGrid:
     def plugin(self):
         return self.cluster.scheduler.plugins["grid"]
 
-    def add_node(self, name: str, rounds: bool = True) -> Worker:
+    def add_node(self, name: str, rounds: bool = True, profile: bool = True) -> Worker:
+        """A node nothing can dial; ``profile=False``: a stock worker (no grid profile, so it is checked)."""
         cert = self.certs[name] = issue(self.throwaway.ca, "node", name, region="eu")
 
         async def start() -> Worker:
@@ -52,7 +53,8 @@ class DialOutGrid:
                 worker = Worker(
                     self.address, security=cert.security(), nthreads=1, host="127.0.0.1",
                     contact_address=f"tls://127.0.0.1:{next(UNREACHABLE_PORTS)}",
-                    plugins={NodeRounds()} if rounds else set(), startup_information=STARTUP_INFORMATION,
+                    plugins={NodeRounds()} if rounds else set(),
+                    startup_information=STARTUP_INFORMATION if profile else {},
                 )
                 return await worker
 

@@ -96,3 +96,18 @@ def _as_coroutine(function):
         function()
 
     return run
+
+
+def test_a_stock_worker_nobody_can_reach_gets_no_data_and_no_work(dial_out_grid) -> None:
+    """A plain Dask worker whose address nothing answers: found unreachable, passed over, reported."""
+    X, y = make_classification(n_samples=4000, n_features=8, random_state=7)
+    clean = _open_grid_model(X, y)
+    grid, plugin = dial_out_grid, dial_out_grid.plugin
+    stock = grid.add_node("stock", rounds=False, profile=False)
+    wait_for(lambda: plugin.dial_out.reach.kind(stock.address) == "unreachable", timeout=30, what="the check")
+    assert grid.g.status()["eu"]["nodes"] == {"active": 2, "paused": 0, "unreachable": 1, "quarantined": 0}
+    fitted = grid.g.submit(job(), grid.g.scatter(X, y)).result(timeout=60).estimator_.coef_
+    np.testing.assert_allclose(fitted, clean, rtol=0, atol=1e-9)
+    ws = plugin.scheduler.workers[stock.address]
+    assert not ws.has_what and not plugin.dial_out.store.count_held(stock.address)
+    assert plugin.tasks_done.get(stock.address, 0) == 0

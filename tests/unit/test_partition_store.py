@@ -108,3 +108,4 @@ def test_nothing_to_do_on_a_balanced_region() -> None:
     holders = {"k0": {"a", "b"}, "k1": {"a", "b"}}
     assert plan_copies(["k0", "k1"], holders, ["a", "b"], replicas=2, load={"a": 2, "b": 2}) == []
     assert plan_copies(["k0"], {"k0": set()}, [], replicas=2, load={}) == []
+

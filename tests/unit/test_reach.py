@@ -1,0 +1,31 @@
+"""The connect-back check's settings and the node profiles it reads (no cluster)."""
+
+from __future__ import annotations
+
+import dask
+import pytest
+
+from grid.protocol.nodes import PROFILE_KEY, node_profile, profile_of
+from grid.scheduler.reach import NodeReach
+
+
+def test_a_bad_node_connect_timeout_is_named_with_the_fix() -> None:
+    with dask.config.set({"grid.scheduler.node-connect-timeout": "0s"}):
+        with pytest.raises(ValueError, match=r"node-connect-timeout must be a positive duration, got '0s'; e.g. 3s"):
+            NodeReach(scheduler=None)
+
+
+@pytest.mark.parametrize(
+    "extra, expected",
+    [
+        ({PROFILE_KEY: node_profile(True)}, {"dial-out": True, "calls": True}),
+        ({PROFILE_KEY: node_profile(False)}, {"dial-out": False, "calls": True}),
+        ({}, {}),  # a stock worker
+        (None, {}),
+        ({PROFILE_KEY: "dial-out"}, {}),  # a registration is untrusted: anything else is no profile
+        ({PROFILE_KEY: {"dial-out": "yes"}}, {}),
+        ({PROFILE_KEY: {"dial-out": True, "calls": 2}}, {"dial-out": True, "calls": False}),
+    ],
+)
+def test_a_node_profile_is_read_from_its_registration_or_ignored(extra, expected) -> None:
+    assert profile_of(extra) == expected
