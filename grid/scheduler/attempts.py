@@ -307,6 +307,11 @@ class RoundAttempts:
             return
         if self.verify == 1:
             # the common case: one graph for the whole round, Dask places each task by its data
+            if self._task_nodes() == []:
+                raise RuntimeError(
+                    f"job {self.run.job_id}: grid.scheduler.round-engine 'tasks' needs nodes the scheduler can dial, "
+                    f"and region {self.plugin.region!r} has only dial-out or unreachable ones; use the 'direct' engine"
+                )
             futures = self.client.map(
                 partition_update,
                 [self.run.request] * len(parts),
@@ -379,8 +384,8 @@ class RoundAttempts:
         return self._is_dial_out(worker) and self.dial_out.can_fetch(self.run.dataset.keys[pr.position])
 
     def _task_nodes(self) -> list[str] | None:
-        """Where a Dask task of this round may run: nodes the scheduler can reach (a task's
-        result is fetched by dialing its node). None: anywhere (no node checked yet)."""
+        """Where a Dask task of this round may run (:meth:`DialOutNodes.open_nodes`): None is anywhere,
+        an empty list nowhere."""
         return self.dial_out.open_nodes()
 
     def _can_call(self, worker: str) -> bool:
@@ -411,6 +416,13 @@ class RoundAttempts:
             return
         if self._is_dial_out(worker):
             worker = None  # no task on a node the scheduler cannot dial: Dask places it on an open one
+        nodes = [worker] if worker else self._task_nodes()
+        if nodes == []:  # (distributed reads an empty list as "anywhere")
+            raise RuntimeError(
+                f"job {self.run.job_id}: no node of region {self.plugin.region!r} can run the update of partition "
+                f"{pr.index}: no node holds or can fetch its data, and the scheduler cannot dial the others for a "
+                "task's result; resubmit the job once open nodes have joined"
+            )
         self.counts["tasks"] += 1
         future = self.client.submit(
             partition_update,
@@ -420,7 +432,7 @@ class RoundAttempts:
             self.round_no,
             pr.index,
             key=key,
-            workers=[worker] if worker else self._task_nodes(),
+            workers=nodes,
             # a pinned task must run there: replicas of one update need distinct nodes
             allow_other_workers=False,
         )

@@ -33,7 +33,7 @@ from tornado.ioloop import PeriodicCallback
 from grid import config
 from grid.protocol.nodes import STORE_READ_OP
 from grid.scheduler.channels import NodeChannels
-from grid.scheduler.reach import NodeReach
+from grid.scheduler.reach import CHECKING, OPEN, NodeReach
 from grid.scheduler.store import PartitionStore, plan_copies
 
 if TYPE_CHECKING:
@@ -92,8 +92,15 @@ class DialOutNodes:
         return self.store.has(key) or key in self.plugin.datasets.sources
 
     def open_nodes(self) -> list[str] | None:
-        """Nodes the scheduler can dial (a task's result is fetched from its node); None: any."""
-        return [w for w in self.scheduler.workers if self.reach.is_open(w)] or None
+        """Where a grid task may run: nodes the scheduler can dial (a task's result is fetched from
+        its node), or that it is still checking. None (anywhere) only where no node is known not to
+        be dialable: a task with no such node to go to waits for one instead of landing on a node
+        whose result nobody could fetch."""
+        workers = list(self.scheduler.workers)
+        nodes = [w for w in workers if self.reach.kind(w) in (OPEN, CHECKING)]
+        if nodes or all(self.reach.kind(w) in (OPEN, CHECKING) for w in workers):
+            return nodes or None
+        return nodes
 
     def prefetch(self, node: str, keys: list[str]) -> None:
         """Grant dial-out ``node`` stored partitions and have it fetch them now (in the background).

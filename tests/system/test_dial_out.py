@@ -97,6 +97,11 @@ class Region:
         return (self.tmp / f"node-{name}.log").read_text(errors="replace")
 
 
+def _keys_held(dask_scheduler) -> dict:
+    """Node -> the keys Dask has on it (read on the scheduler, with an admin certificate)."""
+    return {str(ws.name): sorted(str(ts.key) for ts in ws.has_what) for ws in dask_scheduler.workers.values()}
+
+
 def _workers(ops: Grid) -> list[dict]:
     return ops.status()["eu"]["workers"]
 
@@ -216,6 +221,8 @@ def test_a_mixed_region_with_an_unreachable_stock_worker(lab, tmp_path) -> None:
         verified = g.submit(_job(), data, verify=2).result(timeout=120).estimator_.coef_
         seconds = time.monotonic() - start
         after = {w["name"]: w for w in _workers(ops)}
+        c = ops.client("eu")
+        print("DEBUG", c.run_on_scheduler(lambda dask_scheduler: {str(ws.name): [str(ts.key) for ts in ws.has_what] for ws in dask_scheduler.workers.values()}))
     np.testing.assert_allclose(fitted, clean, rtol=0, atol=1e-9)
     np.testing.assert_allclose(verified, clean, rtol=0, atol=1e-9)
     assert after["stock"]["stored"] == 0 and after["stock"]["tasks_done"] == 0  # it got no data and no work
