@@ -44,7 +44,7 @@ from grid.node import tasks
 from grid.node.align import aligned
 from grid.node.community import TRUSTED_ROLES, is_tls_peer, peer_role
 from grid.protocol.payload import check_payload
-from grid.protocol.nodes import CALL_OP, DROP_OP, REPLY_OP, STORE_READ_OP, UPDATE_OP, node_profile, split_partition
+from grid.protocol.nodes import CALL_KINDS, CALL_OP, DROP_OP, REPLY_OP, STORE_READ_OP, UPDATE_OP, node_profile, split_partition
 
 logger = logging.getLogger("grid.node")
 
@@ -202,7 +202,7 @@ class NodeRounds(WorkerPlugin):
                 loop = asyncio.get_running_loop()
                 reply = {"status": "OK", "blob": await loop.run_in_executor(None, tasks.describe_partition, partition)}
             else:
-                reply = {"status": "error", "message": f"unknown call kind {kind!r}"}
+                reply = {"status": "error", "message": f"unknown call kind {kind!r}; this node serves {CALL_KINDS}"}
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - every failure goes back to the scheduler

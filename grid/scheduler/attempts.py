@@ -370,10 +370,7 @@ class RoundAttempts:
 
     def _holders(self, pr: PartitionRound) -> set[str]:
         """Nodes holding ``pr``'s data: in Dask's memory (open nodes), or granted it from the store (dial-out)."""
-        key = self.run.dataset.keys[pr.position]
-        ts = self.plugin.scheduler.tasks.get(key)
-        held = {ws.address for ws in ts.who_has} if ts is not None and ts.who_has else set()
-        return held | self.dial_out.store.held_by(key)
+        return self.dial_out.partition_holders(self.run.dataset.keys[pr.position], running_only=False)
 
     def _is_dial_out(self, worker: str | None) -> bool:
         return worker is not None and self.dial_out.reach.is_dial_out(worker)

@@ -41,8 +41,7 @@ class NodeChannels:
         self.scheduler = scheduler
         self.ids = itertools.count(1)
         self.pending: dict[int, tuple[str, asyncio.Future]] = {}
-        self.sent = 0
-        self.answered = 0
+        self.answered = 0  # answers taken (a node's own, to a call made to it)
 
     def install(self) -> None:
         self.scheduler.stream_handlers[REPLY_OP] = self._on_reply
@@ -66,7 +65,6 @@ class NodeChannels:
         self.pending[call_id] = (worker, answer)
         try:
             stream.send({"op": CALL_OP, "call": call_id, "kind": kind, **fields})
-            self.sent += 1
             return await answer
         finally:
             self.pending.pop(call_id, None)

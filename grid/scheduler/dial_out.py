@@ -141,11 +141,17 @@ class DialOutNodes:
             return {"read": source}
         return None
 
-    def partition_holders(self, key: str) -> set[str]:
-        """Running nodes holding ``key``: open ones in Dask's memory, dial-out ones granted it."""
+    def partition_holders(self, key: str, running_only: bool = True) -> set[str]:
+        """Nodes holding ``key``: open ones in Dask's memory, dial-out ones granted it; with
+        ``running_only`` not the paused or retiring ones (they do not count as copies)."""
         ts = self.scheduler.tasks.get(key)
-        held = {ws.address for ws in ts.who_has if ws.status.name == "running"} if ts is not None else set()
+        who_has = ts.who_has if ts is not None and ts.who_has else ()
+        held = {ws.address for ws in who_has if not running_only or ws.status.name == "running"}
         return held | {n for n in self.store.held_by(key) if n in self.scheduler.workers}
+
+    def partitions_on(self, ws: Any) -> int:
+        """How many partitions node ``ws`` holds: in Dask's memory, and granted from the store."""
+        return len(ws.has_what) + self.store.count_held(ws.address)
 
     def keep_store_copies(self) -> None:
         """Every few seconds: dial-out nodes fetch the stored partitions that have too few holders

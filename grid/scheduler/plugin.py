@@ -381,7 +381,7 @@ class GridSchedulerPlugin(SchedulerPlugin):
                 "state": self.node_state(ws),
                 "reach": self.dial_out.reach.kind(ws.address),
                 "executing": len(ws.processing),
-                "stored": len(ws.has_what) + self.dial_out.store.count_held(ws.address),
+                "stored": self.dial_out.partitions_on(ws),
                 "tasks_done": self.tasks_done.get(ws.address, 0),
                 "rejected": self.rejected.get(ws.address, 0),
                 "verified": self.reliability.get(self.quarantine.identity_of(ws.address)).valid,
@@ -497,7 +497,7 @@ class GridSchedulerPlugin(SchedulerPlugin):
             loop = asyncio.get_running_loop()
             for key, value in data.items():  # disk writes off the event loop
                 await loop.run_in_executor(None, self.dial_out.store.put, key, value)
-            held = {w: len(self.scheduler.workers[w].has_what) + self.dial_out.store.count_held(w) for w in eligible}
+            held = {w: self.dial_out.partitions_on(self.scheduler.workers[w]) for w in eligible}
             ranked = sorted(eligible, key=lambda w: (held[w], w))
             # partition j of the message goes to the j-th least loaded node and the ones after it
             r = min(max(1, int(config.get("jobs.replicas"))), len(ranked))

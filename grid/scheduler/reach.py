@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from typing import Any
 
 from distributed.comm import connect
@@ -59,7 +58,6 @@ class NodeReach:
             )
         self.kinds: dict[str, str] = {}
         self.checks: dict[str, asyncio.Task] = {}
-        self.checked_in: dict[str, float] = {}  # seconds each connect-back check took
 
     def install(self) -> None:
         # the scheduler's own pool opens every connection to nodes: a node behind a firewall
@@ -77,7 +75,6 @@ class NodeReach:
 
     def remove_worker(self, worker: str) -> None:
         self.kinds.pop(worker, None)
-        self.checked_in.pop(worker, None)
         task = self.checks.pop(worker, None)
         if task is not None:
             task.cancel()
@@ -88,7 +85,6 @@ class NodeReach:
         self.checks.clear()
 
     async def _check(self, worker: str, serves_calls: bool) -> None:
-        start = time.monotonic()
         try:
             comm = await connect(worker, timeout=self.timeout, **self.scheduler.connection_args)
         except asyncio.CancelledError:
@@ -105,7 +101,6 @@ class NodeReach:
             kind = OPEN
         finally:
             self.checks.pop(worker, None)
-        self.checked_in[worker] = time.monotonic() - start
         if worker in self.kinds:  # it may have left meanwhile
             self.kinds[worker] = kind
 

@@ -69,6 +69,9 @@ class PartitionStore:
         self.sizes: dict[str, int] = {}
         #: partition key -> dial-out nodes granted it (fetched, or fetching)
         self.holders: dict[str, set[str]] = {}
+        #: the same, by node: node -> keys granted to it (counted per node on every grid_info and
+        #: every copy planning pass, so it must not take a scan of every partition)
+        self.held: dict[str, set[str]] = {}
         #: token -> (node, key) it lets read
         self.grants: dict[str, tuple[str, str]] = {}
         self._tokens: dict[tuple[str, str], str] = {}
@@ -121,9 +124,10 @@ class PartitionStore:
         for key in keys:
             if self.sizes.pop(key, None) is not None:
                 self._path(key).unlink(missing_ok=True)
-            held[key] = self.holders.pop(key, set())
+            held[key] = set(self.holders.get(key, set()))
             for node in held[key]:
-                self.grants.pop(self._tokens.pop((node, key), ""), None)
+                self.forget(node, key)
+            self.holders.pop(key, None)
         return held
 
     # --- holders --------------------------------------------------------------------------------
@@ -134,6 +138,7 @@ class PartitionStore:
             token = self._tokens[(node, key)] = secrets.token_hex(16)
             self.grants[token] = (node, key)
         self.holders.setdefault(key, set()).add(node)
+        self.held.setdefault(node, set()).add(key)
         return token
 
     def grantee(self, token: Any) -> str | None:
@@ -145,16 +150,21 @@ class PartitionStore:
         return self.holders.get(key, set())
 
     def count_held(self, node: str) -> int:
-        return sum(node in nodes for nodes in self.holders.values())
+        return len(self.held.get(node, ()))
 
     def forget(self, node: str, key: str) -> None:
         """``node`` no longer holds ``key`` (it could not fetch it, or said it lost it)."""
         self.holders.get(key, set()).discard(node)
+        keys = self.held.get(node)
+        if keys is not None:
+            keys.discard(key)
+            if not keys:
+                del self.held[node]
         self.grants.pop(self._tokens.pop((node, key), ""), None)
 
     def remove_node(self, node: str) -> list[str]:
         """A node left: its grants die. Returns the keys it held."""
-        lost = [key for key, nodes in self.holders.items() if node in nodes]
+        lost = sorted(self.held.get(node, ()))
         for key in lost:
             self.forget(node, key)
         return lost
