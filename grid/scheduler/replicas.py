@@ -93,10 +93,10 @@ class GridReplicas(ReduceReplicas):
         """Running nodes that may receive a replica (not paused, not quarantined), and that the
         scheduler can reach: a copy is made by the receiving node dialing a holder, and a dial-out
         node talks to no other node (it fetches from the region's store, grid/scheduler/store.py)."""
-        reach = getattr(self.plugin, "reach", None)
-        running = {ws for ws in scheduler.running if reach is None or reach.is_open(ws.address)}
-        quarantine = getattr(self.plugin, "quarantine", None)
-        if quarantine is not None and quarantine.records:
+        reach = self.plugin.dial_out.reach
+        running = {ws for ws in scheduler.running if reach.is_open(ws.address)}
+        quarantine = self.plugin.quarantine
+        if quarantine.records:
             running = {ws for ws in running if quarantine.identity_of(ws.address) not in quarantine}
         return running
 

@@ -32,8 +32,10 @@ def job(rounds: int = 3) -> PartialFit:
 class DialOutGrid:
     """An embedded TLS region whose nodes dial out and cannot be dialed."""
 
-    def __init__(self) -> None:
-        self.g = Grid.local(regions={"eu": 0}, processes=False, dashboard=False, tls=True)
+    def __init__(self, state_dir: str | None = None) -> None:
+        # a durable region keeps its jobs in ``state_dir`` (grid.scheduler.state-dir)
+        with dask.config.set({"grid.scheduler.state-dir": state_dir}):
+            self.g = Grid.local(regions={"eu": 0}, processes=False, dashboard=False, tls=True)
         self.cluster = self.g._local.clusters["eu"]
         self.throwaway = self.g._local.throwaway
         self.address = self.g.spec.regions["eu"].address
@@ -44,15 +46,17 @@ class DialOutGrid:
     def plugin(self):
         return self.cluster.scheduler.plugins["grid"]
 
-    def add_node(self, name: str, rounds: bool = True, profile: bool = True) -> Worker:
-        """A node nothing can dial; ``profile=False``: a stock worker (no grid profile, so it is checked)."""
+    def add_node(self, name: str, rounds: bool = True, profile: bool = True, reachable: bool = False) -> Worker:
+        """A node nothing can dial; ``profile=False``: a stock worker (no grid profile, so it is checked);
+        ``reachable=True``: an open node, listening where it says."""
         cert = self.certs[name] = issue(self.throwaway.ca, "node", name, region="eu")
 
         async def start() -> Worker:
-            with dask.config.set({"grid.node.dial-out": True}):
+            unreachable = None if reachable else f"tls://127.0.0.1:{next(UNREACHABLE_PORTS)}"
+            with dask.config.set({"grid.node.dial-out": not reachable}):
                 worker = Worker(
                     self.address, security=cert.security(), nthreads=1, host="127.0.0.1",
-                    contact_address=f"tls://127.0.0.1:{next(UNREACHABLE_PORTS)}",
+                    contact_address=unreachable,
                     plugins={NodeRounds()} if rounds else set(),
                     startup_information=STARTUP_INFORMATION if profile else {},
                 )
@@ -60,6 +64,10 @@ class DialOutGrid:
 
         self.workers[name] = sync(self.cluster.loop, start)
         return self.workers[name]
+
+    def stop_scheduler(self) -> None:
+        """Stop the region's scheduler before its nodes, as `grid scheduler` does on SIGTERM."""
+        self.cluster.sync(self.cluster.scheduler.close)
 
     def close(self) -> None:
         async def stop() -> None:

@@ -111,3 +111,79 @@ def test_a_stock_worker_nobody_can_reach_gets_no_data_and_no_work(dial_out_grid)
     ws = plugin.scheduler.workers[stock.address]
     assert not ws.has_what and not plugin.dial_out.store.count_held(stock.address)
     assert plugin.tasks_done.get(stock.address, 0) == 0
+
+
+def test_a_files_job_on_dial_out_nodes_resumes_after_a_scheduler_restart(tmp_path) -> None:
+    """A durable region restarts: new dial-out nodes read the job's files again and finish it."""
+    from grid.scheduler.state import StateDir
+    from jobs.data import Files
+    from tests.integration.dial_out import DialOutGrid
+
+    X, y = make_classification(n_samples=2000, n_features=8, random_state=3)
+    for i in range(4):
+        np.savez(tmp_path / f"part-{i}.npz", X=X[500 * i : 500 * (i + 1)], y=y[500 * i : 500 * (i + 1)])
+    files = Files(str(tmp_path / "part-*.npz"))
+    state = str(tmp_path / "state")
+
+    def region(names: tuple[str, ...]) -> DialOutGrid:
+        grid = DialOutGrid(state_dir=state)
+        for name in names:
+            grid.add_node(name)
+        wait_for(lambda: grid.g.status()["eu"]["nodes"]["active"] == len(names), timeout=30, what="the nodes")
+        return grid
+
+    first = region(("vol-a", "vol-b"))
+    try:
+        reference = first.g.submit(job(rounds=60), files).result(timeout=120).estimator_.coef_
+        running = first.g.submit(job(rounds=60), files)
+        checkpoint = tmp_path / "state" / "eu" / "checkpoints" / f"{running.id}.bin"
+        wait_for(lambda: checkpoint.exists() and running.info()["rounds_done"] >= 3, timeout=60, what="3 checkpointed rounds")
+        first.stop_scheduler()
+    finally:
+        with dask.config.set({"distributed.comm.timeouts.connect": "1s"}):
+            first.close()
+    cp = StateDir(state, "eu").load_checkpoint(running.id)
+    assert cp is not None and 3 <= cp.rounds_done < 60
+
+    second = region(("vol-c", "vol-d"))
+    try:
+        reach = {name: second.plugin.dial_out.reach.kind(w.address) for name, w in second.workers.items()}
+        resumed = second.g.job(running.id)
+        fitted = resumed.result(timeout=120).estimator_.coef_
+        history = resumed.history
+        done = dict(second.plugin.tasks_done)
+    finally:
+        second.close()
+    assert reach == {"vol-c": "dial-out", "vol-d": "dial-out"}, reach
+    assert [h["round"] for h in history] == list(range(1, 61))
+    assert sum(done.values()) > 0, "the resumed rounds did not run on the new nodes"
+    np.testing.assert_allclose(fitted, reference, rtol=0, atol=1e-9)
+
+
+def test_the_replica_manager_never_has_a_dial_out_node_copy_from_another_node(dial_out_grid) -> None:
+    """Replication keeps two copies of each partition on open nodes, never on a dial-out node.
+
+    A dial-out node that held a Dask replica would have dialed another node to
+    copy it. The second open node receiving its copies shows the replica
+    manager ran with the dial-out nodes as candidates too (their addresses sort
+    first, so a policy that took them would have picked them).
+    """
+    X, y = make_classification(n_samples=4000, n_features=8, random_state=9)
+    grid, plugin = dial_out_grid, dial_out_grid.plugin
+    first = grid.add_node("open-1", reachable=True)
+    wait_for(lambda: plugin.dial_out.reach.kind(first.address) == "open", timeout=30, what="open-1 checked")
+    data = grid.g.scatter(X, y)
+    # the placement gives each partition two holders of three: those with a Dask copy are on open-1
+    keys = set(plugin.datasets.get(data.name).keys) & set(first.data)
+    assert keys, "no partition reached the open node"
+    second = grid.add_node("open-2", reachable=True)
+    dial_out = [grid.workers["vol-a"], grid.workers["vol-b"]]
+    assert all(w.address < second.address for w in dial_out)
+
+    def copied() -> dict:
+        return {name: sorted(keys & set(w.data)) for name, w in grid.workers.items()}
+
+    wait_for(lambda: keys <= set(second.data), timeout=30, what=f"open-2 to get its replicas (held: {copied()})")
+    held = copied()
+    assert held["vol-a"] == held["vol-b"] == [], f"dial-out nodes copied partitions from another node: {held}"
+    assert all(not plugin.scheduler.workers[w.address].has_what for w in dial_out)
