@@ -64,8 +64,12 @@ def choice(key: str, allowed: tuple[str, ...]) -> str:
 
 
 def seconds(key: str) -> float:
-    """A duration setting in seconds."""
-    return float(parse_timedelta(get(key)))
+    """A duration setting in seconds; an unreadable value names the setting and the fix."""
+    value = get(key)
+    try:
+        return float(parse_timedelta(value))
+    except (TypeError, ValueError, KeyError):
+        raise ValueError(f"grid.{key} must be a duration such as 30s or 500ms, got {value!r}") from None
 
 
 def nbytes(key: str) -> int:

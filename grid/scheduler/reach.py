@@ -22,7 +22,17 @@ the address it advertises, bounded by ``grid.scheduler.node-connect-timeout``
     a stock Dask worker that could not be reached: it gets no data and no grid
     work, and ``grid status`` and the dashboard say so;
 ``checking``
-    the check has not ended yet (at most the timeout): not used yet.
+    the check has not ended yet: not used yet.
+
+A thousand nodes may register within seconds (a scheduler restart, a
+volunteer campaign). At most ``grid.scheduler.node-checks`` checks (32) are in
+flight at once, and each one's timeout starts when its own connection attempt
+does, so a registration storm queues checks instead of timing them out. A
+stock worker found unreachable is checked again every
+``grid.scheduler.node-recheck-interval`` (30 s) for as long as it stays: a
+check that failed on a busy network, or a firewall opened later, does not
+lose the node for good. A grid node found unreachable is served as dial-out
+and is not checked again (its partitions and calls already travel that way).
 
 The same timeout bounds every connection the scheduler opens through its
 connection pool (to nodes, and to peer regions), so a node that stops
@@ -56,8 +66,21 @@ class NodeReach:
                 f"grid.scheduler.node-connect-timeout must be a positive duration, got "
                 f"{config.get('scheduler.node-connect-timeout')!r}; e.g. 3s"
             )
+        self.in_flight = config.get("scheduler.node-checks")
+        if not isinstance(self.in_flight, int) or isinstance(self.in_flight, bool) or self.in_flight < 1:
+            raise ValueError(
+                f"grid.scheduler.node-checks must be a whole number of checks of at least 1, got {self.in_flight!r}; e.g. 32"
+            )
+        self.recheck = config.seconds("scheduler.node-recheck-interval")
+        if not self.recheck > 0:
+            raise ValueError(
+                f"grid.scheduler.node-recheck-interval must be a positive duration, got "
+                f"{config.get('scheduler.node-recheck-interval')!r}; e.g. 30s"
+            )
         self.kinds: dict[str, str] = {}
-        self.checks: dict[str, asyncio.Task] = {}
+        self.checks: dict[str, asyncio.Task] = {}  # first checks, until their verdict
+        self.rechecks: dict[str, asyncio.Task] = {}  # unreachable stock workers, checked again
+        self._slots: asyncio.Semaphore | None = None  # made on the scheduler's loop, at the first check
 
     def install(self) -> None:
         # the scheduler's own pool opens every connection to nodes: a node behind a firewall
@@ -75,34 +98,68 @@ class NodeReach:
 
     def remove_worker(self, worker: str) -> None:
         self.kinds.pop(worker, None)
-        task = self.checks.pop(worker, None)
-        if task is not None:
-            task.cancel()
+        for tasks in (self.checks, self.rechecks):
+            task = tasks.pop(worker, None)
+            if task is not None:
+                task.cancel()
 
     def close(self) -> None:
-        for task in self.checks.values():
-            task.cancel()
-        self.checks.clear()
+        for tasks in (self.checks, self.rechecks):
+            for task in tasks.values():
+                task.cancel()
+            tasks.clear()
 
     async def _check(self, worker: str, serves_calls: bool) -> None:
         try:
-            comm = await connect(worker, timeout=self.timeout, **self.scheduler.connection_args)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - refused, timed out, TLS failed: not reachable
-            kind = DIAL_OUT if serves_calls else UNREACHABLE
-            logger.warning(
-                "node %s cannot be reached from the scheduler (%s: %s); it is %s",
-                worker, type(exc).__name__, exc,
-                "served over its own connection (dial-out)" if serves_calls else "given no data and no work",
-            )
-        else:
-            comm.abort()
-            kind = OPEN
+            error = await self._connect(worker)
         finally:
             self.checks.pop(worker, None)
-        if worker in self.kinds:  # it may have left meanwhile
-            self.kinds[worker] = kind
+        if error is None:
+            self._set(worker, OPEN)
+        elif serves_calls:
+            logger.warning(
+                "node %s cannot be reached from the scheduler (%s); it is served over its own connection (dial-out)",
+                worker, error,
+            )
+            self._set(worker, DIAL_OUT)
+        else:
+            logger.warning(
+                "node %s cannot be reached from the scheduler (%s); it is given no data and no work, and checked "
+                "again every %g s", worker, error, self.recheck,
+            )
+            if self._set(worker, UNREACHABLE):
+                self.rechecks[worker] = asyncio.ensure_future(self._recheck(worker))
+
+    async def _recheck(self, worker: str) -> None:
+        """Check an unreachable stock worker again at the re-check interval until it can be reached."""
+        try:
+            while self.kinds.get(worker) == UNREACHABLE:
+                await asyncio.sleep(self.recheck)  # the re-check's pace, not a wait for a condition
+                if await self._connect(worker) is None and self._set(worker, OPEN):
+                    logger.info("node %s can be reached now; it gets data and work", worker)
+        finally:
+            self.rechecks.pop(worker, None)
+
+    async def _connect(self, worker: str) -> str | None:
+        """Open and close one connection to ``worker``; what went wrong, or None."""
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.in_flight)
+        async with self._slots:  # the timeout runs from the attempt, not from the queue
+            try:
+                comm = await connect(worker, timeout=self.timeout, **self.scheduler.connection_args)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - refused, timed out, TLS failed: not reachable
+                return f"{type(exc).__name__}: {exc}"
+        comm.abort()
+        return None
+
+    def _set(self, worker: str, kind: str) -> bool:
+        """Record ``kind`` for a node still registered (it may have left meanwhile)."""
+        if worker not in self.kinds:
+            return False
+        self.kinds[worker] = kind
+        return True
 
     def kind(self, worker: str) -> str:
         """``open``, ``dial-out``, ``unreachable`` or ``checking`` (unknown nodes: ``unreachable``)."""

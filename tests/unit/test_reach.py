@@ -16,6 +16,23 @@ def test_a_bad_node_connect_timeout_is_named_with_the_fix() -> None:
 
 
 @pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("node-checks", 0, r"node-checks must be a whole number of checks of at least 1, got 0; e.g. 32"),
+        ("node-checks", "8", r"node-checks must be a whole number of checks of at least 1, got '8'; e.g. 32"),
+        ("node-checks", True, r"node-checks must be a whole number .* got True"),
+        ("node-recheck-interval", "0s", r"node-recheck-interval must be a positive duration, got '0s'; e.g. 30s"),
+        ("node-recheck-interval", "-1s", r"grid.scheduler.node-recheck-interval must be a duration such as 30s .*got '-1s'"),
+        ("node-connect-timeout", "soon", r"grid.scheduler.node-connect-timeout must be a duration such as 30s .*got 'soon'"),
+    ],
+)
+def test_bad_connect_back_check_settings_are_named_with_the_fix(key, value, message) -> None:
+    with dask.config.set({f"grid.scheduler.{key}": value}):
+        with pytest.raises(ValueError, match=message):
+            NodeReach(scheduler=None)
+
+
+@pytest.mark.parametrize(
     "extra, expected",
     [
         ({PROFILE_KEY: node_profile(True)}, {"dial-out": True, "calls": True}),
