@@ -6,19 +6,16 @@ handlers (``grid_info``, ``grid_jobs``, ``grid_job``); see
 """
 
 from grid.dashboard.components import (
-    GridClientView,
     GridComponent,
     GridHeader,
-    GridRPCView,
-    GridView,
     JobProgress,
     JobsTable,
     NodesTable,
     RegionsTable,
-    Selection,
     grid_layout,
     make_components,
 )
+from grid.dashboard.views import GridClientView, GridRPCView, GridView, Selection
 
 __all__ = [
     "GridView",

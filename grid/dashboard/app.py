@@ -28,7 +28,8 @@ from bokeh.application.handlers.function import FunctionHandler
 from bokeh.document import Document
 
 from grid import config as grid_config
-from grid.dashboard.components import GridRPCView, Selection, grid_layout, make_components
+from grid.dashboard.components import grid_layout, make_components
+from grid.dashboard.views import GridRPCView, Selection
 
 logger = logging.getLogger("grid.dashboard")
 

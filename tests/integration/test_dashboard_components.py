@@ -12,19 +12,8 @@ from sklearn.linear_model import SGDClassifier
 
 import jobs
 from grid import Grid
-from grid.dashboard.components import (
-    GONE,
-    UNKNOWN,
-    UNREACHABLE,
-    GridClientView,
-    GridRPCView,
-    JobProgress,
-    JobsTable,
-    NodesTable,
-    RegionsTable,
-    Selection,
-    make_components,
-)
+from grid.dashboard.components import JobProgress, JobsTable, NodesTable, RegionsTable, make_components
+from grid.dashboard.views import GONE, UNKNOWN, UNREACHABLE, GridClientView, GridRPCView, Selection
 from tests.conftest import wait_for
 
 ROUNDS = 6

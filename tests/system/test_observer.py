@@ -36,7 +36,7 @@ from sklearn.datasets import make_classification
 from sklearn.linear_model import SGDClassifier
 
 from grid import Grid
-from grid.dashboard.components import GridRPCView
+from grid.dashboard.views import GridRPCView
 from grid.keys import partition_key
 from grid.security.certs import init_ca, issue, write_crl
 from jobs import PartialFit

@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from grid.dashboard.components import GridRPCView
+from grid.dashboard.views import GridRPCView
 from grid.protocol import messages
 from grid.protocol.messages import PROTOCOL, ProtocolViolation, check_fields, handler_names
 from grid.scheduler.access import AccessControl
