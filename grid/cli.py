@@ -522,7 +522,7 @@ def demo(rows: int, regions_text: str) -> None:
 
 def _add_subcommands() -> None:
     from grid.dashboard.app import dashboard
-    from grid.deploy_systemd import install_systemd_node, install_systemd_scheduler
+    from grid.deploy.systemd_install import install_systemd_node, install_systemd_scheduler
     from grid.security.cli import certs
 
     main.add_command(certs, "certs")

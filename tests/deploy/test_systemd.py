@@ -21,12 +21,25 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from grid import deploy_systemd as ds
+from grid.deploy.systemd_files import (
+    DROPIN,
+    ENV_EXAMPLE,
+    NODE_UNIT,
+    SCHEDULER_UNIT,
+    TLS_FILES,
+    render_env_example,
+    render_node_dropin,
+    render_node_env,
+    render_scheduler_dropin,
+    shipped_unit,
+)
+from grid.deploy.systemd_install import install_systemd_node, install_systemd_scheduler, node_plan, running_grid_executable
+from grid.deploy.systemd_options import DEFAULT_CRL_FILE, DEFAULT_GRID_EXECUTABLE, NodeOptions
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = ROOT / "deploy" / "systemd"
 GRID = str(Path(sys.executable).parent / "grid")
-UNITS = (ds.SCHEDULER_UNIT, ds.NODE_UNIT)
+UNITS = (SCHEDULER_UNIT, NODE_UNIT)
 
 
 @pytest.fixture(scope="module")
@@ -60,12 +73,12 @@ def settings(text: str) -> dict[str, list[str]]:
 
 
 def test_deploy_systemd_holds_the_package_units_and_the_rendered_env_example() -> None:
-    assert sorted(p.name for p in SHIPPED.iterdir()) == sorted([*UNITS, ds.ENV_EXAMPLE])
+    assert sorted(p.name for p in SHIPPED.iterdir()) == sorted([*UNITS, ENV_EXAMPLE])
     for name in UNITS:  # one copy of each unit: the repository's view is the package's file
-        assert (SHIPPED / name).read_text() == ds.shipped_unit(name), f"deploy/systemd/{name} differs from grid/deploy/systemd/{name}"
+        assert (SHIPPED / name).read_text() == shipped_unit(name), f"deploy/systemd/{name} differs from grid/deploy/systemd/{name}"
         assert (SHIPPED / name).resolve() == (ROOT / "grid" / "deploy" / "systemd" / name).resolve()
-    assert (SHIPPED / ds.ENV_EXAMPLE).read_text() == ds.render_env_example(), (
-        f"deploy/systemd/{ds.ENV_EXAMPLE} is stale: run `python -m grid.deploy_systemd deploy/systemd`"
+    assert (SHIPPED / ENV_EXAMPLE).read_text() == render_env_example(), (
+        f"deploy/systemd/{ENV_EXAMPLE} is stale: run `python -m grid.deploy.systemd_files deploy/systemd`"
     )
 
 
@@ -94,9 +107,9 @@ def test_systemd_analyze_verifies_the_shipped_units(analyze: str, tmp_path: Path
     units = []
     for unit in sorted(SHIPPED.glob("*.service")):
         text = unit.read_text()
-        assert ds.DEFAULT_GRID_EXECUTABLE in text
+        assert DEFAULT_GRID_EXECUTABLE in text
         copy = tmp_path / unit.name
-        copy.write_text(text.replace(ds.DEFAULT_GRID_EXECUTABLE, GRID))
+        copy.write_text(text.replace(DEFAULT_GRID_EXECUTABLE, GRID))
         units.append(copy)
     assert {u.name for u in units} == {"grid-scheduler@.service", "grid-node.service"}
     verify(analyze, *units)
@@ -117,19 +130,19 @@ def test_systemd_analyze_verifies_the_installed_units(
     target, env_dir, creds = tmp_path / "system", tmp_path / "etc", tmp_path / "tls"
     common = ["--target-dir", str(target), "--env-dir", str(env_dir), "--credentials-dir", str(creds), "--grid-executable", GRID]
     scheduler_args = [str(tmp_path / "crl.pem") if a == "CRL" else a for a in scheduler_args]
-    install(ds.install_systemd_scheduler, ["--region", "eu-west", *common, *scheduler_args])
+    install(install_systemd_scheduler, ["--region", "eu-west", *common, *scheduler_args])
     if "--scheduler" not in node_args:
         node_args = [*node_args, "--scheduler", "tls://eu-west.grid.example.org:8786"]
-    install(ds.install_systemd_node, ["--region", "eu-west", *common, *node_args])
-    scheduler_unit, node_unit = target / ds.SCHEDULER_UNIT, target / ds.NODE_UNIT
+    install(install_systemd_node, ["--region", "eu-west", *common, *node_args])
+    scheduler_unit, node_unit = target / SCHEDULER_UNIT, target / NODE_UNIT
     verify(analyze, scheduler_unit, node_unit)  # with their drop-ins
     for unit in (scheduler_unit, node_unit):  # the drop-ins keep the sandbox: still "OK" (below 2.5) in systemd's score
         proc = subprocess.run([analyze, "security", "--offline=true", "--threshold=25", str(unit)], capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0 and "OK" in proc.stdout.splitlines()[-1], proc.stdout[-2000:] + proc.stderr
     for unit in (scheduler_unit, node_unit):  # the shipped units, verbatim; the options are in the drop-ins
         assert unit.read_text() == (SHIPPED / unit.name).read_text()
-    scheduler_dropin = settings((target / f"{ds.SCHEDULER_UNIT}.d" / ds.DROPIN).read_text())
-    node_dropin = settings((target / f"{ds.NODE_UNIT}.d" / ds.DROPIN).read_text())
+    scheduler_dropin = settings((target / f"{SCHEDULER_UNIT}.d" / DROPIN).read_text())
+    node_dropin = settings((target / f"{NODE_UNIT}.d" / DROPIN).read_text())
     (exec_start,) = scheduler_dropin["ExecStart"][1:]
     assert scheduler_dropin["ExecStart"][0] == "" and exec_start.startswith(f"{GRID} scheduler --region %i ")
     assert node_dropin["ExecStart"][1].startswith(f"{GRID} node --region ${{GRID_REGION}} ")
@@ -152,11 +165,11 @@ def test_systemd_analyze_verifies_the_installed_units(
             assert dropin["Environment"][0] == "" and not [v for v in dropin["Environment"] if "DASK_DISTRIBUTED__COMM__" in v]
         assert "GRID_PROTOCOL=tcp" in scheduler_dropin["Environment"][1]
     # a TLS scheduler checks the revocation list; a plaintext one has no certificates to check
-    crl = str(tmp_path / "crl.pem") if "--crl-file" in scheduler_args else ds.DEFAULT_CRL_FILE
+    crl = str(tmp_path / "crl.pem") if "--crl-file" in scheduler_args else DEFAULT_CRL_FILE
     assert (f"--crl-file {crl} " in exec_start) == tls
     if not tls:
         assert scheduler_dropin["AssertFileNotEmpty"] == [""]  # reset: no list to wait for
-    elif crl != ds.DEFAULT_CRL_FILE:
+    elif crl != DEFAULT_CRL_FILE:
         assert scheduler_dropin["AssertFileNotEmpty"] == ["", crl]
     else:
         assert "AssertFileNotEmpty" not in scheduler_dropin  # the unit's own stands
@@ -171,14 +184,14 @@ def test_systemd_analyze_verifies_the_installed_units(
 
 
 def test_default_options_write_the_shipped_unit_and_no_drop_in(tmp_path: Path) -> None:
-    assert ds.render_scheduler_dropin() is None and ds.render_node_dropin() is None
+    assert render_scheduler_dropin() is None and render_node_dropin() is None
     target = tmp_path / "system"
     out = install(
-        ds.install_systemd_node,
-        ["--region", "eu", "--scheduler", "tls://eu.example.org:8786", "--grid-executable", ds.DEFAULT_GRID_EXECUTABLE, "--target-dir", str(target), "--dry-run"],
+        install_systemd_node,
+        ["--region", "eu", "--scheduler", "tls://eu.example.org:8786", "--grid-executable", DEFAULT_GRID_EXECUTABLE, "--target-dir", str(target), "--dry-run"],
     )
-    assert ds.shipped_unit(ds.NODE_UNIT).rstrip("\n") in out
-    assert f"# rm -f {target / 'grid-node.service.d' / ds.DROPIN}" in out and f"{ds.DROPIN} (mode" not in out
+    assert shipped_unit(NODE_UNIT).rstrip("\n") in out
+    assert f"# rm -f {target / 'grid-node.service.d' / DROPIN}" in out and f"{DROPIN} (mode" not in out
 
 
 def test_units_are_hardened_and_stop_gracefully(analyze: str, tmp_path: Path) -> None:
@@ -197,10 +210,10 @@ def test_units_are_hardened_and_stop_gracefully(analyze: str, tmp_path: Path) ->
             "CapabilityBoundingSet": "",
         }.items():
             assert s.get(key) == [value], (name, key, s.get(key))
-        assert [v.split(":")[0] for v in s["LoadCredential"]] == list(ds.TLS_FILES)
+        assert [v.split(":")[0] for v in s["LoadCredential"]] == list(TLS_FILES)
         assert "DASK_DISTRIBUTED__COMM__TLS__CA_FILE=%d/ca.pem" in s["Environment"]
         copy = tmp_path / name
-        copy.write_text(text.replace(ds.DEFAULT_GRID_EXECUTABLE, GRID))
+        copy.write_text(text.replace(DEFAULT_GRID_EXECUTABLE, GRID))
         # systemd's own exposure score (0 safest .. 10): "OK" is below 2.5 here
         proc = subprocess.run(
             [analyze, "security", "--offline=true", "--threshold=25", str(copy)], capture_output=True, text=True, timeout=120
@@ -225,19 +238,19 @@ def test_units_are_hardened_and_stop_gracefully(analyze: str, tmp_path: Path) ->
 def test_dry_run_prints_every_file_and_writes_nothing(tmp_path: Path) -> None:
     target, env_dir = tmp_path / "system", tmp_path / "etc"
     out = install(
-        ds.install_systemd_node,
+        install_systemd_node,
         ["--region", "eu", "--scheduler", "tls://eu.example.org:8786", "--target-dir", str(target), "--env-dir", str(env_dir), "--grid-executable", GRID, "--dry-run"],
     )
     assert not target.exists() and not env_dir.exists()
-    opts = ds.NodeOptions(scheduler="tls://eu.example.org:8786", grid_executable=GRID, env_dir=str(env_dir))
-    assert ds.shipped_unit(ds.NODE_UNIT).rstrip("\n") in out
-    dropin = ds.render_node_dropin(opts)
+    opts = NodeOptions(scheduler="tls://eu.example.org:8786", grid_executable=GRID, env_dir=str(env_dir))
+    assert shipped_unit(NODE_UNIT).rstrip("\n") in out
+    dropin = render_node_dropin(opts)
     assert dropin is not None and dropin.rstrip("\n") in out and f"ExecStart={GRID} node " in dropin
-    assert ds.render_node_env(opts).rstrip("\n") in out
+    assert render_node_env(opts).rstrip("\n") in out
     assert f"# ---- {target / 'grid-node.service'} (mode 644) ----" in out
-    assert f"# ---- {target / 'grid-node.service.d' / ds.DROPIN} (mode 644) ----" in out
+    assert f"# ---- {target / 'grid-node.service.d' / DROPIN} (mode 644) ----" in out
     assert "systemctl enable --now grid-node.service" in out
-    out = install(ds.install_systemd_scheduler, ["--region", "us", "--target-dir", str(target), "--env-dir", str(env_dir), "--dry-run"])
+    out = install(install_systemd_scheduler, ["--region", "us", "--target-dir", str(target), "--env-dir", str(env_dir), "--dry-run"])
     assert "grid-scheduler@us.service" in out and "GRID_PORT=8786" in out
     assert "install -m 0644 CA_DIR/crl.pem /etc/dask-grid/crl.pem" in out  # the next step names the revocation list
     assert "mv /etc/dask-grid/crl.pem.new /etc/dask-grid/crl.pem" in out  # the env file says how to ship a new one
@@ -246,33 +259,33 @@ def test_dry_run_prints_every_file_and_writes_nothing(tmp_path: Path) -> None:
 
 def test_reinstall_keeps_an_edited_environment_file_unless_forced(tmp_path: Path) -> None:
     args = ["--region", "eu", "--target-dir", str(tmp_path / "u"), "--env-dir", str(tmp_path / "e"), "--grid-executable", GRID]
-    install(ds.install_systemd_scheduler, args)
+    install(install_systemd_scheduler, args)
     env = tmp_path / "e" / "scheduler-eu.env"
     env.write_text(env.read_text().replace("GRID_PORT=8786", "GRID_PORT=9999"))
-    out = install(ds.install_systemd_scheduler, args)
+    out = install(install_systemd_scheduler, args)
     assert "kept" in out and "GRID_PORT=9999" in env.read_text()
-    install(ds.install_systemd_scheduler, [*args, "--force"])
+    install(install_systemd_scheduler, [*args, "--force"])
     assert "GRID_PORT=8786" in env.read_text()
 
 
 def test_reinstall_rewrites_its_drop_in_and_keeps_the_operators_override(tmp_path: Path) -> None:
     units = tmp_path / "u"
-    ours, theirs = units / "grid-node.service.d" / ds.DROPIN, units / "grid-node.service.d" / "override.conf"
+    ours, theirs = units / "grid-node.service.d" / DROPIN, units / "grid-node.service.d" / "override.conf"
     common = ["--region", "eu", "--scheduler", "tls://h:8786", "--target-dir", str(units), "--env-dir", str(tmp_path / "e"), "--grid-executable", GRID]
-    install(ds.install_systemd_node, [*common, "--nice", "10"])
+    install(install_systemd_node, [*common, "--nice", "10"])
     assert settings(ours.read_text())["Nice"] == ["10"]
     theirs.write_text("[Service]\nNice=5\n")  # what `systemctl edit grid-node` writes; systemd reads it last
-    install(ds.install_systemd_node, [*common, "--nice", "15"])
+    install(install_systemd_node, [*common, "--nice", "15"])
     assert settings(ours.read_text())["Nice"] == ["15"] and theirs.read_text() == "[Service]\nNice=5\n"
-    assert (units / ds.NODE_UNIT).read_text() == ds.shipped_unit(ds.NODE_UNIT)
+    assert (units / NODE_UNIT).read_text() == shipped_unit(NODE_UNIT)
 
     # options that change nothing in the unit: the earlier drop-in is removed, not left to apply
-    plan = ds.node_plan(ds.NodeOptions(scheduler="tls://h:8786"), str(units))
+    plan = node_plan(NodeOptions(scheduler="tls://h:8786"), str(units))
     assert plan.removals == [str(ours)]
-    del plan.files[ds.NodeOptions().env_file]  # /etc/dask-grid/node.env of this machine: not the point here
+    del plan.files[NodeOptions().env_file]  # /etc/dask-grid/node.env of this machine: not the point here
     assert f"removed {ours} (no option changes the unit)" in plan.apply()
     assert not ours.exists() and theirs.exists()
-    assert plan.apply() == [f"wrote {units / ds.NODE_UNIT}"]  # nothing left to remove
+    assert plan.apply() == [f"wrote {units / NODE_UNIT}"]  # nothing left to remove
 
 
 @pytest.mark.parametrize(
@@ -291,7 +304,7 @@ def test_reinstall_rewrites_its_drop_in_and_keeps_the_operators_override(tmp_pat
     ],
 )
 def test_bad_node_options_are_refused_with_the_reason(tmp_path: Path, args: list[str], message: str) -> None:
-    result = CliRunner().invoke(ds.install_systemd_node, [*args, "--target-dir", str(tmp_path), "--dry-run"])
+    result = CliRunner().invoke(install_systemd_node, [*args, "--target-dir", str(tmp_path), "--dry-run"])
     assert result.exit_code == 2 and message in result.output, result.output
     assert not any(tmp_path.iterdir())
 
@@ -306,7 +319,7 @@ def test_bad_node_options_are_refused_with_the_reason(tmp_path: Path, args: list
 )
 def test_bad_scheduler_options_are_refused_with_the_reason(tmp_path: Path, args: list[str], message: str) -> None:
     result = CliRunner().invoke(
-        ds.install_systemd_scheduler, ["--region", "eu", *args, "--grid-executable", "/opt/dask-grid/bin/grid", "--target-dir", str(tmp_path), "--dry-run"]
+        install_systemd_scheduler, ["--region", "eu", *args, "--grid-executable", "/opt/dask-grid/bin/grid", "--target-dir", str(tmp_path), "--dry-run"]
     )
     assert result.exit_code == 2 and message in result.output, result.output
     assert not any(tmp_path.iterdir())
@@ -314,13 +327,13 @@ def test_bad_scheduler_options_are_refused_with_the_reason(tmp_path: Path, args:
 
 def test_missing_user_is_refused(tmp_path: Path) -> None:
     result = CliRunner().invoke(
-        ds.install_systemd_scheduler, ["--region", "eu", "--user", "no-such-grid-user", "--target-dir", str(tmp_path), "--env-dir", str(tmp_path)]
+        install_systemd_scheduler, ["--region", "eu", "--user", "no-such-grid-user", "--target-dir", str(tmp_path), "--env-dir", str(tmp_path)]
     )
     assert result.exit_code == 1 and "does not exist" in result.output
     assert not any(tmp_path.iterdir())
 
 
 def test_home_install_keeps_home_readable_and_defaults_to_this_environment() -> None:
-    dropin = ds.render_node_dropin(ds.NodeOptions(grid_executable="/home/ann/.venv/bin/grid"))
+    dropin = render_node_dropin(NodeOptions(grid_executable="/home/ann/.venv/bin/grid"))
     assert dropin is not None and settings(dropin)["ProtectHome"] == ["read-only"]
-    assert ds.running_grid_executable() == GRID and os.access(GRID, os.X_OK)
+    assert running_grid_executable() == GRID and os.access(GRID, os.X_OK)

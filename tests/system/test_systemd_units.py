@@ -48,7 +48,7 @@ import psutil
 import pytest
 from click.testing import CliRunner
 
-from grid.deploy_systemd import install_systemd_node, install_systemd_scheduler
+from grid.deploy.systemd_install import install_systemd_node, install_systemd_scheduler
 
 pytestmark = pytest.mark.system
 
