@@ -2,10 +2,11 @@
 
 :mod:`grid.security.identity` holds what every scheduler and node checks at
 run time: the identity in a peer certificate, a certificate against the grid
-CA, revocation lists. :mod:`grid.security.authority` is the operators' CA
-tooling: it creates the grid CA, issues role certificates (scheduler, node,
-client, admin, observer) and revokes them through a CRL.
-:mod:`grid.security.certs` re-exports both. :mod:`grid.security.throwaway`
+CA, revocation lists. The operators' CA tooling is two modules:
+:mod:`grid.security.authority` creates the grid CA and issues role
+certificates (scheduler, node, client, admin, observer);
+:mod:`grid.security.revocation` revokes them through a CRL and lists what
+was issued. :mod:`grid.security.certs` re-exports all three. :mod:`grid.security.throwaway`
 makes the throw-away CA of a local TLS grid. :mod:`grid.security.cli` is the
 ``grid certs`` command group. The threat model is in ``docs/security.md``.
 
@@ -43,15 +44,14 @@ from grid.security.identity import (
 )
 
 if TYPE_CHECKING:
-    from grid.security.authority import CA, CertRecord, IssuedCert, init_ca, issue, list_certificates, load_ca, revoke, write_crl
+    from grid.security.authority import CA, IssuedCert, init_ca, issue, load_ca
+    from grid.security.revocation import CertRecord, list_certificates, revoke, write_crl
     from grid.security.throwaway import ThrowawayGrid, make_throwaway_grid
 
 # name -> the module that defines it, imported when the name is first asked for
 _LAZY = {
-    **dict.fromkeys(
-        ("CA", "CertRecord", "IssuedCert", "init_ca", "issue", "list_certificates", "load_ca", "revoke", "write_crl"),
-        "grid.security.authority",
-    ),
+    **dict.fromkeys(("CA", "IssuedCert", "init_ca", "issue", "load_ca"), "grid.security.authority"),
+    **dict.fromkeys(("CertRecord", "list_certificates", "revoke", "write_crl"), "grid.security.revocation"),
     **dict.fromkeys(("ThrowawayGrid", "make_throwaway_grid"), "grid.security.throwaway"),
 }
 

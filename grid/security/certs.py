@@ -1,15 +1,16 @@
 """The grid's certificate code under one name: run-time checks and CA tooling together.
 
-The code lives in two modules, by who needs it:
+The code lives in three modules, by who needs it:
 
 - :mod:`grid.security.identity`: what every scheduler and node checks at run
   time: the identity in a certificate or peer certificate, a certificate
   against the grid CA, revocation lists loaded and watched, the errors.
 - :mod:`grid.security.authority`: the operators' CA tooling behind ``grid
-  certs``: creating the CA, issuing, revoking, listing, signing the
-  revocation list.
+  certs``: creating and loading the CA, issuing certificates.
+- :mod:`grid.security.revocation`: the rest of that tooling: revoking,
+  listing what was issued, signing the revocation list again.
 
-This module re-exports both, so ``from grid.security.certs import ...`` keeps
+This module re-exports all three, so ``from grid.security.certs import ...`` keeps
 working. Code that only checks peers should import
 :mod:`grid.security.identity`: importing this module loads the CA tooling
 as well.
@@ -25,20 +26,14 @@ from grid.security.authority import (
     CA_KEY,
     ISSUED_DIR,
     LOCALHOST,
-    REVOCATION_REASONS,
     UNBOUND_ROLES,
-    CertRecord,
     IssuedCert,
-    crl_next_update,
     default_ca_dir,
     default_crl_days,
     default_days,
     init_ca,
     issue,
-    list_certificates,
     load_ca,
-    revoke,
-    write_crl,
 )
 from grid.security.identity import (
     CA_CERT,
@@ -67,6 +62,14 @@ from grid.security.identity import (
     load_crl_into_context,
     load_revoked,
     security_for,
+)
+from grid.security.revocation import (
+    REVOCATION_REASONS,
+    CertRecord,
+    crl_next_update,
+    list_certificates,
+    revoke,
+    write_crl,
 )
 
 # Private helpers that code outside this package still reaches through this module

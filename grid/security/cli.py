@@ -21,7 +21,7 @@ from typing import Any
 
 import click
 
-from grid.security import authority
+from grid.security import authority, revocation
 from grid.security.identity import CRL_FILE, ROLES, CertError, format_utc, load_revoked
 
 DIR_HELP = "CA directory (default: grid.security.ca-dir, else ~/.config/dask-grid/ca)."
@@ -134,7 +134,7 @@ def issue(
     "--reason",
     default="unspecified",
     show_default=True,
-    type=click.Choice(list(authority.REVOCATION_REASONS)),
+    type=click.Choice(list(revocation.REVOCATION_REASONS)),
     help="Why (superseded after a rotation, key-compromise after a leak, ...).",
 )
 def revoke(name_or_serial: str, ca_dir: str | None, role: str | None, reason: str) -> None:
@@ -144,7 +144,7 @@ def revoke(name_or_serial: str, ca_dir: str | None, role: str | None, reason: st
     """
     directory = _dir(ca_dir)
     try:
-        done = authority.revoke(directory, name_or_serial, role=role, reason=reason)
+        done = revocation.revoke(directory, name_or_serial, role=role, reason=reason)
     except _ERRORS as exc:
         raise _fail(exc) from None
     if not done:
@@ -163,8 +163,8 @@ def list_(ca_dir: str | None, as_json: bool) -> None:
     directory = _dir(ca_dir)
     try:
         ca = authority.load_ca(directory, need_key=False)
-        rows = authority.list_certificates(ca)
-        next_update = authority.crl_next_update(ca)
+        rows = revocation.list_certificates(ca)
+        next_update = revocation.crl_next_update(ca)
     except _ERRORS as exc:
         raise _fail(exc) from None
     if as_json:
@@ -192,9 +192,9 @@ def list_(ca_dir: str | None, as_json: bool) -> None:
 def crl(ca_dir: str | None, days: int | None, empty: bool) -> None:
     """Sign the revocation list again with fresh dates; copy it to every scheduler."""
     try:
-        path = authority.write_crl(_dir(ca_dir), days=days, empty=empty)
+        path = revocation.write_crl(_dir(ca_dir), days=days, empty=empty)
         revoked = load_revoked(path)
-        next_update = authority.crl_next_update(path.parent)
+        next_update = revocation.crl_next_update(path.parent)
     except _ERRORS as exc:
         raise _fail(exc) from None
     due = format_utc(next_update) if next_update else "?"

@@ -555,18 +555,20 @@ def test_checking_peers_loads_no_ca_tooling() -> None:
     assert done.returncode == 0, done.stderr
     loaded = set(ast.literal_eval(done.stdout.strip().splitlines()[-1]))
     assert "grid.security.identity" in loaded
-    assert not loaded & {"grid.security.authority", "grid.security.certs", "grid.security.throwaway"}, loaded
+    tooling = {"grid.security.authority", "grid.security.revocation", "grid.security.certs", "grid.security.throwaway"}
+    assert not loaded & tooling, loaded
 
 
 def test_certs_and_the_package_hand_out_the_objects_of_the_new_modules() -> None:
     from grid import security
-    from grid.security import authority, identity
+    from grid.security import authority, identity, revocation
 
     for name in certs.__all__:
-        home = identity if hasattr(identity, name) else authority
+        home = identity if hasattr(identity, name) else authority if hasattr(authority, name) else revocation
         assert getattr(certs, name) is getattr(home, name), name
     # the package loads the CA tooling on first use of one of its names
     assert security.init_ca is authority.init_ca and security.CA is authority.CA
+    assert security.revoke is revocation.revoke and security.CertRecord is revocation.CertRecord
     assert security.check_certificate is identity.check_certificate
     with pytest.raises(AttributeError, match="no attribute 'nonexistent'"):
         getattr(security, "nonexistent")

@@ -6,7 +6,7 @@ import pytest
 from click.testing import CliRunner
 
 from grid import names
-from grid.deploy_systemd import install_systemd_node
+from grid.deploy.systemd_install import install_systemd_node
 from grid.security.certs import init_ca, issue
 from grid.spec import SpecError, load_spec
 
