@@ -15,6 +15,7 @@ scheduler side of the grid use this module; it imports neither.
 from __future__ import annotations
 
 import json
+import math
 import struct
 from collections.abc import Mapping
 from typing import Any
@@ -136,7 +137,7 @@ def decode(
             raise WireError(f"grid update array entry is not valid: {exc!r}") from None
         if dtype.kind not in ALLOWED_KINDS or dtype.hasobject:
             raise WireError(f"array {name!r} has forbidden dtype {dtype}")
-        if any(s < 0 for s in shape) or int(np.prod(shape, dtype=np.int64)) * dtype.itemsize != nbytes:
+        if any(s < 0 for s in shape) or math.prod(shape) * dtype.itemsize != nbytes:
             raise WireError(f"array {name!r}: shape {shape} and {nbytes} bytes disagree")
         if pos + nbytes > view.nbytes:
             raise WireError(f"array {name!r} runs past the end of the update")

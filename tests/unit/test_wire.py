@@ -65,6 +65,18 @@ def test_header_cannot_smuggle_object_dtype():
         wire.decode(blob)
 
 
+@pytest.mark.parametrize("shape", [[2**62, 4], [2**32, 2**32, 1], [2**63 - 1, 2**63 - 1]])
+def test_a_shape_whose_size_overflows_is_refused_as_a_bad_update(shape):
+    """A node may claim a shape whose element count wraps around in 64 bits to the bytes it sent."""
+    import json
+    import struct
+
+    header = json.dumps({"arrays": [{"name": "x", "dtype": "<f8", "shape": shape, "nbytes": 0}], "meta": {}}).encode()
+    blob = wire.MAGIC + struct.pack("<I", len(header)) + header
+    with pytest.raises(wire.WireError, match="disagree"):
+        wire.decode(blob)
+
+
 def test_expected_layout_is_enforced():
     good = {"coef_": np.zeros((1, 3)), "t_": 1.0}
     expected = wire.layout(good)
