@@ -173,8 +173,8 @@ class DatasetStore:
         out = []
         for key in dataset.keys:
             ts = self.scheduler.tasks.get(key)
-            if self.fetchable(key):
-                continue
-            if ts is None or (not ts.who_has and ts.run_spec is None):
+            if ts is not None and (ts.who_has or ts.run_spec is not None):
+                continue  # the common case first: asked every round, of every partition
+            if not self.fetchable(key):
                 out.append(key)
         return out
