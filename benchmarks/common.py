@@ -56,21 +56,3 @@ def _fmt(value: Any) -> str:
 
 def median(values: Sequence[float]) -> float:
     return statistics.median(values)
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
-    """Poll ``predicate`` until it returns a truthy value, and return that value.
-
-    Raises
-    ------
-    TimeoutError
-        ``predicate`` stayed falsy for ``timeout`` seconds; the message names ``what``.
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(interval)  # a polling interval, not a guess at how long the condition takes

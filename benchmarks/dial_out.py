@@ -53,8 +53,9 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import machine, table, wait_until
+from benchmarks.common import machine, table
 from benchmarks.sgd import Problem, make_problem, quiet
+from grid.polling import wait_until
 
 #: dial-out median round over the direct engine's on open nodes, at most
 GOAL_ROUND_RATIO = 1.2
@@ -404,7 +405,7 @@ def run_regions(problem: Problem, rounds: int, delay: float) -> dict[str, dict]:
             wait_delivered(g.client("eu"))
             wait_delivered(g.client("us"))
             for label, address in (("direct", direct), ("delayed", delayed)):
-                home.peers["us"] = address  # what `grid scheduler --peer us=ADDRESS` configures
+                home.region_share.peers["us"] = address  # what `grid scheduler --peer us=ADDRESS` configures
                 model = g.submit(SGDClassifier(loss="log_loss", rounds=rounds, random_state=0), data).result()
                 out[label] = summarise([{
                     "placement": 0.0, "job": 0.0,
@@ -414,7 +415,7 @@ def run_regions(problem: Problem, rounds: int, delay: float) -> dict[str, dict]:
                     "bytes": [h.get("bytes_cross_region", 0) for h in model.history_],
                 }])
                 out[label]["bytes"] = statistics.median(h.get("bytes_cross_region", 0) for h in model.history_)
-            home.peers["us"] = direct
+            home.region_share.peers["us"] = direct
             g.drop(data)
     finally:
         relay.close()

@@ -33,12 +33,15 @@ import time
 from typing import Any
 
 from benchmarks.common import machine, table
-from benchmarks.region_scale import load_line, quiet_distributed, rss_mib
+from benchmarks.region_scale import load_line, rss_mib
+from grid.logs import quiet_distributed
 
 
 def _plugin_class() -> type:
     from grid.scheduler.driver import RegionRun
+    from grid.scheduler.job_handlers import JobsExtension
     from grid.scheduler.plugin import GridSchedulerPlugin
+    from grid.scheduler.region_share import RegionShare
 
     class TimedRegionRun(RegionRun):
         async def run_round(self, round_no: int, state_blob: bytes | None) -> dict:
@@ -48,18 +51,10 @@ def _plugin_class() -> type:
             finally:
                 self.plugin.region_rounds.append((self.job_id, round_no, start, time.perf_counter()))
 
-    class TimedGridPlugin(GridSchedulerPlugin):
-        """The grid plugin plus wall-clock marks around each region round and each combine."""
+    class TimedRegionShare(RegionShare):
+        run_class = TimedRegionRun
 
-        def __init__(self, region: str) -> None:
-            super().__init__(region)
-            self.region_rounds: list[tuple[str, int, float, float]] = []
-            self.home_waits: list[tuple[str, int, float, float]] = []
-
-        def _attach_local(self, job_id: str, request: dict, dataset: Any) -> None:
-            self.runs[job_id] = TimedRegionRun(self, job_id, request, dataset)
-            dataset.users.add(job_id)
-
+    class TimedJobs(JobsExtension):
         def submit(self, comm: Any, request: dict, placement: dict, owner: str = "") -> dict:
             reply = super().submit(comm, request, placement, owner)
             driver = self.drivers.get(reply.get("id", ""))
@@ -72,10 +67,21 @@ def _plugin_class() -> type:
                     try:
                         return await inner(round_no, blob)
                     finally:
-                        self.home_waits.append((job_id, round_no, start, time.perf_counter()))
+                        self.plugin.home_waits.append((job_id, round_no, start, time.perf_counter()))
 
                 driver._parallel_round = parallel_round
             return reply
+
+    class TimedGridPlugin(GridSchedulerPlugin):
+        """The grid plugin plus wall-clock marks around each region round and each combine."""
+
+        region_share_class = TimedRegionShare
+        jobs_class = TimedJobs
+
+        def __init__(self, region: str) -> None:
+            super().__init__(region)
+            self.region_rounds: list[tuple[str, int, float, float]] = []
+            self.home_waits: list[tuple[str, int, float, float]] = []
 
     return TimedGridPlugin
 

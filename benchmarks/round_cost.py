@@ -62,9 +62,9 @@ from benchmarks.region_scale import (
     host_stats,
     install_comm_counters,
     load_line,
-    quiet_distributed,
     start_nodes,
 )
+from grid.logs import quiet_distributed
 
 PUSH_OP = "bench-grid-result"
 

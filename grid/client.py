@@ -1,4 +1,12 @@
-"""``Grid``: the data scientist's handle on a grid of regions."""
+"""``Grid``: the data scientist's handle on a grid of regions.
+
+One idea, hence the length: the methods a user calls on a grid (connect or
+start one, place data, submit and list jobs, joblib, status) and which grid
+an estimator's ``fit`` uses when none is given (:func:`default_grid`), which
+``Grid.__enter__`` sets. Each method is a thin front: placing partitions is
+:mod:`grid.placement`, a submitted job's handle :mod:`grid.job`, checking a
+job request :mod:`grid.protocol.requests`.
+"""
 
 from __future__ import annotations
 

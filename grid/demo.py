@@ -38,6 +38,7 @@ from sklearn.preprocessing import StandardScaler
 
 import jobs
 from grid.client import Grid
+from grid.logs import quiet_distributed
 
 #: the target accuracy is the lbfgs accuracy minus this (half a point), as in benchmarks/sgd.py
 TARGET_GAP = 0.005
@@ -57,17 +58,14 @@ def quiet_dask() -> Iterator[None]:
     their logging from dask's config when they import distributed, by the
     environment they inherit.
     """
-    loggers = [logging.getLogger(name) for name in ("distributed", "grid", "bokeh", "tornado")]
-    levels = [lg.level for lg in loggers]
     saved_env = os.environ.get(NODE_LOGGING_ENV)
     os.environ[NODE_LOGGING_ENV] = "critical"
-    for lg in loggers:
-        lg.setLevel(logging.CRITICAL)
+    levels = quiet_distributed(logging.CRITICAL, ("distributed", "grid", "bokeh", "tornado"))
     try:
         yield
     finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
         if saved_env is None:
             os.environ.pop(NODE_LOGGING_ENV, None)
         else:

@@ -19,7 +19,6 @@ Long tests are marked ``slow`` in their module, wherever they live; CI runs them
 from __future__ import annotations
 
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,15 +28,10 @@ from sklearn.datasets import make_classification
 
 
 def wait_for(predicate: Callable[[], object], timeout: float = 30.0, interval: float = 0.05, what: str = "condition") -> object:
-    """Poll ``predicate`` until it returns a truthy value; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
+    """Poll ``predicate`` until it returns a truthy value; fail after ``timeout`` seconds (:func:`grid.polling.wait_until`)."""
+    from grid.polling import wait_until  # here: importing grid installs its comm checks, which not every test wants
+
+    return wait_until(predicate, timeout=timeout, what=what, interval=interval)
 
 
 #: the marker every test of a folder of tests/ carries

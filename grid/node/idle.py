@@ -46,368 +46,39 @@ Settings live under ``grid.node.idle`` in ``dask.config`` (see
 
 The node's own CPU (subtracted from the host's) is the CPU of the worker
 process, its descendants and its nanny.
+
+This module is the worker plugin that samples and pauses the worker; the
+decision and its settings are pure (:mod:`grid.node.idle_policy`), measuring
+and limiting the node's processes is :mod:`grid.node.host_cpu`. Their public
+names are importable from here too.
 """
 
 from __future__ import annotations
 
 import logging
-import math
-import os
 import time
-from collections import deque
-from dataclasses import dataclass
 from typing import Any
 
 import psutil
-from dask.utils import parse_timedelta
 from distributed.core import Status
 from distributed.diagnostics.plugin import WorkerPlugin
 from tornado.ioloop import PeriodicCallback
 
-from grid import config
+from grid.node.host_cpu import BASE_CORES_ENV, HostCpuSampler, allowed_cores, apply_process_limits, thread_ids
+from grid.node.idle_policy import DEFAULTS, IdleConfigError, IdlePolicy, IdleSettings, idle_settings
+
+__all__ = [
+    "BASE_CORES_ENV", "DEFAULTS", "EVENT_TOPIC", "HostCpuSampler", "IdleConfigError", "IdleOnlyPlugin",
+    "IdlePolicy", "IdleSettings", "PLUGIN_NAME", "allowed_cores", "apply_process_limits", "dask_setup",
+    "idle_plugin", "idle_settings",
+]
 
 logger = logging.getLogger("grid.node.idle")
-
-#: Defaults of ``grid.node.idle.*`` (used when the config does not set a key).
-DEFAULTS: dict[str, Any] = {
-    "enabled": False,
-    "cpu-threshold": 0.25,
-    "pause-after": "5s",
-    "idle-time-to-run": "60s",
-    "interval": "500ms",
-    "cpu-share": 1.0,
-    "nice": 19,
-}
 
 #: Name of the worker plugin, of its periodic callback and of its metric.
 PLUGIN_NAME = "grid-idle"
 #: Event topic of pause / resume decisions (``Client.get_events(EVENT_TOPIC)``).
 EVENT_TOPIC = "grid-node-idle"
-
-
-class IdleConfigError(ValueError):
-    """An idle-only setting is out of range; the message names the key and the fix."""
-
-
-def _setting(key: str, value: Any) -> Any:
-    """``value`` if given, else ``grid.node.idle.<key>`` from dask.config, else the default."""
-    if value is not None:
-        return value
-    return config.get(f"node.idle.{key}", DEFAULTS[key])
-
-
-def _duration(key: str, value: Any) -> float:
-    try:
-        seconds = float(parse_timedelta(value, default="seconds"))
-    except (TypeError, ValueError, KeyError):
-        raise IdleConfigError(
-            f"grid.node.idle.{key} is {value!r}; use a duration >= 0 such as '5s' or a number of seconds"
-        ) from None
-    if not math.isfinite(seconds) or seconds < 0:
-        raise IdleConfigError(f"grid.node.idle.{key} is {value!r}; it must be a finite duration >= 0")
-    return seconds
-
-
-def _fraction(key: str, value: Any) -> float:
-    try:
-        share = float(value)
-    except (TypeError, ValueError):
-        share = math.nan
-    if isinstance(value, bool) or not (0.0 < share <= 1.0):
-        raise IdleConfigError(
-            f"grid.node.idle.{key} is {value!r}; it must be a share of all cores in (0, 1], e.g. 0.25"
-        )
-    return share
-
-
-def _nice(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 19:
-        raise IdleConfigError(
-            f"grid.node.idle.nice is {value!r}; it must be an integer from 0 (unchanged) to 19 (lowest priority)"
-        )
-    return value
-
-
-# --- the decision, pure ------------------------------------------------------------------
-class IdlePolicy:
-    """When to pause and when to resume, given samples of other processes' CPU use.
-
-    Pure logic (no clock, no psutil, no Dask): feed it samples with
-    :meth:`observe` and it answers ``"pause"``, ``"resume"`` or ``None``.
-
-    Parameters
-    ----------
-    cpu_threshold : float
-        Share of all cores (0, 1] that other processes may use before the node
-        yields.
-    pause_after : float
-        Seconds over which the others' use is averaged before pausing; 0
-        pauses on the first busy sample.
-    idle_time_to_run : float
-        Seconds the host must stay at or below the threshold, every sample,
-        before a paused node resumes; 0 resumes on the first idle sample.
-    """
-
-    def __init__(self, cpu_threshold: float, pause_after: float, idle_time_to_run: float) -> None:
-        self.cpu_threshold = cpu_threshold
-        self.pause_after = pause_after
-        self.idle_time_to_run = idle_time_to_run
-        self.paused = False
-        self.idle_since: float | None = None
-        self._samples: deque[tuple[float, float]] = deque()  # (seconds covered, share)
-
-    def busy_share(self) -> float | None:
-        """Time-weighted mean of the others' share over the last ``pause_after`` seconds.
-
-        ``None`` until samples covering that long have been seen.
-        """
-        covered = weighted = 0.0
-        for dt, share in reversed(self._samples):
-            covered += dt
-            weighted += dt * share
-            if covered >= self.pause_after - 1e-9:
-                return weighted / covered if covered > 0 else None
-        return None
-
-    def observe(self, now: float, share: float, dt: float) -> str | None:
-        """Take one sample: others used ``share`` of all cores in the ``dt`` seconds up to ``now``.
-
-        Returns
-        -------
-        "pause", "resume" or None
-            The transition to make now, if any.
-        """
-        self._samples.append((dt, share))
-        # keep just enough history for the pause window
-        covered = sum(d for d, _ in self._samples)
-        while len(self._samples) > 1 and covered - self._samples[0][0] >= self.pause_after:
-            covered -= self._samples.popleft()[0]
-        busy = share > self.cpu_threshold
-        if busy:
-            self.idle_since = None
-        elif self.idle_since is None:
-            self.idle_since = now - dt
-        if not self.paused:
-            mean = self.busy_share()
-            if mean is not None and mean > self.cpu_threshold:
-                self.paused = True
-                return "pause"
-            return None
-        if self.idle_since is not None and now - self.idle_since >= self.idle_time_to_run - 1e-9:
-            self.paused = False
-            self._samples.clear()  # a fresh pause window after resuming
-            return "resume"
-        return None
-
-
-# --- measuring ---------------------------------------------------------------------------
-def _busy_and_total(times: Any) -> tuple[float, float]:
-    """Busy and total CPU seconds (all cores) from ``psutil.cpu_times()``."""
-    fields = times._asdict()
-    # guest time is already counted in user/nice on Linux
-    total = sum(v for k, v in fields.items() if k not in ("guest", "guest_nice"))
-    idle = fields.get("idle", 0.0) + fields.get("iowait", 0.0)
-    return total - idle, total
-
-
-class HostCpuSampler:
-    """CPU used by processes other than the node, as a share of all the host's cores.
-
-    Parameters
-    ----------
-    own : callable returning a list of psutil.Process
-        The node's processes (asked again at every sample, so children that
-        come and go are counted).
-    """
-
-    def __init__(self, own: Any) -> None:
-        self._own = own
-        self._last_host = _busy_and_total(psutil.cpu_times())
-        self._last_own: dict[int, float] = {}
-        self._last_time = time.monotonic()
-        self._own_seconds()  # baseline
-
-    def _own_seconds(self) -> float:
-        """CPU seconds the node's processes used since the previous call."""
-        delta = 0.0
-        now: dict[int, float] = {}
-        for proc in self._own():
-            try:
-                t = proc.cpu_times()
-                created = proc.create_time()
-            except (psutil.NoSuchProcess, psutil.AccessDenied):
-                continue
-            used = t.user + t.system
-            now[proc.pid] = used
-            if proc.pid in self._last_own:
-                delta += used - self._last_own[proc.pid]
-            elif created >= time.time() - (time.monotonic() - self._last_time):
-                delta += used  # born since the previous sample
-        self._last_own = now
-        return max(0.0, delta)
-
-    def sample(self) -> tuple[float, float]:
-        """Share of all cores (0..1) used by other processes since the previous sample, and its seconds."""
-        busy, total = _busy_and_total(psutil.cpu_times())
-        own = self._own_seconds()
-        now = time.monotonic()
-        d_busy = busy - self._last_host[0]
-        d_total = total - self._last_host[1]
-        dt = now - self._last_time
-        self._last_host = (busy, total)
-        self._last_time = now
-        if d_total <= 0:
-            return 0.0, dt
-        return min(1.0, max(0.0, (d_busy - own) / d_total)), dt
-
-
-# --- limiting the node's own use ----------------------------------------------------------
-def _thread_ids(proc: psutil.Process) -> list[int]:
-    try:
-        return [t.id for t in proc.threads()]
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
-        return []
-
-
-#: the cores a node's process tree could use before any cpu-share pinning (inherited by children)
-BASE_CORES_ENV = "GRID_NODE_BASE_CORES"
-
-
-def _base_cores() -> list[int]:
-    """Cores available before pinning: remembered in the environment so that the worker
-    process the Nanny spawns (which inherits the pinned affinity) does not shrink it again."""
-    remembered = os.environ.get(BASE_CORES_ENV)
-    if remembered:
-        try:
-            return sorted(int(c) for c in remembered.split(","))
-        except ValueError:
-            pass
-    cores = sorted(os.sched_getaffinity(0))
-    os.environ[BASE_CORES_ENV] = ",".join(map(str, cores))
-    return cores
-
-
-def allowed_cores(cpu_share: float) -> list[int] | None:
-    """The cores a node with ``cpu_share`` may use: the last ``max(1, floor(share * n))`` of the
-    ``n`` cores the node could use before pinning.
-
-    Idempotent: applying it again, or in a child process, gives the same cores.
-    ``None`` when ``cpu_share`` is 1 or the platform cannot pin threads.
-    """
-    cpu_share = _fraction("cpu-share", cpu_share)
-    if cpu_share >= 1.0 or not hasattr(os, "sched_getaffinity"):
-        return None
-    base = _base_cores()
-    k = max(1, math.floor(cpu_share * len(base) + 1e-9))
-    return base[-k:]
-
-
-def apply_process_limits(
-    cpu_share: float | None = None, nice: int | None = None, pid: int | None = None
-) -> dict[str, Any]:
-    """Lower the priority of a process (every thread, and its children) and pin it to its CPU share.
-
-    On Linux both niceness and affinity belong to each *thread*, so every
-    thread is set one by one; threads started later inherit the setting of
-    the thread that starts them. Priority is only lowered: a thread already
-    nicer than ``nice`` keeps its niceness.
-
-    Parameters
-    ----------
-    cpu_share : float, optional
-        Share of the host's cores (0, 1]; default ``grid.node.idle.cpu-share``.
-    nice : int, optional
-        Niceness 0..19 (0 leaves priority alone); default ``grid.node.idle.nice``.
-    pid : int, optional
-        The process (default: this one).
-
-    Returns
-    -------
-    dict
-        ``{"cores": [...] or None, "nice": int, "threads": n}``: what was applied.
-    """
-    cpu_share = _fraction("cpu-share", _setting("cpu-share", cpu_share))
-    nice = _nice(_setting("nice", nice))
-    cores = allowed_cores(cpu_share)
-    root = psutil.Process(pid)
-    procs = [root]
-    try:
-        procs += root.children(recursive=True)
-    except psutil.NoSuchProcess:
-        pass
-    n = 0
-    for proc in procs:
-        for tid in _thread_ids(proc):
-            try:
-                if nice and hasattr(os, "getpriority"):
-                    if os.getpriority(os.PRIO_PROCESS, tid) < nice:
-                        os.setpriority(os.PRIO_PROCESS, tid, nice)
-                if cores is not None:
-                    os.sched_setaffinity(tid, cores)
-                n += 1
-            except (ProcessLookupError, PermissionError):
-                continue  # the thread ended meanwhile
-        if not hasattr(os, "getpriority") and nice:  # pragma: no cover - not Linux
-            try:
-                proc.nice(max(proc.nice(), nice))
-            except (psutil.Error, TypeError):
-                pass
-    return {"cores": cores, "nice": nice, "threads": n}
-
-
-# --- the worker plugin --------------------------------------------------------------------
-@dataclass
-class IdleSettings:
-    """Validated idle-only settings (seconds and shares)."""
-
-    cpu_threshold: float
-    pause_after: float
-    idle_time_to_run: float
-    interval: float
-    cpu_share: float
-    nice: int
-
-    def to_config(self) -> dict[str, Any]:
-        """These settings as ``grid.node.idle`` config (for ``dask.config.set``)."""
-        return {
-            "grid.node.idle.cpu-threshold": self.cpu_threshold,
-            "grid.node.idle.pause-after": f"{self.pause_after}s",
-            "grid.node.idle.idle-time-to-run": f"{self.idle_time_to_run}s",
-            "grid.node.idle.interval": f"{self.interval}s",
-            "grid.node.idle.cpu-share": self.cpu_share,
-            "grid.node.idle.nice": self.nice,
-        }
-
-
-def idle_settings(
-    cpu_threshold: float | None = None,
-    idle_time_to_run: float | str | None = None,
-    *,
-    pause_after: float | str | None = None,
-    interval: float | str | None = None,
-    cpu_share: float | None = None,
-    nice: int | None = None,
-) -> IdleSettings:
-    """Validate idle-only settings; any left out come from ``grid.node.idle.*``.
-
-    Raises
-    ------
-    IdleConfigError
-        Naming the setting, its value and the allowed range.
-    """
-    nice_value = _nice(_setting("nice", nice))
-    raw_interval = _setting("interval", interval)
-    interval_s = _duration("interval", raw_interval)
-    if interval_s <= 0:
-        raise IdleConfigError(f"grid.node.idle.interval must be > 0, got {raw_interval!r}; e.g. '500ms'")
-    return IdleSettings(
-        cpu_threshold=_fraction("cpu-threshold", _setting("cpu-threshold", cpu_threshold)),
-        pause_after=_duration("pause-after", _setting("pause-after", pause_after)),
-        idle_time_to_run=_duration("idle-time-to-run", _setting("idle-time-to-run", idle_time_to_run)),
-        interval=interval_s,
-        cpu_share=_fraction("cpu-share", _setting("cpu-share", cpu_share)),
-        nice=nice_value,
-    )
 
 
 class IdleOnlyPlugin(WorkerPlugin):
@@ -497,7 +168,7 @@ class IdleOnlyPlugin(WorkerPlugin):
         return procs
 
     def _limit_threads(self) -> None:
-        tids = set(_thread_ids(psutil.Process()))
+        tids = set(thread_ids(psutil.Process()))
         if tids - self._threads_limited:
             apply_process_limits(self.settings.cpu_share, self.settings.nice)
             self._threads_limited = tids

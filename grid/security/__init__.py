@@ -2,7 +2,8 @@
 
 :mod:`grid.security.identity` holds what every scheduler and node checks at
 run time: the identity in a peer certificate, a certificate against the grid
-CA, revocation lists. The operators' CA tooling is two modules:
+CA, revocation lists (with the errors, the identity and its URI, and the
+revocation lists in modules of their own that it re-exports). The operators' CA tooling is two modules:
 :mod:`grid.security.authority` creates the grid CA and issues role
 certificates (scheduler, node, client, admin, observer);
 :mod:`grid.security.revocation` revokes them through a CRL and lists what

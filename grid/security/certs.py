@@ -4,7 +4,9 @@ The code lives in three modules, by who needs it:
 
 - :mod:`grid.security.identity`: what every scheduler and node checks at run
   time: the identity in a certificate or peer certificate, a certificate
-  against the grid CA, revocation lists loaded and watched, the errors.
+  against the grid CA, revocation lists loaded and watched, the errors (it
+  re-exports the modules these live in: ``peer_identity``, ``crl``,
+  ``cert_input``, ``cert_errors``).
 - :mod:`grid.security.authority`: the operators' CA tooling behind ``grid
   certs``: creating and loading the CA, issuing certificates.
 - :mod:`grid.security.revocation`: the rest of that tooling: revoking,
@@ -74,8 +76,8 @@ from grid.security.revocation import (
 
 # Private helpers that code outside this package still reaches through this module
 # (the redundant alias marks them as re-exported on purpose).
-from grid.security.identity import _as_cert as _as_cert
-from grid.security.identity import _parse_uri as _parse_uri
+from grid.security.cert_input import _as_cert as _as_cert
+from grid.security.peer_identity import _parse_uri as _parse_uri
 
 __all__ = [
     "BUILTIN_CA_DIR",
