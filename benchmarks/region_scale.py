@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import logging
 import multiprocessing as mp
 import os
@@ -58,7 +59,9 @@ import weakref
 from collections import defaultdict
 from typing import Any
 
-from benchmarks.common import machine, table, wait_until
+from benchmarks.common import machine, table
+from grid.logs import quiet_distributed
+from grid.polling import wait_until
 
 MiB = 1 << 20
 #: the variant of ``--engines`` that runs the direct engine on dial-out nodes
@@ -139,15 +142,6 @@ def comm_totals() -> dict[str, int]:
     return out
 
 
-def quiet_distributed(level: int = logging.ERROR) -> None:
-    """Silence distributed's INFO chatter (call after importing distributed, which sets its levels)."""
-    import distributed  # noqa: F401
-
-    for name in ("distributed", "distributed.scheduler", "distributed.worker", "distributed.core",
-                 "distributed.nanny", "distributed.client", "distributed.comm", "distributed.batched"):
-        logging.getLogger(name).setLevel(level)
-
-
 def rss_mib(pid: int | None = None) -> float:
     import psutil
 
@@ -164,23 +158,50 @@ def load_line() -> str:
 # ======================================================================================
 def _instrumented_plugin_class() -> type:
     from grid.scheduler.driver import RegionRun
+    from grid.scheduler.job_handlers import JobsExtension
     from grid.scheduler.plugin import GridSchedulerPlugin
+    from grid.scheduler.region_share import RegionShare
 
     class InstrumentedRegionRun(RegionRun):
         async def run_round(self, round_no: int, state_blob: bytes | None) -> dict:
             self.plugin.snapshot("round_start", round_no, self.job_id)
+            profiler = self.plugin.profiler if round_no > 1 else None  # round 1 pays one-off costs
+            if profiler is not None:
+                profiler.enable()  # the event loop's thread: the round, and every handler that runs meanwhile
             try:
                 return await super().run_round(round_no, state_blob)
             finally:
+                if profiler is not None:
+                    profiler.disable()
                 self.plugin.snapshot("region_done", round_no, self.job_id)
+
+    class BenchRegionShare(RegionShare):
+        run_class = InstrumentedRegionRun
+
+    class BenchJobs(JobsExtension):
+        async def finish_job(self, record: Any) -> None:
+            plugin = self.plugin
+            plugin.snapshot("job_done", record.rounds_done, record.id)
+            if plugin.profiler is not None:  # one profile per job: rounds 2 and later
+                kind = "-dial-out" if plugin.dial_out.reach.counts().get("dial-out") else ""
+                path = os.path.join(plugin.profile_dir, f"{plugin._engine}{kind}-{len(plugin.scheduler.workers)}.pstats")
+                plugin.profiler.dump_stats(path)
+                plugin.profiler = cProfile.Profile()
+            await super().finish_job(record)
 
     class BenchGridPlugin(GridSchedulerPlugin):
         """The grid plugin plus counters snapshotted at every round boundary."""
 
-        def __init__(self, region: str) -> None:
+        region_share_class = BenchRegionShare
+        jobs_class = BenchJobs
+
+        def __init__(self, region: str, profile_dir: str | None = None) -> None:
             super().__init__(region)
             self.snapshots: list[dict] = []
             self._max_tick = 0.0
+            self.profile_dir = profile_dir
+            self.profiler: Any = None
+            self._engine = "direct"
 
         async def start(self, scheduler: Any) -> None:
             await super().start(scheduler)
@@ -196,14 +217,6 @@ def _instrumented_plugin_class() -> type:
                 digest(name, value)
 
             scheduler.digest_metric = digest_metric
-
-        def _attach_local(self, job_id: str, request: dict, dataset: Any) -> None:
-            self.runs[job_id] = InstrumentedRegionRun(self, job_id, request, dataset)
-            dataset.users.add(job_id)
-
-        async def finish_job(self, record: Any) -> None:
-            self.snapshot("job_done", record.rounds_done, record.id)
-            await super().finish_job(record)
 
         def snapshot(self, event: str, round_no: int, job_id: str) -> None:
             snap = {
@@ -233,6 +246,9 @@ def _instrumented_plugin_class() -> type:
             import dask
 
             dask.config.set({"grid.scheduler.round-engine": engine})
+            self._engine = engine
+            if self.profile_dir is not None and self.profiler is None:
+                self.profiler = cProfile.Profile()
             return {"status": "OK", "engine": engine}
 
         def bench_store(self, comm: Any = None) -> dict:
@@ -253,8 +269,11 @@ def _instrumented_plugin_class() -> type:
     return BenchGridPlugin
 
 
-def scheduler_main(conn: Any, region: str, host: str) -> None:
-    """Process target: one grid scheduler (instrumented) until told to stop."""
+def scheduler_main(conn: Any, region: str, host: str, profile_dir: str | None = None) -> None:
+    """Process target: one grid scheduler (instrumented) until told to stop.
+
+    ``profile_dir``: write a cProfile of each job's rounds (the second and later) there.
+    """
     async def main() -> None:
         from distributed import Scheduler
 
@@ -263,7 +282,7 @@ def scheduler_main(conn: Any, region: str, host: str) -> None:
         quiet_distributed()
 
         install_comm_counters()
-        plugin = _instrumented_plugin_class()(region)
+        plugin = _instrumented_plugin_class()(region, profile_dir)
         with config.scheduler_settings():
             scheduler = Scheduler(host=host, port=0, dashboard=False, dashboard_address=":0", plugins=[plugin])
             await scheduler
@@ -541,7 +560,7 @@ def run_nodes(n: int, args: argparse.Namespace, engines: list[str], dial_out: bo
     step = "scheduler start"
     try:
         t0 = time.perf_counter()
-        _, sconn = procs.start(scheduler_main, "eu", "127.0.0.1")
+        _, sconn = procs.start(scheduler_main, "eu", "127.0.0.1", args.profile)
         sched = procs.receive(sconn, 60, "scheduler")
         address = sched["address"]
         step = "node start"
@@ -644,6 +663,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--engines", default="tasks,direct",
                         help="grid.scheduler.round-engine values to run side by side (the first is the 'before'); "
                         f"'{DIAL_OUT}': the direct engine on dial-out nodes")
+    parser.add_argument("--profile", metavar="DIR", default=None,
+                        help="write a cProfile of the scheduler's event loop during each job's rounds 2 and later to "
+                        "DIR/<engine>-<nodes>.pstats (it slows the scheduler: figures of such a run are not comparable)")
     parser.add_argument("--dial-out", action="store_true",
                         help=f"also run the direct engine on n dial-out nodes (adds '{DIAL_OUT}' to --engines)")
     args = parser.parse_args(argv)
@@ -652,6 +674,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
         args.engines.append(DIAL_OUT)
     if not args.engines:
         parser.error("--engines names no variant; e.g. --engines tasks,direct")
+    if args.profile is not None:
+        args.profile = os.path.abspath(args.profile)
+        os.makedirs(args.profile, exist_ok=True)
     sizes = [int(s) for s in args.nodes.split(",") if s.strip()]
     if args.quick:
         sizes, args.rounds, args.idle_window = [50, 100], 3, 2.0

@@ -73,12 +73,12 @@ class LocalGrid:
         except BaseException:
             self.close()
             raise
-        # each scheduler dials the other regions of this grid, and only those (grid.scheduler.plugin.GridSchedulerPlugin.peer_address)
+        # each scheduler dials the other regions of this grid, and only those (grid.scheduler.region_share.RegionShare.peer_address)
         for name, cluster in self.clusters.items():
             plugin = cluster.scheduler.plugins.get("grid")
             if plugin is not None:
-                plugin.peers.update({r: c.scheduler_address for r, c in self.clusters.items() if r != name})
-                plugin.verify_independence = "nodes"  # every node runs on this machine, under one owner
+                plugin.region_share.peers.update({r: c.scheduler_address for r, c in self.clusters.items() if r != name})
+                plugin.ledger.verify_independence = "nodes"  # every node runs on this machine, under one owner
         self.spec = GridSpec(
             regions={name: RegionSpec(name=name, address=c.scheduler_address) for name, c in self.clusters.items()},
             tls=tls_spec,

@@ -78,7 +78,7 @@ _schedulers: "weakref.WeakSet[Any]" = weakref.WeakSet()
 def register_scheduler(plugin: Any) -> None:
     """Hold the connections this process opens to a grid scheduler's rules too.
 
-    ``plugin`` has ``region``, ``access.revocation`` and ``protocol_violation``
+    ``plugin`` has ``region``, ``access.revocation`` and ``ledger.protocol_violation``
     (:class:`grid.scheduler.plugin.GridSchedulerPlugin`).
     """
     _schedulers.add(plugin)
@@ -209,7 +209,7 @@ def decide(peercert: Any, server: Any = None) -> Peer:
     if plugin is not None and identity.role == "node":
         if identity.region != plugin.region:
             peer.refusal = f"node {identity.name!r} belongs to region {identity.region!r}, not {plugin.region!r}"
-        elif identity.name in plugin.quarantine:
+        elif identity.name in plugin.ledger.quarantine:
             peer.refusal = f"node {identity.name!r} is quarantined"
     return peer
 
@@ -351,7 +351,7 @@ class GuardedTLS(TLS):
             if frames:
                 evidence["first-bytes"] = bytes(frames[0][:64]).hex()
             for plugin in reporters:
-                plugin.protocol_violation(self.peer.identity, self._peer_addr, reason, evidence)
+                plugin.ledger.protocol_violation(self.peer.identity, self._peer_addr, reason, evidence)
         raise CommClosedError(f"refused by the grid: {reason}")
 
 

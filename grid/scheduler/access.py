@@ -85,6 +85,11 @@ RETIRE_FIELDS = frozenset({"workers", "close_workers", "remove", "stimulus_id"})
 KEY_OWNERS_PRUNE_AT = 4096
 
 
+def is_tls(scheduler: Any) -> bool:
+    """Whether ``scheduler`` listens on TLS: peers present certificates, and the role checks apply."""
+    return str(scheduler.address).startswith("tls://")
+
+
 class AccessControl:
     """Role checks for one scheduler of a TLS grid.
 

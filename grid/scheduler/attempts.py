@@ -103,6 +103,7 @@ class RoundAttempts:
         self.run = run
         self.plugin = run.plugin
         self.dial_out = run.plugin.dial_out  # who is dialed, and how a dial-out node gets a partition
+        self.ledger = run.plugin.ledger  # who computed what, who was refused, verification records, quarantine
         self.round_no = round_no
         ver = config.get("scheduler.verify")
         requested = run.request.get("verify", 1) or 1
@@ -121,7 +122,7 @@ class RoundAttempts:
         self.load: dict[str, int] = {}
         self.counts = {"reissued": 0, "speculative": 0, "replicas": 0, "quarantined": 0, "requests": 0, "tasks": 0}
         self.calls = RoundCalls(run, client, round_no, state_blob, self.counts, self.direct)  # carries out what is issued
-        self.independence = self.plugin.independence() if self.verify > 1 else "nodes"
+        self.independence = self.ledger.independence() if self.verify > 1 else "nodes"
         self.waiting: str | None = None  # why this round waits, as the job's status says it
         self.speculation = Speculation.from_config(config.get("scheduler.speculation"))
         self.rtol, self.atol = float(ver["rtol"]), float(ver["atol"])
@@ -167,7 +168,7 @@ class RoundAttempts:
                 getter.cancel()
             await self.calls.close([a for pr in self.partitions for a in pr.pending])
             if self.waiting:  # a cancelled job waits no more
-                self.plugin.note_waiting(self.run.job_id, None)
+                self.plugin.jobs.note_waiting(self.run.job_id, None)
         self.run.last_round_seconds = list(self.done_seconds)
         if self.verify > 1:
             recovery.save_reliability(self.plugin)
@@ -202,7 +203,7 @@ class RoundAttempts:
                 pr.missing = self.verify  # issued when nodes join, and checked: no draw lets it go
                 continue
             if self.adaptive is not None:
-                identity = self.plugin.quarantine.identity_of(worker)
+                identity = self.ledger.quarantine.identity_of(worker)
                 if not self._spot_check(pr, identity):
                     pr.needed, pr.decided_for = 1, identity
                     self._submit(pr, worker, "first")
@@ -215,7 +216,7 @@ class RoundAttempts:
         """verify="adaptive": whether the update of ``pr`` by node ``identity`` must be replicated."""
         assert self.adaptive is not None
         draw = spot_check_draw(self.run.job_id, self.round_no, pr.index, salt)
-        return should_replicate(self.plugin.reliability.get(identity), self.adaptive, draw)
+        return should_replicate(self.ledger.reliability.get(identity), self.adaptive, draw)
 
     def _holder(self, pr: PartitionRound) -> str | None:
         """The node ``pr``'s update goes to as a node request (:func:`round_policy.holder`), if any."""
@@ -240,7 +241,7 @@ class RoundAttempts:
         if worker:
             self.load[worker] = self.load.get(worker, 0) + 1
             if self.verify > 1:
-                pr.origins[worker] = self.plugin.origin_of(worker)
+                pr.origins[worker] = self.ledger.origin_of(worker)
         self.calls.issue(pr, worker, key, kind, task)
 
     def _choose(self, pr: PartitionRound) -> str | None:
@@ -260,7 +261,7 @@ class RoundAttempts:
             fetchable=self.dial_out.can_fetch(self.run.dataset.keys[pr.position]),
             load=self.load,
             voters=pr.voters(),
-            origin_of=self.plugin.origin_of,
+            origin_of=self.ledger.origin_of,
             independence=self.independence,
         )
 
@@ -286,9 +287,9 @@ class RoundAttempts:
         if not waiting:
             if self.waiting:
                 self.waiting = None
-                self.plugin.note_waiting(self.run.job_id, None)
+                self.plugin.jobs.note_waiting(self.run.job_id, None)
             return
-        origins = [self.plugin.origin_of(w) for w in self.plugin.scheduler.workers if self.dial_out.reach.may_work(w)]
+        origins = [self.ledger.origin_of(w) for w in self.plugin.scheduler.workers if self.dial_out.reach.may_work(w)]
         reason = round_policy.waiting_reason(
             f"verify={self.verify}" if self.adaptive is None else "verify='adaptive'",
             self.verify, self.adaptive is not None, self.independence,
@@ -298,7 +299,7 @@ class RoundAttempts:
             logger.info("job %s: %s", self.run.job_id, reason)
         if reason != self.waiting:
             self.waiting = reason
-            self.plugin.note_waiting(self.run.job_id, reason)
+            self.plugin.jobs.note_waiting(self.run.job_id, reason)
 
     def _add_replica(self, pr: PartitionRound, kind: str = "replica") -> bool:
         worker = self._choose(pr)
@@ -344,7 +345,7 @@ class RoundAttempts:
         if isinstance(outcome, NodeFailed):
             raise RuntimeError(
                 f"job {self.run.job_id}: the update of partition {pr.index} in round {self.round_no} failed on "
-                f"node {self.plugin.quarantine.identity_of(attempt.worker or '')}: {outcome.text}"
+                f"node {self.ledger.quarantine.identity_of(attempt.worker or '')}: {outcome.text}"
             )
         if isinstance(outcome, (TypeError, wire.WireError)):  # undecodable or not a grid update
             return await self._reject(pr, attempt, outcome)
@@ -357,9 +358,9 @@ class RoundAttempts:
             return await self._reject(pr, attempt, exc)
         if isinstance(attempt.future, NodeCall):
             worker: str | None = attempt.worker  # it answered this request itself
-            self.plugin.count_update(attempt.worker)
+            self.ledger.count_update(attempt.worker)
         else:
-            computed_by = self.plugin.result_workers_of(attempt.future.key)
+            computed_by = self.ledger.result_workers_of(attempt.future.key)
             worker = computed_by[-1] if computed_by else attempt.worker
         self._add_result(pr, worker, update)
         return await self._decide(pr)
@@ -383,8 +384,7 @@ class RoundAttempts:
                     f"job {self.run.job_id}: an update for partition {pr.index} in round {self.round_no} was "
                     f"rejected ({exc}) and could not be re-issued"
                 ) from None
-            self.plugin.verification_rejects += 1
-            self.plugin.rejected[guilty] = self.plugin.rejected.get(guilty, 0) + 1
+            self.ledger.reject(guilty)
             await self._quarantine(
                 guilty,
                 f"sent an invalid update ({type(exc).__name__}: {exc})",
@@ -399,7 +399,7 @@ class RoundAttempts:
 
     def _add_result(self, pr: PartitionRound, worker: str | None, update: Update) -> None:
         if worker is not None:  # its identity now: a node that left has only its address
-            pr.identities[worker] = self.plugin.quarantine.identity_of(worker)
+            pr.identities[worker] = self.ledger.quarantine.identity_of(worker)
         pr.results.append((worker, update))
 
     async def _decide(self, pr: PartitionRound) -> bool:
@@ -422,7 +422,7 @@ class RoundAttempts:
         if verdict.action == round_policy.ACCEPT:
             group = verdict.group
             pr.accepted = pr.results[group[0]][1]
-            reliability = self.plugin.reliability
+            reliability = self.ledger.reliability
             for i, (worker, update) in enumerate(pr.results):
                 identity = pr.identities.get(worker) if worker else None
                 if i in group:
@@ -432,8 +432,7 @@ class RoundAttempts:
                 if identity:
                     reliability.invalid(identity)
                 if worker in self.plugin.scheduler.workers:  # not one quarantined meanwhile
-                    self.plugin.verification_rejects += 1
-                    self.plugin.rejected[worker] = self.plugin.rejected.get(worker, 0) + 1
+                    self.ledger.reject(worker)
                     await self._quarantine(
                         worker,
                         f"its update disagreed with {len(group)} agreeing replicas",
@@ -457,8 +456,8 @@ class RoundAttempts:
 
     async def _quarantine(self, worker: str, reason: str, evidence: dict) -> None:
         self.counts["quarantined"] += 1
-        self.caught.append(self.plugin.quarantine.identity_of(worker))
-        await self.plugin.quarantine.add(worker, reason=reason, evidence=evidence)
+        self.caught.append(self.ledger.quarantine.identity_of(worker))
+        await self.ledger.quarantine.add(worker, reason=reason, evidence=evidence)
 
     # --- stragglers and lost tasks ----------------------------------------------------------
     def _deadline(self) -> float | None:

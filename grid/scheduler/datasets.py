@@ -12,21 +12,16 @@ The scheduler's replica policy (:mod:`grid.scheduler.replicas`) reads the
 keys from here and keeps ``grid.jobs.replicas`` copies of each through churn.
 
 A job's ``jobs.data.Files`` dataset registered while the region has no nodes
-is *pending* (:func:`read_pending_files`): its read tasks wait for the first
-node, and the job waits for them, queued (:func:`grid.scheduler.driver.start_when_read`).
+is *pending* (:meth:`grid.scheduler.dataset_handlers.DatasetsExtension.read_later`):
+its read tasks wait for the first node, and the job waits for them, queued
+(:meth:`grid.scheduler.job_handlers.JobsExtension.start_when_read`).
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from grid.scheduler.plugin import GridSchedulerPlugin
-
-logger = logging.getLogger("grid.scheduler.datasets")
+from typing import Any
 
 
 def no_nodes_reason(region: str) -> str:
@@ -35,22 +30,6 @@ def no_nodes_reason(region: str) -> str:
         f"region {region!r} has no nodes to read the job's files; it starts when one joins "
         f"(`grid node --region {region} --scheduler ...`)"
     )
-
-
-async def read_pending_files(
-    plugin: "GridSchedulerPlugin", name: str, paths: list, indices: list, options: dict, owner: str
-) -> str | None:
-    """Have the nodes read a job's file dataset once they join; the error message, or None when it is held.
-
-    The read tasks simply wait for a node (distributed keeps tasks without
-    workers until one arrives); nothing here polls.
-    """
-    reply = await plugin.register_files(None, name, paths, indices, options, owner=owner, job_owned=True)
-    if reply.get("status") != "OK":
-        logger.warning("dataset %s could not be read: %s", name, reply.get("message"))
-        return str(reply.get("message"))
-    logger.info("dataset %s: %d file partition(s) read once nodes joined", name, len(paths))
-    return None
 
 
 @dataclass

@@ -14,7 +14,7 @@ itself. This extension composes what serving such nodes takes:
   the replica policy does for open nodes (``grid/scheduler/replicas.py``).
 
 The grid plugin creates it in its ``start`` and forwards its ``add_worker`` /
-``remove_worker`` hooks; placement (the plugin's scatter wrapper) and the
+``remove_worker`` hooks; placement (the datasets extension's scatter wrapper) and the
 round engine (``grid/scheduler/attempts.py``) ask it who is which and how a
 node gets a partition.
 """
@@ -89,7 +89,7 @@ class DialOutNodes:
 
     def can_fetch(self, key: str) -> bool:
         """Whether a dial-out node can get partition ``key`` itself: from the store, or by reading its file."""
-        return self.store.has(key) or key in self.plugin.datasets.sources
+        return self.store.has(key) or key in self.plugin.datasets.store.sources
 
     def open_nodes(self) -> list[str] | None:
         """Where a grid task may run: nodes the scheduler can dial (a task's result is fetched from
@@ -135,7 +135,7 @@ class DialOutNodes:
         read it from the store, the file to read itself (Files datasets), or None (it cannot)."""
         if self.store.has(key):
             return {"token": self.store.grant(node, key)}
-        source = self.plugin.datasets.sources.get(key)
+        source = self.plugin.datasets.store.sources.get(key)
         if source is not None:
             self.store.grant(node, key)  # a holder like any other (the token reads nothing)
             return {"read": source}
@@ -158,9 +158,9 @@ class DialOutNodes:
         (a holder left), and a node that joined takes partitions from the fullest holders."""
         nodes = [
             ws.address for ws in self.scheduler.running
-            if self.reach.is_dial_out(ws.address) and self.plugin.quarantine.identity_of(ws.address) not in self.plugin.quarantine
+            if self.reach.is_dial_out(ws.address) and self.plugin.ledger.quarantine.identity_of(ws.address) not in self.plugin.ledger.quarantine
         ]
-        keys = [k for d in self.plugin.datasets.datasets.values() for k in d.keys if self.can_fetch(k)]
+        keys = [k for d in self.plugin.datasets.store.datasets.values() for k in d.keys if self.can_fetch(k)]
         if not nodes or not keys:
             return
         holders = {k: self.partition_holders(k) for k in keys}

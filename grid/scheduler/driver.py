@@ -17,7 +17,7 @@ while the job runs, every round from the first one it contributed an
 unchecked update to is replayed from the state before it; updates are
 deterministic, so the replayed rounds give what a fully verified run gives.
 A node caught after the job ended taints the job instead
-(``GridSchedulerPlugin.taint_if_caught``).
+(``JobsExtension.taint_if_caught``, ``grid/scheduler/job_handlers.py``).
 """
 
 from __future__ import annotations
@@ -183,13 +183,13 @@ class RegionRun:
         """verify="adaptive": nodes caught in this round, and earlier unchecked contributors of this
         job quarantined since (by any job's check), each reported to the driver once."""
         self.unverified_ever.update(counts["unverified_nodes"])
-        caught = set(counts.get("caught") or ()) | {n for n in self.unverified_ever if n in self.plugin.quarantine}
+        caught = set(counts.get("caught") or ()) | {n for n in self.unverified_ever if n in self.plugin.ledger.quarantine}
         new = sorted(caught - self.reported_caught)
         self.reported_caught.update(new)
         return new
 
     def _check_not_lost(self) -> None:
-        lost = self.plugin.datasets.lost(self.dataset.name)
+        lost = self.plugin.datasets.store.lost(self.dataset.name)
         if lost:
             raise RuntimeError(
                 f"region {self.plugin.region!r} lost {len(lost)} partition(s) of job {self.job_id} "
@@ -256,7 +256,7 @@ class RegionRun:
     def release(self) -> None:
         """Forget this round's task futures so the scheduler frees their results."""
         futures, self._futures = self._futures, []
-        self.plugin.release_futures(futures)
+        self.plugin.ledger.release_futures(futures)
 
     def close(self) -> None:
         """Release everything this run holds (round results and partition handles)."""
@@ -379,13 +379,13 @@ class JobDriver:
             record.error = f"{type(exc).__name__}: {exc}"
         finally:
             record.finished = time.time()
-            await self.plugin.finish_job(record)
+            await self.plugin.jobs.finish_job(record)
 
     async def _checkpoint_rollback(self, state_blob: bytes | None) -> None:
         """After a rollback, a restart must resume from the restored state, not a later one."""
         if state_blob is not None:
             await recovery.checkpoint(self.plugin, self.record, state_blob)
-        elif getattr(self.plugin, "state", None) is not None:  # back to round 0: no checkpoint at all
+        elif self.plugin.state is not None:  # back to round 0: no checkpoint at all
             self.plugin.state.remove_checkpoint(self.record.id)
 
     # --- one round -------------------------------------------------------------------
@@ -394,7 +394,7 @@ class JobDriver:
 
     async def _region_round(self, region: str, where: dict, round_no: int, blob: bytes | None) -> tuple[dict, int]:
         if region == self.plugin.region:
-            return await self.plugin.runs[self.record.id].run_round(round_no, blob), 0
+            return await self.plugin.region_share.runs[self.record.id].run_round(round_no, blob), 0
         reply = await self.plugin.scheduler.rpc(where["address"]).grid_region_round(
             job_id=self.record.id, round_no=round_no, state=blob
         )
@@ -529,48 +529,3 @@ def taint_entry(record: "JobRecord", caught: dict[str, list[str]], evidence: dic
             if rounds:
                 return {"node": node, "region": region, "rounds": rounds, "evidence": evidence}
     return None
-
-
-async def start_when_read(plugin: "GridSchedulerPlugin", record: "JobRecord") -> None:
-    """Run a queued job whose ``jobs.data.Files`` dataset is pending, once the nodes have read it.
-
-    Its request learns the data's features and class labels only now (the
-    client could not read them); a classifier whose files hold no labels fails
-    with the reason, as ``Grid.submit`` would have. Cancelling the job while it
-    waits also stops the read: the dataset was the job's own.
-    """
-    name = record.placement[plugin.region]["dataset"]
-    reading = plugin.files_ready[name]
-    try:
-        error = await asyncio.shield(reading)
-        if error is not None:
-            raise RuntimeError(f"the job's files could not be read: {error}")
-        dataset = plugin.datasets.get(name)
-        if dataset.owner and dataset.owner != record.owner:
-            raise PermissionError(f"dataset {name!r} belongs to another user")
-        request = record.request  # the drivers and the result read this same dict
-        request["n_features"] = dataset.n_features
-        if "classes" in request:  # a classifier (Grid.submit sends classes for those only)
-            if not dataset.classes:
-                raise ValueError(
-                    "this classifier needs class labels, but the data has none or a continuous target; "
-                    "name the label column with Files(..., target=...)"
-                )
-            request["classes"] = dataset.classes
-        record.waiting = None
-        driver = JobDriver(plugin, record)
-        plugin.drivers[record.id] = driver  # from here on finish_job frees what it holds
-        plugin._attach_local(record.id, request, dataset)
-    except asyncio.CancelledError:
-        if not plugin.closing:  # cancelled by its user while it waited for nodes
-            reading.cancel()
-            plugin.datasets.drop(name)
-            await plugin.end_job(record, "cancelled")
-        raise
-    except Exception as exc:  # noqa: BLE001 - any failure ends the job with its reason
-        plugin.datasets.drop(name)
-        recovery.forget_recipe(plugin, name)
-        await plugin.end_job(record, "failed", f"{type(exc).__name__}: {exc}")
-        return
-    logger.info("job %s starts: its files were read by the nodes that joined", record.id)
-    await plugin._run(driver)

@@ -2,7 +2,7 @@
 
 distributed serves ``/metrics`` on every scheduler's HTTP port by writing
 ``prometheus_client.REGISTRY``. :func:`register_metrics` adds the grid's
-collector to that registry; the lead's plugin calls it from ``start()`` and
+collector to that registry; the grid plugin calls it from ``start()`` and
 :func:`unregister_metrics` from ``close()``.
 
 One collector serves every live grid plugin of the process and labels each
@@ -51,20 +51,6 @@ logger = logging.getLogger("grid.metrics")
 NODE_STATES = ("active", "paused", "quarantined")
 
 
-def _node_state(plugin: Any, ws: Any) -> str:
-    """A node's state as the grid reports it.
-
-    Uses ``plugin.node_state(ws)`` when the plugin defines it (the
-    reliability work adds "quarantined" there), else paused/active from
-    the worker's status.
-    """
-    state_of = getattr(plugin, "node_state", None)
-    if callable(state_of):
-        return str(state_of(ws))
-    status = getattr(getattr(ws, "status", None), "name", "running")
-    return "paused" if status == "paused" else "active"
-
-
 @dataclass
 class _PluginState:
     """What the collector remembers of one plugin: counts of jobs that left its registry."""
@@ -109,12 +95,12 @@ class GridCollector:
             states = list(self._plugins.values())
         for state in states:
             plugin = state.plugin()
-            if plugin is None or getattr(plugin, "scheduler", None) is None:
+            if plugin is None or plugin.scheduler is None:
                 continue
             try:
                 self._collect_plugin(plugin, state, by_name)
             except Exception:  # noqa: BLE001 - /metrics must answer even if one region is odd
-                logger.exception("grid metrics of region %s failed", getattr(plugin, "region", "?"))
+                logger.exception("grid metrics of region %s failed", plugin.region)
         return iter(families)
 
     # --- implementation ----------------------------------------------------------------
@@ -141,7 +127,7 @@ class GridCollector:
 
     def _collect_plugin(self, plugin: Any, state: _PluginState, f: dict[str, Metric]) -> None:
         region = str(plugin.region)
-        records = list(plugin.registry.all())
+        records = list(plugin.jobs.registry.all())
 
         by_status = dict.fromkeys(STATUSES, 0)
         current: dict[str, tuple[int, float]] = {}
@@ -179,11 +165,11 @@ class GridCollector:
 
         nodes = dict.fromkeys(NODE_STATES, 0)
         for ws in list(plugin.scheduler.workers.values()):
-            s = _node_state(plugin, ws)
+            s = plugin.ledger.node_state(ws)
             nodes[s] = nodes.get(s, 0) + 1
         for s, n in nodes.items():
             f["grid_nodes"].add_metric([region, s], n)
-        f["grid_verification_rejects"].add_metric([region], int(getattr(plugin, "verification_rejects", 0) or 0))
+        f["grid_verification_rejects"].add_metric([region], plugin.ledger.verification_rejects)
 
 
 _collector: GridCollector | None = None
@@ -200,9 +186,9 @@ def register_metrics(plugin: Any, registry: CollectorRegistry | None = None) -> 
     Parameters
     ----------
     plugin : GridSchedulerPlugin
-        Needs ``region``, ``registry`` (``.all()`` of job records) and
-        ``scheduler`` (``.workers``); optionally ``node_state(ws)`` and
-        ``verification_rejects``.
+        Its ``region``, ``scheduler`` (``.workers``), ``jobs.registry``
+        (``.all()`` of job records) and ``ledger`` (``node_state(ws)``,
+        ``verification_rejects``) are read.
     registry : prometheus_client.CollectorRegistry, optional
         Default: ``prometheus_client.REGISTRY``, the one distributed serves.
 

@@ -1,8 +1,9 @@
 """Durable jobs: what a restarted scheduler does with its state directory.
 
-At start, :func:`recover` reloads the region's quarantine, its job records
-and the recipes of its ``jobs.data.Files`` datasets, then decides for every
-job that was queued or running when the scheduler stopped:
+At start, the node ledger reloads the region's quarantine and verification
+records (``grid/scheduler/ledger.py``), and :func:`plan` reads the job
+records and the recipes of its ``jobs.data.Files`` datasets and decides for
+every job that was queued or running when the scheduler stopped:
 
 * its share of the data on this region came from files the nodes read
   themselves (or it has no share here): the files are read again, by the
@@ -14,7 +15,9 @@ job that was queued or running when the scheduler stopped:
   with :data:`LOST_REASON`. It is never silently started again from scratch.
 
 Finished jobs keep their record, history and result file, so ``grid_job`` and
-``grid_result`` answer as before the restart. While the scheduler runs,
+``grid_result`` answer as before the restart. The plan is carried out by the
+jobs extension (``JobsExtension.recover``, ``grid/scheduler/job_handlers.py``),
+which reads the Files datasets again and starts the drivers. While the scheduler runs,
 :func:`persist_finished` writes a job's end and :func:`checkpoint` each
 completed round. See docs/reliability.md, "Durable jobs".
 """
@@ -23,11 +26,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from grid.scheduler.registry import FINISHED, JobRecord
-from grid.scheduler.state import Checkpoint
+from grid.scheduler.state import Checkpoint, StateDir
 
 if TYPE_CHECKING:
     from grid.scheduler.datasets import Dataset
@@ -48,7 +51,7 @@ def save_record(plugin: "GridSchedulerPlugin", record: JobRecord) -> None:
     Called on submission and on every status change. Records are small (no
     blobs), so they are written on the event loop.
     """
-    if getattr(plugin, "state", None) is None or plugin.closing:
+    if plugin.state is None or plugin.closing:
         return
     try:
         plugin.state.save_job(record)
@@ -62,10 +65,10 @@ RELIABILITY = "reliability"
 
 def save_reliability(plugin: "GridSchedulerPlugin") -> None:
     """Write the nodes' verification records, so trust (and distrust) survive a restart."""
-    if getattr(plugin, "state", None) is None:
+    if plugin.state is None:
         return
     try:
-        plugin.state.save_json(RELIABILITY, plugin.reliability.to_dict())
+        plugin.state.save_json(RELIABILITY, plugin.ledger.reliability.to_dict())
     except _STATE_ERRORS as exc:
         logger.warning("node reliability records not written to %s (%s)", plugin.state, exc)
 
@@ -78,7 +81,7 @@ async def checkpoint(plugin: "GridSchedulerPlugin", record: JobRecord, state_blo
     meanwhile. A failed write is logged; the job goes on (a restart then
     resumes from an earlier round).
     """
-    if getattr(plugin, "state", None) is None:
+    if plugin.state is None:
         return
     cp = Checkpoint(state=state_blob, rounds_done=record.rounds_done, history=list(record.history))
     try:
@@ -135,42 +138,60 @@ def load_result(plugin: "GridSchedulerPlugin", record: JobRecord) -> bytes | Non
     return record.result
 
 
-def recover(plugin: "GridSchedulerPlugin") -> None:
-    """Reload the state directory into a starting plugin; resume or fail unfinished jobs.
+@dataclass
+class JobPlan:
+    """What a restarted scheduler does with one job of its state directory."""
 
-    Runs inside ``start()``: reading the files is quick, and every job is
-    known (and answers ``grid_job``) as soon as the scheduler listens.
-    Re-reading files and resuming run as background tasks that wait for
-    nodes to connect, so the scheduler's start never waits for them.
+    record: JobRecord
+    #: "keep" (it had ended: its record, history and result stay), "resume" or "fail"
+    action: str
+    #: resume: the last checkpointed round to continue from (None: from round 0)
+    checkpoint: Checkpoint | None = None
+    #: resume: the Files dataset of this region to wait for (None: the job has no share here)
+    dataset: str | None = None
+    #: fail: why
+    reason: str | None = None
+
+
+@dataclass
+class RecoveryPlan:
+    """What :func:`plan` decided; :meth:`grid.scheduler.job_handlers.JobsExtension.recover` carries it out."""
+
+    #: every job of the state directory, in submission order
+    jobs: list[JobPlan] = field(default_factory=list)
+    #: the recipes of the Files datasets to read again (as :func:`save_recipe` wrote them)
+    recipes: list[dict] = field(default_factory=list)
+    #: job-owned Files datasets whose job ended: nobody will use them again, their recipes go
+    stale_recipes: list[str] = field(default_factory=list)
+
+    def count(self, action: str) -> int:
+        return sum(1 for j in self.jobs if j.action == action)
+
+
+def plan(state: StateDir, region: str) -> RecoveryPlan:
+    """Read the jobs, checkpoints and Files recipes of ``region`` in its state directory and
+    decide what becomes of each job (nothing is changed here).
+
+    Runs inside the plugin's ``start()``: reading the files is quick, and every
+    job is known (and answers ``grid_job``) as soon as the scheduler listens.
     """
-    state = plugin.state
-    assert state is not None
-    plugin.quarantine.store = state
-    n_quarantined = plugin.quarantine.load(state.load_json(plugin.quarantine.STATE_NAME))
-    plugin.reliability.load(state.load_json(RELIABILITY, {}))
-    plugin.registry.on_forget = state.forget_job  # the disk keeps what the registry keeps
-
+    out = RecoveryPlan()
     records = state.load_jobs()
     unfinished = [r for r in records if r.status not in FINISHED]
-    needed = {r.placement[plugin.region].get("dataset") for r in unfinished if isinstance(r.placement.get(plugin.region), dict)}
-    recipes = {}
+    needed = {r.placement[region].get("dataset") for r in unfinished if isinstance(r.placement.get(region), dict)}
     for recipe in state.load_datasets():
         if recipe.get("job_owned") and recipe["name"] not in needed:
-            state.forget_dataset(recipe["name"])  # its job ended: nobody will use it again
-            continue
-        recipes[recipe["name"]] = recipe
-        plugin.files_ready[recipe["name"]] = asyncio.create_task(_reread_files(plugin, recipe))
-
-    resumed = failed = 0
+            out.stale_recipes.append(recipe["name"])
+        else:
+            out.recipes.append(recipe)
+    readable = {recipe["name"] for recipe in out.recipes}
     for record in records:
-        plugin.registry.add(record)
         if record.status in FINISHED:
+            out.jobs.append(JobPlan(record, "keep"))
             continue
-        plugin.finished_events[record.id] = asyncio.Event()
-        local = record.placement.get(plugin.region)
-        if isinstance(local, dict) and local.get("dataset") not in recipes:
-            _fail(plugin, record, LOST_REASON)
-            failed += 1
+        local = record.placement.get(region)
+        if isinstance(local, dict) and local.get("dataset") not in readable:
+            out.jobs.append(JobPlan(record, "fail", reason=LOST_REASON))
             continue
         cp = state.load_checkpoint(record.id)
         if cp is None and record.rounds_done:
@@ -179,77 +200,6 @@ def recover(plugin: "GridSchedulerPlugin") -> None:
                 "(its data is in files, and its result does not depend on where it starts)",
                 record.id, record.rounds_done,
             )
-        record.rounds_done = cp.rounds_done if cp else 0
-        record.history = cp.history if cp else []
-        record.result = cp.state if cp else None
-        record.status = "queued"  # until its data is read again and the driver starts
-        plugin.tasks[record.id] = asyncio.create_task(_resume(plugin, record, cp))
-        resumed += 1
-    logger.info(
-        "state directory %s: %d job(s) (%d resuming, %d failed: data was in memory), %d Files dataset(s), %d quarantined node(s)",
-        state.path, len(records), resumed, failed, len(recipes), n_quarantined,
-    )
-
-
-def _fail(plugin: "GridSchedulerPlugin", record: JobRecord, reason: str) -> None:
-    """Mark a job that cannot resume failed, now and on disk, and free what it held elsewhere."""
-    record.status = "failed"
-    record.error = reason
-    record.finished = time.time()
-    save_record(plugin, record)
-    logger.warning("job %s failed at restart: %s", record.id, reason)
-    # detach its remote regions (they may hold its data and an attached run); finish_job does it
-    try:
-        from grid.scheduler.driver import JobDriver
-
-        plugin.drivers[record.id] = JobDriver(plugin, record)
-    except Exception as exc:  # noqa: BLE001 - nothing remote to free if the driver cannot be made
-        logger.debug("job %s: no driver to detach remote regions (%s)", record.id, exc)
-    plugin.tasks[record.id] = asyncio.create_task(plugin.finish_job(record))
-
-
-async def _reread_files(plugin: "GridSchedulerPlugin", recipe: dict) -> str | None:
-    """Have the nodes read a Files dataset again; the error message, or None when it is back.
-
-    The read tasks simply wait until nodes connect.
-    """
-    reply = await plugin.register_files(
-        None,
-        recipe["name"],
-        recipe["paths"],
-        recipe["indices"],
-        recipe.get("options") or {},
-        owner=str(recipe.get("owner", "")),
-        job_owned=bool(recipe.get("job_owned")),
-    )
-    if reply.get("status") != "OK":
-        logger.warning("dataset %s could not be read again after the restart: %s", recipe["name"], reply.get("message"))
-        return str(reply.get("message"))
-    logger.info("dataset %s: %d file partition(s) read again after the restart", recipe["name"], len(recipe["paths"]))
-    return None
-
-
-async def _resume(plugin: "GridSchedulerPlugin", record: JobRecord, cp: Checkpoint | None) -> None:
-    """Wait for the job's files to be read again, then run its driver from the checkpoint."""
-    from grid.scheduler.driver import JobDriver
-
-    local = record.placement.get(plugin.region)
-    name = local.get("dataset") if isinstance(local, dict) else None
-    try:
-        driver = JobDriver(plugin, record, resume=cp.state if cp else None)
-        plugin.drivers[record.id] = driver  # from here on finish_job detaches its remote regions
-        if name is not None:
-            # shielded: cancelling this job must not cancel a read other jobs may share
-            error = await asyncio.shield(plugin.files_ready[name])
-            if error is not None:
-                raise RuntimeError(f"the job's files could not be read again after the scheduler restarted: {error}")
-            plugin._attach_local(record.id, record.request, plugin.datasets.get(name))
-    except asyncio.CancelledError:
-        if not plugin.closing:  # cancelled by its user while waiting for its data
-            await plugin.end_job(record, "cancelled")
-        raise
-    except Exception as exc:  # noqa: BLE001 - any failure ends the job with its reason
-        await plugin.end_job(record, "failed", f"{type(exc).__name__}: {exc}")
-        return
-    logger.info("job %s resumes at round %d of %d", record.id, record.rounds_done + 1, record.rounds)
-    await plugin._run(driver)
+        dataset = local.get("dataset") if isinstance(local, dict) else None
+        out.jobs.append(JobPlan(record, "resume", checkpoint=cp, dataset=dataset))
+    return out

@@ -97,7 +97,7 @@ class GridReplicas(ReduceReplicas):
         node talks to no other node (it fetches from the region's store, grid/scheduler/store.py)."""
         reach = self.plugin.dial_out.reach
         running = {ws for ws in scheduler.running if reach.is_open(ws.address)}
-        quarantine = self.plugin.quarantine
+        quarantine = self.plugin.ledger.quarantine
         if quarantine.records:
             running = {ws for ws in running if quarantine.identity_of(ws.address) not in quarantine}
         return running
@@ -105,7 +105,7 @@ class GridReplicas(ReduceReplicas):
     def _dataset_tasks(self, scheduler: Any) -> tuple[set, list]:
         keys: set = set()
         tasks = []
-        for dataset in list(self.plugin.datasets.datasets.values()):
+        for dataset in list(self.plugin.datasets.store.datasets.values()):
             for key in dataset.keys:
                 if key in keys:
                     continue

@@ -123,7 +123,7 @@ class RoundCalls:
             and ws is not None
             and ws.status.name == "running"
             and self.dial_out.reach.may_work(worker)
-            and (self.is_dial_out(worker) or not self.plugin.lacks_rounds(worker))
+            and (self.is_dial_out(worker) or not self.plugin.ledger.lacks_rounds(worker))
         )
 
     def usable(self) -> list[str]:
@@ -228,7 +228,7 @@ class RoundCalls:
         self.to_cancel.extend(a.future for a in pending)
         await self.cancel()
         futures, self.futures = self.futures, []
-        self.plugin.release_futures(futures)
+        self.plugin.ledger.release_futures(futures)
 
     # --- outcomes --------------------------------------------------------------------------
     async def _call_node(self, worker: str, items: list[tuple[PartitionRound, Attempt]]) -> None:
@@ -279,7 +279,7 @@ class RoundCalls:
             reply, default = None, Declined(f"{type(exc).__name__}: {exc}")
         else:
             if reply is None:  # distributed answers None to an op it has no handler for: ask again later
-                self.plugin.nodes_without_rounds[worker] = time.monotonic()
+                self.plugin.ledger.nodes_without_rounds[worker] = time.monotonic()
             outcomes, default = read_reply(worker, reply)
         for pr, attempt in items:
             assert isinstance(attempt.future, NodeCall)

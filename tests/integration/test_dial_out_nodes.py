@@ -42,9 +42,9 @@ def test_a_paused_dial_out_node_gets_no_work(dial_out_grid) -> None:
 
     grid.cluster.loop.add_callback(pause)
     wait_for(lambda: plugin.scheduler.workers[paused.address].status == Status.paused, timeout=10, what="vol-a paused")
-    before = plugin.tasks_done.get(paused.address, 0)
+    before = plugin.ledger.tasks_done.get(paused.address, 0)
     fitted = grid.g.submit(job(), data).result(timeout=60).estimator_.coef_
-    assert plugin.tasks_done.get(paused.address, 0) == before
+    assert plugin.ledger.tasks_done.get(paused.address, 0) == before
     np.testing.assert_allclose(fitted, clean, rtol=0, atol=1e-9)
 
     def resume() -> None:
@@ -110,7 +110,7 @@ def test_a_stock_worker_nobody_can_reach_gets_no_data_and_no_work(dial_out_grid)
     np.testing.assert_allclose(fitted, clean, rtol=0, atol=1e-9)
     ws = plugin.scheduler.workers[stock.address]
     assert not ws.has_what and not plugin.dial_out.store.count_held(stock.address)
-    assert plugin.tasks_done.get(stock.address, 0) == 0
+    assert plugin.ledger.tasks_done.get(stock.address, 0) == 0
 
 
 def test_a_files_job_on_dial_out_nodes_resumes_after_a_scheduler_restart(tmp_path) -> None:
@@ -151,7 +151,7 @@ def test_a_files_job_on_dial_out_nodes_resumes_after_a_scheduler_restart(tmp_pat
         resumed = second.g.job(running.id)
         fitted = resumed.result(timeout=120).estimator_.coef_
         history = resumed.history
-        done = dict(second.plugin.tasks_done)
+        done = dict(second.plugin.ledger.tasks_done)
     finally:
         second.close()
     assert reach == {"vol-c": "dial-out", "vol-d": "dial-out"}, reach
@@ -174,7 +174,7 @@ def test_the_replica_manager_never_has_a_dial_out_node_copy_from_another_node(di
     wait_for(lambda: plugin.dial_out.reach.kind(first.address) == "open", timeout=30, what="open-1 checked")
     data = grid.g.scatter(X, y)
     # the placement gives each partition two holders of three: those with a Dask copy are on open-1
-    keys = set(plugin.datasets.get(data.name).keys) & set(first.data)
+    keys = set(plugin.datasets.store.get(data.name).keys) & set(first.data)
     assert keys, "no partition reached the open node"
     second = grid.add_node("open-2", reachable=True)
     dial_out = [grid.workers["vol-a"], grid.workers["vol-b"]]

@@ -140,6 +140,6 @@ def test_a_pickle_in_a_dial_out_answer_never_runs(dial_out_grid, tmp_path) -> No
         worker.batched_stream.send({"op": REPLY_OP, "call": 1, "reply": {"blob": ToPickle(WritesMarker(marker))}})
 
     dial_out_grid.cluster.loop.add_callback(send)
-    wait_for(lambda: "vol-b" in plugin.quarantine.records, timeout=30, what="vol-b quarantined")
+    wait_for(lambda: "vol-b" in plugin.ledger.quarantine.records, timeout=30, what="vol-b quarantined")
     assert not os.path.exists(marker)
-    assert "pickled" in plugin.quarantine.records["vol-b"].reason
+    assert "pickled" in plugin.ledger.quarantine.records["vol-b"].reason

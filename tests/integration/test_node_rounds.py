@@ -135,7 +135,7 @@ def test_a_node_without_the_handler_gets_its_updates_as_tasks(grid3: Grid, class
     history = job.history
     assert history[0]["tasks"] >= 1  # the stock node's share ran as tasks ...
     assert sum(h["reissued"] for h in history) == 0  # ... without counting as lost
-    assert c.run_on_scheduler(lambda dask_scheduler: dask_scheduler.plugins["grid"].lacks_rounds(stock))
+    assert c.run_on_scheduler(lambda dask_scheduler: dask_scheduler.plugins["grid"].ledger.lacks_rounds(stock))
     assert not grid3.status()["eu"]["quarantined"]
 
 

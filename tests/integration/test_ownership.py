@@ -105,7 +105,7 @@ def test_another_user_cannot_read_register_train_on_or_poison_a_dataset(tls_grid
     with connect_as(tls_grid, "client", "alice") as alice, connect_as(tls_grid, "client", "bob") as bob:
         data = alice.scatter(X, y, regions="eu", partition_rows=50)
         before = fit_alice(alice, data)
-        dataset = scheduler_of(tls_grid, "eu").plugins["grid"].datasets.get(data.name)
+        dataset = scheduler_of(tls_grid, "eu").plugins["grid"].datasets.store.get(data.name)
         keys, rows, indices = list(dataset.keys), list(dataset.rows), list(dataset.indices)
         got: list[Any] = []
         refusals: list[str] = []
@@ -147,7 +147,7 @@ def test_another_user_cannot_read_register_train_on_or_poison_a_dataset(tls_grid
 
 def test_grid_info_shows_a_client_its_own_jobs_and_datasets_and_node_counts_only(tls_grid):
     plugin = scheduler_of(tls_grid, "eu").plugins["grid"]
-    plugin.quarantine.records["ghost-node"] = QuarantineRecord(
+    plugin.ledger.quarantine.records["ghost-node"] = QuarantineRecord(
         "ghost-node", "tls://10.9.9.9:4242", "sent garbage", {"detail": EVIDENCE}
     )
     X, y = alice_data()
@@ -183,7 +183,7 @@ def test_grid_info_shows_a_client_its_own_jobs_and_datasets_and_node_counts_only
             assert not mine["workers"] and EVIDENCE not in json.dumps(mine, default=str)
             alice.drop(data)
     finally:
-        plugin.quarantine.records.pop("ghost-node", None)
+        plugin.ledger.quarantine.records.pop("ghost-node", None)
 
 
 def test_a_client_places_registers_and_trains_on_its_own_data(tls_grid):
@@ -198,7 +198,7 @@ def test_a_client_places_registers_and_trains_on_its_own_data(tls_grid):
         assert np.isfinite(fitted.estimator_.coef_).all()
         # each partition has its replicas (the scheduler picked the nodes): two in eu, one in us
         sched = scheduler_of(tls_grid, "eu")
-        keys = sched.plugins["grid"].datasets.get(data.name).keys
+        keys = sched.plugins["grid"].datasets.store.get(data.name).keys
         assert all(len(sched.tasks[k].who_has) == 2 for k in keys)
         carol.drop(data)
 
@@ -247,7 +247,7 @@ def test_a_node_claiming_64_threads_gets_no_more_than_its_capped_share(tls_grid)
         us = scheduler_of(tls_grid, "us")
         wait_for(lambda: node["address"] in us.workers, timeout=30, what="the greedy node")
         data = dave.scatter(X, y, partition_rows=50)  # 8 partitions over eu and us
-        keys = set(us.plugins["grid"].datasets.get(data.name).keys) if "us" in data.regions else set()
+        keys = set(us.plugins["grid"].datasets.store.get(data.name).keys) if "us" in data.regions else set()
         held = {ts.key for ts in us.workers[node["address"]].has_what} & keys
         eu_parts = data.regions.get("eu", {}).get("partitions", 0)
         dave.drop(data)

@@ -104,3 +104,24 @@ async def test_dataset_keys_are_held_by_the_scheduler_and_dropped(c, s, a, b):
     await async_poll_for(lambda: not any(k in s.tasks for k in keys), timeout=10)
     missing = await c.scheduler.grid_register_dataset(name="d3", keys=["nope"], rows=[1], indices=[0], n_features=1)
     assert missing["status"] == "error" and "Grid.scatter" in missing["message"]
+
+
+@gen_cluster(client=True, scheduler_kwargs=plugin_kwargs())
+async def test_each_extension_registers_its_own_handlers_all_in_the_protocol_table(c, s, a, b):
+    from grid.protocol.messages import PROTOCOL
+    from grid.scheduler.access import SCHEDULER_ONLY
+
+    plugin = s.plugins["grid"]
+    listed = {op for role in PROTOCOL["scheduler"].values() for op in role.handlers if op.startswith("grid_")}
+    owner = {op: handler.__self__ for op, handler in s.handlers.items() if op.startswith("grid_")}
+    # every grid handler is one untrusted roles may call (the table) or one other schedulers call
+    assert set(owner) == listed | SCHEDULER_ONLY
+    by_extension = {
+        plugin.jobs: {"grid_submit", "grid_job", "grid_jobs", "grid_cancel", "grid_wait", "grid_result", "grid_rerun"},
+        plugin.datasets: {"grid_register_dataset", "grid_drop_dataset", "grid_register_files"},
+        plugin.region_share: SCHEDULER_ONLY,
+        plugin.dial_out: {"grid_store_read"},
+        plugin: {"grid_info"},
+    }
+    for extension, ops in by_extension.items():
+        assert {op for op, o in owner.items() if o is extension} == ops, type(extension).__name__

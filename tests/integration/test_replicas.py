@@ -25,7 +25,7 @@ X, Y = make_classification(n_samples=4000, n_features=10, n_informative=5, rando
 def holders(dask_scheduler, name=None, keys=None):
     """{key: sorted holder addresses} of a dataset's partitions (or of the given keys)."""
     if name is not None:
-        keys = dask_scheduler.plugins["grid"].datasets.get(name).keys
+        keys = dask_scheduler.plugins["grid"].datasets.store.get(name).keys
     out = {}
     for key in keys:
         ts = dask_scheduler.tasks.get(key)

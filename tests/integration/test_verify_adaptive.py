@@ -184,8 +184,8 @@ def test_a_cheater_caught_after_the_job_taints_it_and_rerun_gives_the_clean_mode
         names = node_names(g, "eu")
         for name in names:  # trust already earned: a record of a billion agreeing results, just now
             for _ in range(3):
-                plugin.reliability.valid(name)
-            plugin.reliability.get(name).consecutive_valid = 10**9
+                plugin.ledger.reliability.valid(name)
+            plugin.ledger.reliability.get(name).consecutive_valid = 10**9
         cheater = names[0]
         corrupt(g, "eu", cheater)
         job = g.submit(_job(0, 1, 500), data, verify="adaptive")
@@ -253,14 +253,14 @@ def test_a_cheater_of_another_region_is_replayed_out_through_the_home_driver(see
 
 
 def test_data_scientists_on_tls_grids_see_placeholders_not_node_names() -> None:
-    from grid.scheduler.plugin import _without_node_names
+    from grid.scheduler.replies import without_node_names
 
     out = {
         "history": [{"round": 1, "unverified_nodes": {"eu": ["alice-1", "bob-2"]}},
                     {"round": 2, "replayed_from": 1, "caught": {"eu": ["bob-2"]}}],
         "tainted": {"node": "bob-2", "region": "eu", "rounds": [1], "evidence": {"reason": "r"}},
     }
-    hidden = _without_node_names(out)
+    hidden = without_node_names(out)
     assert hidden["history"][0]["unverified_nodes"] == {"eu": ["node-0", "node-1"]}
     assert hidden["history"][1]["caught"] == {"eu": ["node-1"]}, "one node, one placeholder"
     assert hidden["tainted"]["node"] == "node-1" and hidden["tainted"]["rounds"] == [1]

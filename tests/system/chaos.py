@@ -33,7 +33,7 @@ def replicas_complete(grid: Any, region: str, replicas: int = 2) -> bool:
     def check(dask_scheduler: Any, replicas: int) -> bool:
         plugin = dask_scheduler.plugins["grid"]
         want = min(replicas, len(dask_scheduler.running))
-        for dataset in list(plugin.datasets.datasets.values()):
+        for dataset in list(plugin.datasets.store.datasets.values()):
             for key in dataset.keys:
                 ts = dask_scheduler.tasks.get(key)
                 if ts is None or len(ts.who_has or ()) < want:
