@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.common import machine, table
+from grid.logs import DISTRIBUTED_LOGGERS, quiet_distributed
 
 #: the training goals: ratios measured side by side
 GOAL_VS_SERIAL = 4.0
@@ -480,8 +481,9 @@ def report(problem: Problem, target: float, results: dict[str, Result], epochs: 
 
 @contextmanager
 def quiet() -> Iterator[None]:
-    for name in ("distributed", "grid"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+    """Benchmark output is a report, not a log: distributed's and the grid's loggers at ERROR
+    (:func:`grid.logs.quiet_distributed`), and no UserWarning inside the block."""
+    quiet_distributed(names=(*DISTRIBUTED_LOGGERS, "grid"))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", category=UserWarning)  # dask "large graph" warnings
         yield

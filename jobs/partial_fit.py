@@ -299,5 +299,9 @@ def _plain_state(state: State) -> dict:
 
 
 def _check_int(name: str, value: Any, minimum: int) -> None:
+    """Raise ``ValueError`` naming ``name`` unless ``value`` is an integer (not a bool) >= ``minimum``.
+
+    Shared with the SGD estimators (:mod:`jobs.sgd_facade`).
+    """
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")

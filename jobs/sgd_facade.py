@@ -21,17 +21,13 @@ from jobs.aggregate import AGGREGATORS
 from jobs.base import GridJobMixin
 from jobs.local import derive_seed
 from jobs.merge import State
+from jobs.partial_fit import _check_int
 from jobs.spec import class_path, estimator_spec
 
 #: scikit-learn's default ``max_iter``: left at it, ``rounds`` decides
 _SKLEARN_MAX_ITER = 1000
 #: the default of ``rounds``
 _DEFAULT_ROUNDS = 10
-
-
-def _check_int(name: str, value: Any, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
 class _GridSGD(GridJobMixin, BaseEstimator):

@@ -81,10 +81,22 @@ def _render_with_binary(helm: str, values: dict[str, Any], tmp: Path) -> list[di
     return [d for d in yaml.safe_load_all(proc.stdout) if d]
 
 
-def _render_with_sdk(values: dict[str, Any]) -> list[dict[str, Any]]:
-    import helm_python
+def helm_sdk() -> Any:
+    """Helm's Go SDK (``helm_python``); without it the test fails saying how to install Helm."""
+    try:
+        import helm_python
+    except ImportError:
+        helm_python = None  # failed below, outside the except: the message alone, not the import's traceback
+    if helm_python is None:
+        pytest.fail(
+            "no Helm here: install a `helm` binary, or `pip install helm-python-sdk` "
+            "(Helm's Go SDK; in the `test` extra: `pip install -e .[test]`)"
+        )
+    return helm_python
 
-    with helm_python.Chart.load(str(CHART)) as chart:
+
+def _render_with_sdk(values: dict[str, Any]) -> list[dict[str, Any]]:
+    with helm_sdk().Chart.load(str(CHART)) as chart:
         files = chart.render(values, name="grid", namespace="science")
     docs = []
     for name in sorted(files):
@@ -100,10 +112,7 @@ def render(tmp_path_factory: pytest.TempPathFactory) -> Any:
     if helm is not None:
         tmp = tmp_path_factory.mktemp("helm")
         return lambda values: _render_with_binary(helm, values, tmp)
-    try:
-        import helm_python  # noqa: F401
-    except ImportError:
-        pytest.fail("no Helm here: install a `helm` binary, or `pip install helm-python-sdk` (Helm's Go SDK)")
+    helm_sdk()  # no Helm at all: every test that renders fails at its set-up, saying how to install it
     return _render_with_sdk
 
 
@@ -225,8 +234,12 @@ def _all_value_sets() -> list[tuple[str, dict[str, Any]]]:
 
 @pytest.mark.parametrize("name, values", _all_value_sets(), ids=[n for n, _ in _all_value_sets()])
 def test_chart_renders_to_valid_kubernetes_objects(render: Any, name: str, values: dict[str, Any]) -> None:
-    import kubernetes_validate
-
+    try:
+        import kubernetes_validate
+    except ImportError:
+        kubernetes_validate = None
+    if kubernetes_validate is None:
+        pytest.fail("kubernetes-validate is missing: `pip install kubernetes-validate` (in the `test` extra: `pip install -e .[test]`)")
     docs = render(values)
     assert docs, name
     for doc in docs:
@@ -508,7 +521,5 @@ def test_helm_lint_finds_no_problem() -> None:
         proc = subprocess.run([helm, "lint", "--strict", str(CHART)], capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0, proc.stdout + proc.stderr
         return
-    import helm_python
-
-    report = helm_python.lint(str(CHART))
+    report = helm_sdk().lint(str(CHART))
     assert report["errors"] == [] and report["messages"] == [], report

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from dask._task_spec import Alias, DataNode, Dict, List, Set, Task, TaskRef, Tuple
+from dask._task_spec import List, Task
 from distributed import Client, Worker
 from sklearn.cluster import MiniBatchKMeans
 from sklearn.linear_model import SGDClassifier
@@ -174,50 +174,3 @@ def test_the_node_keeps_serving_honest_grid_work(tmp_path, tls_grid):
         for name in ("update", "update with keywords", "next step"):
             state, metrics = wire.decode(out[name + again])
             assert metrics["samples"] == len(X) and state and all(np.all(np.isfinite(v)) for v in state.values())
-
-
-# --- the walk itself, without a cluster -------------------------------------------------------
-def test_the_walk_accepts_what_the_grid_sends():
-    from grid.node.community import refusal
-
-    request = PartialFit(SGDClassifier(random_state=0), rounds=1)._job_request()
-    request["init_state"] = {"coef": [[0.0] * 1000], "intercept": [0.0]}
-    assert refusal(Task("k", tasks.partition_update, request, b"\x00" * 64, Alias("part"), 3, 1)) is None
-    assert refusal(Task("k", tasks.sequential_step, request, TaskRef("prev"), Alias("part"), 0, 0)) is None
-    assert refusal(Task("k", tasks.read_file_partition, "/data/p0.npz", {"target": "y", "features": None, "format": None})) is None
-    assert refusal(Task("k", tasks.describe_partition, List(Alias("X"), Tuple(1, 2), Set(1), Dict(a=np.zeros(3))))) is None
-    assert refusal(Task("k", tasks.describe_partition, DataNode(None, (np.zeros((2, 2)), np.int64(1), None)))) is None
-
-
-@pytest.mark.parametrize(
-    "arg, named",
-    [
-        (DataNode(None, os.system), "system (passed as data in args[0]"),
-        ({"a": [1, {"b": print}]}, "builtins.print (passed as data in args[0]['a'][1]['b']"),
-        ({touch: 1}, "touch (passed as data in a key of args[0]"),
-        (np.array([os.system], dtype=object), "numpy.ndarray object"),
-        ([np.float64, 1], "numpy.float64 (passed as data"),
-        (Task("t", tasks.describe_partition, Task("u", eval, "1")), "builtins.eval (a task nested in args[0].args[0])"),
-        (Task("t", tasks._state, None), "grid.node.tasks._state (a task nested in args[0])"),
-        (Dict(a=Task("u", exec, "1")), "builtins.exec (a task nested in args[0][1])"),
-        (Set(Task("u", exec, "1")), "builtins.exec"),
-        (Tuple(Tuple(Task("u", exec, "1"))), "builtins.exec (a task nested in args[0][0][0])"),
-        (type("Anything", (), {})(), "Anything object (in args[0]; grid job functions take plain data only)"),
-    ],
-)
-def test_the_walk_refuses_everything_else(arg, named):
-    from grid.node.community import refusal
-
-    assert named in (refusal(Task("k", tasks.describe_partition, arg)) or "")
-
-
-def test_the_task_itself_must_be_a_plain_task_of_a_grid_function():
-    from grid.node.community import refusal
-
-    class Sneaky(Task):
-        pass
-
-    assert refusal(Task("k", os.system, "true")) == f"{os.system.__module__}.system"
-    assert "Sneaky task" in refusal(Sneaky("k", tasks.describe_partition, None))
-    assert refusal(DataNode("k", 1)) == "a DataNode task"
-    assert refusal(Task("k", tasks.describe_partition, None, extra=functools.partial(print))).startswith("a functools.partial object")

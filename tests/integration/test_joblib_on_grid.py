@@ -10,7 +10,7 @@ from sklearn.model_selection import GridSearchCV
 
 from grid import Grid
 from grid.errors import UnknownRegion
-from grid.parallel import BACKEND_NAME, GridDaskBackend, node_enter, node_exit, placed_keys
+from grid.parallel import BACKEND_NAME, GridDaskBackend, placed_keys
 from tests.conftest import wait_for
 
 
@@ -142,14 +142,6 @@ def test_client_certificate_is_refused_up_front(classification_data):
         assert not placed_keys(g.client("eu"))
     finally:
         g.close()
-
-
-def test_node_warm_up_is_counted_and_undone():
-    first = node_enter()
-    second = node_enter()
-    assert second["blocks"] == first["blocks"] + 1
-    assert node_exit()["blocks"] == first["blocks"]
-    assert node_exit()["blocks"] == first["blocks"] - 1
 
 
 def test_backend_is_registered_with_joblib(grid_2nodes):

@@ -208,15 +208,6 @@ def test_tls_community_node_runs_admin_tasks_only_with_allow_admin_tasks(tmp_pat
         assert not (tmp_path / "scientist").exists() and not (tmp_path / "scientist-run").exists()
 
 
-def test_allow_admin_tasks_needs_tls_on_a_community_node():
-    from click.testing import CliRunner
-
-    from grid.cli import main
-
-    result = CliRunner().invoke(main, ["node", "--region", "eu", "--scheduler", "tcp://127.0.0.1:1", "--community", "--allow-admin-tasks"])
-    assert result.exit_code == 2 and "--allow-admin-tasks needs a TLS grid" in result.output
-
-
 def consecutive_free_ports() -> tuple[int, int]:
     """Two free neighbouring ports, for a FIRST:LAST range."""
     for _ in range(50):

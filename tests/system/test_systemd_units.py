@@ -38,7 +38,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -49,6 +48,7 @@ import pytest
 from click.testing import CliRunner
 
 from grid.deploy.systemd_install import install_systemd_node, install_systemd_scheduler
+from tests.conftest import wait_for
 
 pytestmark = pytest.mark.system
 
@@ -259,23 +259,26 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_for(condition: Callable[[], bool], timeout: float, what: str, services: list[Service]) -> None:
-    """Poll ``condition`` until true; fail early (with logs) if a service died."""
-    deadline = time.monotonic() + timeout
-    while True:
+def wait_for_services(condition: Callable[[], bool], timeout: float, what: str, services: list[Service]) -> None:
+    """Wait for ``condition`` with :func:`tests.conftest.wait_for`; the failure carries the services' logs.
+
+    Fails at once if a service exits meanwhile (with its log), and on a timeout
+    with the last lines of every service's log.
+    """
+
+    def ready() -> bool:
         if condition():
-            return
+            return True
         for s in services:
             if s.proc is not None and s.proc.poll() is not None:
                 raise AssertionError(f"{s.name} exited with {s.proc.returncode} while waiting for {what}:\n{s.text()[-4000:]}")
-        if time.monotonic() > deadline:
-            logs = "\n".join(f"--- {s.name}\n{s.text()[-3000:]}" for s in services)
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{logs}")
-        # wait on the first service's exit for a moment: a wake-up that also notices a crash
-        try:
-            services[0].proc.wait(timeout=0.2)  # type: ignore[union-attr]
-        except subprocess.TimeoutExpired:
-            pass
+        return False
+
+    try:
+        wait_for(ready, timeout=timeout, what=what, interval=0.2)
+    except TimeoutError as exc:  # the services' logs say why, so the failure carries them
+        logs = "\n".join(f"--- {s.name}\n{s.text()[-3000:]}" for s in services)
+        raise TimeoutError(f"{exc}\n{logs}") from None
 
 
 def install(command: object, args: list[str]) -> None:
@@ -366,7 +369,7 @@ def test_units_start_run_a_job_and_retire_gracefully(units: dict[str, Path], tmp
     g = None
     try:
         scheduler.start()
-        wait_for(lambda: "grid scheduler for region eu at" in scheduler.text(), 60, "the scheduler to listen", [scheduler])
+        wait_for_services(lambda: "grid scheduler for region eu at" in scheduler.text(), 60, "the scheduler to listen", [scheduler])
         # what the Helm chart's probes and Prometheus use, on the unit's dashboard address
         with urllib.request.urlopen(f"http://127.0.0.1:{dash}/health", timeout=10) as r:
             assert r.read() == b"ok"
@@ -376,7 +379,7 @@ def test_units_start_run_a_job_and_retire_gracefully(units: dict[str, Path], tmp
             node.start()
         g = Grid.connect({"regions": {"eu": address}})
         grid = g
-        wait_for(lambda: len(grid.status()["eu"]["workers"]) == 2, 90, "two nodes to join", services)
+        wait_for_services(lambda: len(grid.status()["eu"]["workers"]) == 2, 90, "two nodes to join", services)
         for node in nodes:
             node.note_children()
         names = {w["name"]: w["address"] for w in g.status()["eu"]["workers"]}
@@ -411,7 +414,7 @@ def test_units_start_run_a_job_and_retire_gracefully(units: dict[str, Path], tmp
         g.drop(data)
 
         assert nodes[1].stop() == 0, nodes[1].text()[-4000:]
-        wait_for(lambda: not grid.status()["eu"]["workers"], 30, "node-b to leave", [scheduler])
+        wait_for_services(lambda: not grid.status()["eu"]["workers"], 30, "node-b to leave", [scheduler])
         g.close()
         g = None
         assert scheduler.stop() == 0, scheduler.text()[-4000:]
@@ -491,7 +494,7 @@ def test_tls_scheduler_unit_serves_tls_and_refuses_revoked_nodes(tmp_path: Path)
     g = None
     try:
         scheduler.start()
-        wait_for(lambda: "grid scheduler for region eu at tls://" in scheduler.text(), 60, "the TLS scheduler", [scheduler])
+        wait_for_services(lambda: "grid scheduler for region eu at tls://" in scheduler.text(), 60, "the TLS scheduler", [scheduler])
         client_dir = tmp_path / "client"
         g = Grid.connect(
             {
@@ -517,13 +520,13 @@ def test_tls_scheduler_unit_serves_tls_and_refuses_revoked_nodes(tmp_path: Path)
         for name in ("n-ok", "n-gone"):
             nodes.append(node(name))
             nodes[-1].start()
-        wait_for(lambda: workers() == {"n-ok"} and refused("n-gone"), 90, "n-ok to join and n-gone to be refused", [scheduler, nodes[0]])
+        wait_for_services(lambda: workers() == {"n-ok"} and refused("n-gone"), 90, "n-ok to join and n-gone to be refused", [scheduler, nodes[0]])
         # revoked after the scheduler started: the renamed-in crl.pem is reread, no restart
         install(certs, ["revoke", "n-late", "--dir", str(ca)])
         ship_crl(ca / "crl.pem", crl)
         nodes.append(node("n-late"))
         nodes[-1].start()
-        wait_for(lambda: refused("n-late"), 90, "n-late to be refused", [scheduler, nodes[0]])
+        wait_for_services(lambda: refused("n-late"), 90, "n-late to be refused", [scheduler, nodes[0]])
         assert workers() == {"n-ok"}
         assert "grid scheduler for region eu at" in scheduler.text() and scheduler.alive()  # the same process throughout
         g.close()
