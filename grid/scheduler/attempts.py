@@ -51,6 +51,7 @@ import collections
 import functools
 import logging
 import time
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from grid import config, wire
@@ -220,12 +221,14 @@ class RoundAttempts:
 
     def _holder(self, pr: PartitionRound) -> str | None:
         """The node ``pr``'s update goes to as a node request (:func:`round_policy.holder`), if any."""
+        def fetchers() -> Iterator[str]:
+            # no node holds it: a dial-out node fetches it from the region's store. A generator
+            # function, so that the scan of every node runs only when the policy reads it (a
+            # generator expression would list the nodes at once, for every partition of a round)
+            yield from (w for w in self.calls.usable() if self.calls.fetches(pr, w) and self.calls.can_call(w))
+
         return round_policy.holder(
-            (w for w in self.calls.holders(pr) if self.calls.can_call(w)),
-            # no node holds it: a dial-out node fetches it from the region's store (read only then)
-            (w for w in self.calls.usable() if self.calls.fetches(pr, w) and self.calls.can_call(w)),
-            self.load,
-            self.holdings,
+            (w for w in self.calls.holders(pr) if self.calls.can_call(w)), fetchers(), self.load, self.holdings
         )
 
     @functools.cached_property
