@@ -1,5 +1,8 @@
 """Who may call what on a grid scheduler: admission of nodes and roles of clients.
 
+One idea, hence the length: every decision of who may call which handler,
+and on whose jobs and data, is here and nowhere else.
+
 On a TLS grid every peer presents a certificate from the grid CA that names
 its role (``scheduler``, ``node``, ``client``, ``admin``, ``observer``) and,
 for nodes, its region (``grid certs``). This module wraps the scheduler's

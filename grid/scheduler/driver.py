@@ -18,6 +18,10 @@ unchecked update to is replayed from the state before it; updates are
 deterministic, so the replayed rounds give what a fully verified run gives.
 A node caught after the job ended taints the job instead
 (``JobsExtension.taint_if_caught``, ``grid/scheduler/job_handlers.py``).
+
+One idea, hence the length: how a job's rounds run, from a region's share
+to the job's home; what a round decides is ``round_policy.py``'s, one
+round on one region ``attempts.py``'s.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from grid import config, wire
 from grid.node.tasks import sequential_step
 from grid.scheduler import recovery
 from grid.scheduler.attempts import RoundAttempts
+from grid.scheduler.round_policy import late_after
 from grid.protocol.requests import ADAPTIVE
 from jobs.aggregate import get_aggregator, weighted_mean
 from jobs.merge import MergeRule, state_rule
@@ -443,7 +448,7 @@ class JobDriver:
         pending = set(calls.values())
         while pending:
             past = self.region_seconds or finished[:1]
-            deadline = max(minimum, multiplier * statistics.median(past)) if past else None
+            deadline = late_after(statistics.median(past), multiplier, minimum) if past else None
             timeout = None if deadline is None else max(0.0, deadline - (time.monotonic() - started))
             done, pending = await asyncio.wait(pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
             if not done:

@@ -295,7 +295,14 @@ class Speculation:
             candidates.append(statistics.median(previous))
         if not candidates:
             return None
-        return max(self.minimum, self.multiplier * min(candidates))
+        return late_after(min(candidates), self.multiplier, self.minimum)
+
+
+def late_after(median: float, multiplier: float, minimum: float) -> float:
+    """Seconds after which work that usually takes ``median`` seconds is late: ``multiplier``
+    times that, never less than ``minimum``. The rule of speculative copies (:class:`Speculation`)
+    and of partial participation (a region skipped for a round, ``grid/scheduler/driver.py``)."""
+    return max(minimum, multiplier * median)
 
 
 def next_wakeup(deadline: float | None, elapsed: float) -> float:

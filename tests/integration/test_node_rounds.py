@@ -198,11 +198,3 @@ def test_an_update_that_fails_on_the_node_fails_the_job_with_the_reason(
     monkeypatch.setattr(node_tasks, "local_step", real)
     served = grid3.submit(estimator(rounds=1), data).result(timeout=120)  # the grid serves the next job
     assert_same_model(served, fedavg(SGDClassifier(random_state=0), X, y, rounds=1))  # the placed data's partitions
-
-
-def test_a_bad_round_engine_setting_is_named_when_the_scheduler_starts() -> None:
-    from grid.scheduler.plugin import GridSchedulerPlugin
-
-    with dask.config.set({"grid.scheduler.round-engine": "fast"}):
-        with pytest.raises(ValueError, match=r"grid.scheduler.round-engine must be one of 'direct', 'tasks', got 'fast'.*DASK_GRID__SCHEDULER__ROUND_ENGINE"):
-            GridSchedulerPlugin("eu")

@@ -273,3 +273,11 @@ def test_the_policy_imports_nothing_that_awaits_or_talks_to_nodes() -> None:
     assert not {name.split(".")[0] for name in imported} & {"asyncio", "distributed", "time", "socket"}, imported
     assert not {name for name in imported if name.startswith("grid.scheduler.")} - {"grid.scheduler.verify"}, imported
     assert not [n for n in ast.walk(tree) if isinstance(n, (ast.AsyncFunctionDef, ast.Await))]
+
+
+def test_late_after_is_the_multiple_of_the_median_never_below_the_minimum() -> None:
+    from grid.scheduler.round_policy import late_after
+
+    assert late_after(0.5, 3.0, 2.0) == 2.0  # 1.5 s would be earlier than the minimum
+    assert late_after(1.0, 3.0, 2.0) == 3.0
+    assert late_after(4.0, 1.5, 0.0) == 6.0
