@@ -172,6 +172,11 @@ class DatasetsExtension:
             loop = asyncio.get_running_loop()
             for key, value in data.items():  # disk writes off the event loop
                 await loop.run_in_executor(None, dial_out.store.put, key, value)
+            # nodes may have left during the writes: choose among those here now (no await until
+            # the choice is made), and tell the client to place again if none is left
+            eligible = [ws.address for ws in scheduler.running if dial_out.reach.may_work(ws.address)]
+            if not eligible:
+                raise OSError(f"region {self.region!r}: every node left while partitions were placed; place them again")
             held = {w: dial_out.partitions_on(scheduler.workers[w]) for w in eligible}
             ranked = sorted(eligible, key=lambda w: (held[w], w))
             # partition j of the message goes to the j-th least loaded node and the ones after it
@@ -181,11 +186,20 @@ class DatasetsExtension:
                 holders = tuple(ranked[(j + k) % len(ranked)] for k in range(r))
                 groups.setdefault(holders, {})[key] = value
             for holders, part in groups.items():
+                placed = 0
                 for holder in holders:
+                    if holder not in scheduler.workers:
+                        continue  # it left while an earlier group was scattered: the others hold the copies
                     if dial_out.reach.is_dial_out(holder):
                         dial_out.prefetch(holder, list(part))
                     else:  # one scatter per holder (distributed's broadcast would copy node to node)
                         await call_handler(scatter, comm, {**msg, "data": part, "workers": [holder], "broadcast": False})
+                    placed += 1
+                if not placed:  # the client places them again on the nodes that are left
+                    raise OSError(
+                        f"region {self.region!r}: every node chosen for {len(part)} partition(s) left while they "
+                        "were placed; place them again"
+                    )
             return list(data)
 
         return spread

@@ -212,3 +212,34 @@ def test_a_partition_is_not_reduced_between_its_scatter_and_its_registration(gri
         c.amm.run_once()
     # ... a grid partition not registered yet keeps both copies
     assert len(c.run_on_scheduler(holders, keys=[grid_part.key])[grid_part.key]) == 2
+
+
+def test_a_node_that_leaves_while_partitions_are_written_does_not_fail_the_placement(grid3):
+    """A node leaves while the scheduler writes the partitions to its store, before it picks holders.
+
+    The scheduler picks holders among the nodes there after the writes; before,
+    it picked them before and failed the scatter on the node that had left.
+    """
+    cluster = grid3._local.clusters["eu"]
+    scheduler = cluster.scheduler
+    store = scheduler.plugins["grid"].dial_out.store
+    victim = scheduler.workers[sorted(scheduler.workers)[0]].address
+    put = store.put
+    lost: list[str] = []
+
+    def put_after_losing_a_node(key, value):  # runs in the scheduler's executor, off its event loop
+        if not lost:
+            lost.append(victim)
+            cluster.sync(kill, scheduler, [victim])
+        return put(key, value)
+
+    store.put = put_after_losing_a_node
+    try:
+        data = grid3.scatter(X, Y, partition_rows=500)
+    finally:
+        store.put = put
+    assert lost == [victim] and victim not in scheduler.workers
+    placed = holders(scheduler, data.name)
+    assert all(len(h) == 2 and victim not in h for h in placed.values()), placed
+    fitted = grid3.submit(PartialFit(SGDClassifier(random_state=0), rounds=3), data).result(timeout=60)
+    assert np.all(np.isfinite(fitted.estimator_.coef_))
