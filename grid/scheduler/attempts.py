@@ -225,7 +225,7 @@ class RoundAttempts:
             # no node holds it: a dial-out node fetches it from the region's store. A generator
             # function, so that the scan of every node runs only when the policy reads it (a
             # generator expression would list the nodes at once, for every partition of a round)
-            yield from (w for w in self.calls.usable() if self.calls.fetches(pr, w) and self.calls.can_call(w))
+            yield from (w for w in self.dial_out.working_nodes() if self.calls.fetches(pr, w) and self.calls.can_call(w))
 
         return round_policy.holder(
             (w for w in self.calls.holders(pr) if self.calls.can_call(w)), fetchers(), self.load, self.holdings
@@ -256,7 +256,7 @@ class RoundAttempts:
                 used.add(task.processing_on.address)
         workers, reach = self.plugin.scheduler.workers, self.dial_out.reach
         return round_policy.choose_node(
-            self.calls.usable(),
+            self.dial_out.working_nodes(),
             (w for w in workers if reach.may_work(w)),  # paused ones too: read only when no usable node fits
             holders=self.calls.holders(pr),
             used=used,

@@ -161,7 +161,7 @@ class DatasetsExtension:
             ):
                 return await call_handler(scatter, comm, msg)
             await dial_out.reach.settled([ws.address for ws in scheduler.running])
-            eligible = [ws.address for ws in scheduler.running if dial_out.reach.may_work(ws.address)]
+            eligible = dial_out.working_nodes()
             if not eligible:
                 if scheduler.running:
                     raise OSError(
@@ -174,7 +174,7 @@ class DatasetsExtension:
                 await loop.run_in_executor(None, dial_out.store.put, key, value)
             # nodes may have left during the writes: choose among those here now (no await until
             # the choice is made), and tell the client to place again if none is left
-            eligible = [ws.address for ws in scheduler.running if dial_out.reach.may_work(ws.address)]
+            eligible = dial_out.working_nodes()
             if not eligible:
                 raise OSError(f"region {self.region!r}: every node left while partitions were placed; place them again")
             held = {w: dial_out.partitions_on(scheduler.workers[w]) for w in eligible}

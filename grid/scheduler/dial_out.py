@@ -93,14 +93,16 @@ class DialOutNodes:
 
     def open_nodes(self) -> list[str] | None:
         """Where a grid task may run: nodes the scheduler can dial (a task's result is fetched from
-        its node), or that it is still checking. None (anywhere) only where no node is known not to
-        be dialable: a task with no such node to go to waits for one instead of landing on a node
-        whose result nobody could fetch."""
-        workers = list(self.scheduler.workers)
-        nodes = [w for w in workers if self.reach.kind(w) in (OPEN, CHECKING)]
-        if nodes or all(self.reach.kind(w) in (OPEN, CHECKING) for w in workers):
-            return nodes or None
-        return nodes
+        its node), or that it is still checking. None (anywhere) only where the region has no node
+        yet: a task with no such node to go to waits for one instead of landing on a node whose
+        result nobody could fetch."""
+        nodes = [w for w in self.scheduler.workers if self.reach.kind(w) in (OPEN, CHECKING)]
+        return nodes if self.scheduler.workers else None
+
+    def working_nodes(self) -> list[str]:
+        """Nodes that may get grid data and work now: running (not paused, not retiring), and open
+        or dialing out (not unreachable, not still being checked)."""
+        return [ws.address for ws in self.scheduler.running if self.reach.may_work(ws.address)]
 
     def prefetch(self, node: str, keys: list[str]) -> None:
         """Grant dial-out ``node`` stored partitions and have it fetch them now (in the background).

@@ -126,11 +126,6 @@ class RoundCalls:
             and (self.is_dial_out(worker) or not self.plugin.ledger.lacks_rounds(worker))
         )
 
-    def usable(self) -> list[str]:
-        """Nodes that may get work now: running (not paused), not quarantined, reachable or dialing out."""
-        reach = self.dial_out.reach
-        return [addr for addr, ws in self.plugin.scheduler.workers.items() if ws.status.name == "running" and reach.may_work(addr)]
-
     # --- issuing ---------------------------------------------------------------------------
     def issue(self, pr: PartitionRound, worker: str | None, key: str, kind: str, task: bool = False) -> None:
         """Issue one update of ``pr``: a node request where ``worker`` holds the data (or, dial-out,
