@@ -2,7 +2,7 @@
 
 A dial-out node (``grid node --dial-out``, a machine behind NAT or a
 firewall) is never dialed: its scheduler sends it round requests on the
-stream the node opened (``grid-call`` / ``grid-reply``,
+grid channel the node opened (``grid-call`` / ``grid-reply``,
 ``grid/scheduler/channels.py``) and the node reads its partitions from the
 region's store over connections it opens (``grid_store_read``,
 ``grid/scheduler/store.py``). An open node is dialed by its scheduler

@@ -17,9 +17,11 @@ one that is paused answers so, and the scheduler falls back to a task for
 those partitions (``grid/scheduler/attempts.py``).
 
 A **dial-out** node (``grid node --dial-out``: behind NAT or a firewall) is
-never dialed. The same request reaches it on the stream the node opened to
-its scheduler (``grid-call``, :mod:`grid.protocol.nodes`), and the answer
-goes back on that stream. Such a node holds no Dask data of the grid's: the
+never dialed. Once it has registered, its scheduler offers it a *grid
+channel* on its worker stream; the node opens that connection itself and the
+same request reaches it there (``grid-call``, :mod:`grid.protocol.nodes`),
+and the answer goes back on it. A channel that breaks while the node is
+running is opened again. Such a node holds no Dask data of the grid's: the
 call names, for each partition it should update and does not hold yet, a
 token with which the node reads the partition from the region's store over a
 connection it opens itself (``grid_store_read``); it keeps what it read for
@@ -36,6 +38,8 @@ import asyncio
 import logging
 from typing import Any
 
+from distributed.comm import connect
+from distributed.comm.core import CommClosedError
 from distributed.diagnostics.plugin import WorkerPlugin
 from distributed.protocol.serialize import merge_and_deserialize
 
@@ -44,9 +48,23 @@ from grid.node import tasks
 from grid.node.align import aligned
 from grid.node.community import TRUSTED_ROLES, is_tls_peer, peer_role
 from grid.protocol.payload import check_payload
-from grid.protocol.nodes import CALL_KINDS, CALL_OP, DROP_OP, REPLY_OP, STORE_READ_OP, UPDATE_OP, node_profile, split_partition
+from grid.protocol.nodes import (
+    CALL_KINDS,
+    CALL_OP,
+    CHANNEL_OFFER_OP,
+    CHANNEL_OP,
+    DROP_OP,
+    REPLY_OP,
+    STORE_READ_OP,
+    UPDATE_OP,
+    node_profile,
+    split_partition,
+)
 
 logger = logging.getLogger("grid.node")
+
+#: how long a dial-out node waits before opening a broken grid channel again, at first and at most
+CHANNEL_RETRY_FIRST, CHANNEL_RETRY_MAX = 0.2, 5.0
 
 #: the worker handler the scheduler calls (open nodes)
 OP = UPDATE_OP
@@ -145,6 +163,9 @@ class NodeRounds(WorkerPlugin):
         self.stored: dict[str, Any] = {}
         self._fetching: dict[str, asyncio.Future] = {}
         self._calls: set[asyncio.Task] = set()
+        self._channel_task: asyncio.Task | None = None
+        self._channel: Any = None  # the open grid channel (dial-out nodes)
+        self._channel_lock: asyncio.Lock | None = None
 
     def setup(self, worker: Any) -> None:
         self.worker = worker
@@ -160,38 +181,80 @@ class NodeRounds(WorkerPlugin):
             return await update_partitions(worker, request, state, round_no, parts)
 
         worker.handlers[OP] = grid_update
-        worker.stream_handlers[CALL_OP] = self._on_call
-        worker.stream_handlers[DROP_OP] = self._on_drop
+        worker.stream_handlers[CHANNEL_OFFER_OP] = self._on_offer
 
     def teardown(self, worker: Any) -> None:
         worker.handlers.pop(OP, None)
-        # a call or a drop may still come on the stream (the plugin goes before the node does):
-        # an operation without a handler would close the node's connection to its scheduler
-        worker.stream_handlers[CALL_OP] = self._decline
-        worker.stream_handlers[DROP_OP] = lambda **_: None
-        for task in self._calls:
+        # an offer may still come on the stream (the plugin goes before the node does): an
+        # operation without a handler would close the node's connection to its scheduler
+        worker.stream_handlers[CHANNEL_OFFER_OP] = lambda **_: None
+        for task in [*self._calls, *([self._channel_task] if self._channel_task else [])]:
             task.cancel()
+        if self._channel is not None:
+            self._channel.abort()  # the scheduler fails the calls pending on it: they go elsewhere
         self.stored.clear()
 
-    # --- calls on the node's own stream (dial-out nodes) -----------------------------------------
-    def _on_call(self, call: int, kind: str = "update", **fields: Any) -> None:
-        # stream handlers run one after another: serve the call in its own task, so a round
-        # never holds up the tasks, heartbeats and other calls that come on the same stream
-        task = asyncio.ensure_future(self._answer(call, kind, fields))
-        self._calls.add(task)
-        task.add_done_callback(self._calls.discard)
+    # --- the grid channel (dial-out nodes) -----------------------------------------------------
+    def _on_offer(self, token: str, **_: Any) -> None:
+        if self._channel_task is not None:
+            self._channel_task.cancel()  # a new registration's offer replaces the old one
+        self._channel_task = asyncio.ensure_future(self._keep_channel(token))
 
-    def _decline(self, call: int, **_: Any) -> None:
+    def _serving(self) -> bool:
         stream = self.worker.batched_stream
-        if stream is not None and not stream.comm.closed():
-            reply = {"status": "error", "message": "the node no longer serves grid calls"}
-            stream.send({"op": REPLY_OP, "call": call, "reply": reply})
+        return self.worker.status.name not in ("closing", "closed", "failed") and stream is not None and not stream.closed()
 
-    def _on_drop(self, keys: list, **_: Any) -> None:
-        for key in keys:
-            self.stored.pop(key, None)
+    async def _keep_channel(self, token: str) -> None:
+        """Open the grid channel the scheduler offered, serve its calls, and open it again if it
+        breaks while this node is still registered (its worker stream is open)."""
+        retry = CHANNEL_RETRY_FIRST
+        while self._serving():
+            try:
+                comm = await connect(self.worker.scheduler.address, **self.worker.connection_args)
+            except (OSError, asyncio.TimeoutError) as exc:
+                logger.warning("node %s could not open its grid channel: %s", self.worker.address, exc)
+            else:
+                try:
+                    if await self._serve_channel(comm, token):
+                        retry = CHANNEL_RETRY_FIRST  # it was open: the next attempt comes soon
+                    else:
+                        return  # refused: this token is no longer the node's
+                except (CommClosedError, OSError):
+                    pass
+                finally:
+                    self._channel = None
+                    comm.abort()
+            if not self._serving():
+                return
+            await asyncio.sleep(retry)  # the retry's pace, not a wait for a condition
+            retry = min(2 * retry, CHANNEL_RETRY_MAX)
 
-    async def _answer(self, call: int, kind: str, fields: dict) -> None:
+    async def _serve_channel(self, comm: Any, token: str) -> bool:
+        """Present ``token`` on ``comm``, then answer the calls that come on it until it closes.
+        False when the scheduler refused the channel."""
+        await comm.write({"op": CHANNEL_OP, "worker": self.worker.address, "token": token})
+        answer = await comm.read()
+        if answer != "OK":
+            text = answer.get("exception_text", answer) if isinstance(answer, dict) else answer
+            logger.warning("the scheduler refused the grid channel of node %s: %s", self.worker.address, str(text)[:300])
+            return False
+        self._channel, self._channel_lock = comm, asyncio.Lock()
+        while True:
+            message = await comm.read()
+            for item in message if isinstance(message, (list, tuple)) else (message,):
+                op = item.get("op") if isinstance(item, dict) else None
+                if op == CALL_OP:
+                    # each call in its own task: a long round never holds up a drop or another call
+                    task = asyncio.ensure_future(self._answer(comm, item))
+                    self._calls.add(task)
+                    task.add_done_callback(self._calls.discard)
+                elif op == DROP_OP:
+                    for key in item.get("keys") or ():
+                        self.stored.pop(key, None)
+
+    async def _answer(self, comm: Any, call: dict) -> None:
+        fields = {k: v for k, v in call.items() if k not in ("op", "call", "kind")}
+        kind = call.get("kind", "update")
         try:
             if kind == "update":
                 reply = await self._update(**fields)
@@ -207,9 +270,14 @@ class NodeRounds(WorkerPlugin):
             raise
         except Exception as exc:  # noqa: BLE001 - every failure goes back to the scheduler
             reply = {"status": "error", "message": _error_text(exc)}
-        stream = self.worker.batched_stream
-        if stream is not None and not stream.comm.closed():
-            stream.send({"op": REPLY_OP, "call": call, "reply": reply})
+        lock = self._channel_lock
+        if comm is not self._channel or lock is None:
+            return  # the channel it came on broke: the scheduler has issued the call elsewhere
+        try:
+            async with lock:  # one answer's frames together on the wire
+                await comm.write({"op": REPLY_OP, "call": call.get("call"), "reply": reply})
+        except (CommClosedError, OSError):
+            pass
 
     async def _update(self, request: dict, state: bytes | None, round_no: int, parts: list) -> dict:
         wanted = [[key, spec] for key, _, spec in parts if spec and key not in self.worker.data]

@@ -305,7 +305,7 @@ class GuardedTLS(TLS):
         if not self._bound:
             # an answer inside a handler's own exchange (e.g. register_nanny's): plain data, checked above
             return
-        # a stream: after register-client / register-worker, batches of operations
+        # a stream: after register-client / register-worker / grid_channel, batches of operations
         for item in msg if isinstance(msg, (list, tuple)) else (msg,):
             if item == "OK":
                 continue
@@ -337,6 +337,10 @@ class GuardedTLS(TLS):
             if server is not None and address in getattr(server, "workers", {}):
                 raise ProtocolViolation(f"worker address {address!r} is registered already (by another node)")
             self._bound["worker"] = address
+        elif op == "grid_channel":
+            # from now on the connection carries the answers of the node it was opened for
+            # (whether the scheduler accepts it is its handler's decision: token and certificate)
+            self._bound["channel"] = msg.get("worker")
 
     def _violation(self, reason: str, frames: Any = None) -> None:
         """Close the connection and report it; raises ``CommClosedError``."""

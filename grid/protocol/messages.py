@@ -16,7 +16,9 @@ node, is listed here, per role:
 * identity binding: the first ``register-client`` / ``register-worker`` on a
   connection binds it to that client id / worker address, and every later
   message on it that names a ``client`` or ``worker`` must name that one
-  (distributed lets a message's own field win over the connection's).
+  (distributed lets a message's own field win over the connection's); a
+  ``grid_channel`` opening makes the connection a dial-out node's grid
+  channel, which carries answers to calls and nothing else.
 
 Adding a handler an untrusted role may call means adding one line here. The
 comm that enforces this is :mod:`grid.protocol.comm`; the pickle-free
@@ -56,8 +58,9 @@ class RoleProtocol:
         RPC operations, each with the types of the fields checked.
     streams : mapping of str to mapping
         For each registration a connection may make (``"client"`` after
-        ``register-client``, ``"worker"`` after ``register-worker``), the
-        operations its stream may carry, each with the types of its fields.
+        ``register-client``, ``"worker"`` after ``register-worker``,
+        ``"channel"`` after ``grid_channel``), the operations its stream may
+        carry, each with the types of its fields.
     """
 
     handlers: Mapping[str, Mapping[str, tuple]] = field(default_factory=dict)
@@ -117,9 +120,13 @@ WORKER_STREAM: Mapping[str, Mapping[str, tuple]] = {
     "log-event": {"topic": not_screen_topics},
     "worker-status-change": {"status": STR, "worker": STR},
     "request-refresh-who-has": {"keys": KEYS, "worker": STR},
-    # a dial-out node's answer to a call the scheduler made on this stream (grid.protocol.nodes)
-    "grid-reply": {"call": INT, "reply": MAP},
     "close-stream": {},
+}
+
+#: what a dial-out node's grid channel may carry after its ``grid_channel`` opening: the answers
+#: to the scheduler's calls (grid.protocol.nodes)
+CHANNEL_STREAM: Mapping[str, Mapping[str, tuple]] = {
+    "grid-reply": {"call": INT, "reply": MAP},
 }
 
 
@@ -184,8 +191,10 @@ SCHEDULER_FROM_NODE = RoleProtocol(
         "who_has": {"keys": KEYS},  # where to fetch a partition copy from
         # a dial-out node reads a partition the scheduler asked it to hold (grid.protocol.nodes)
         "grid_store_read": {"key": STR, "token": STR, "offset": INT},
+        # a dial-out node opens its grid channel with the token its scheduler offered it
+        "grid_channel": {"worker": STR, "token": STR},
     },
-    streams={"client": CLIENT_STREAM, "worker": WORKER_STREAM},
+    streams={"client": CLIENT_STREAM, "worker": WORKER_STREAM, "channel": CHANNEL_STREAM},
 )
 
 #: what a node may send another node of its region: partition copies only

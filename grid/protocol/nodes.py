@@ -5,14 +5,18 @@ Two transports carry the same round request and the same answer:
 * **open nodes** (private workers the scheduler can reach) serve the RPC
   handler :data:`UPDATE_OP`, which the scheduler calls by dialing the node;
 * **dial-out nodes** (community machines behind NAT or a firewall) are never
-  dialed. The scheduler sends :data:`CALL_OP` on the batched stream the node
-  itself opened when it registered, and the node answers with
-  :data:`REPLY_OP` on the same stream. For each partition the node does not
-  hold yet, a call says how to get it (a *fetch spec*): ``{"token": T}``, read
-  it from the region's partition store with :data:`STORE_READ_OP` over a
-  connection the node opens, presenting the token the scheduler gave this
-  node for this partition; or ``{"read": [path, options]}``, read a ``Files``
-  partition itself, under the node's own data roots.
+  dialed. Once such a node has registered, the scheduler offers it a *grid
+  channel* on the node's worker stream (:data:`CHANNEL_OFFER_OP`, with a
+  token made for this registration); the node opens a connection of its own
+  to the scheduler and presents it (:data:`CHANNEL_OP`, the connection's
+  first message). The scheduler then sends :data:`CALL_OP` and
+  :data:`DROP_OP` on that channel, and the node answers each call with
+  :data:`REPLY_OP` on it. For each partition the node does not hold yet, a
+  call says how to get it (a *fetch spec*): ``{"token": T}``, read it from
+  the region's partition store with :data:`STORE_READ_OP` over a connection
+  the node opens, presenting the token the scheduler gave this node for this
+  partition; or ``{"read": [path, options]}``, read a ``Files`` partition
+  itself, under the node's own data roots.
 
 A node says which kind it is at registration, in the ``extra`` information
 of its ``register-worker`` message under :data:`PROFILE_KEY` (see
@@ -30,11 +34,16 @@ import msgpack
 
 #: worker RPC handler of an open node: one round request per node per round
 UPDATE_OP = "grid_update"
-#: scheduler -> dial-out node, on the node's own stream: a round request (or a prefetch)
+#: scheduler -> dial-out node, on the node's worker stream: open your grid channel with this token
+CHANNEL_OFFER_OP = "grid-channel"
+#: dial-out node -> scheduler RPC: the first message of the node's grid channel (its worker address
+#: and the token of the offer); the scheduler answers "OK" and keeps the connection
+CHANNEL_OP = "grid_channel"
+#: scheduler -> dial-out node, on its grid channel: a round request (or a prefetch, or a describe)
 CALL_OP = "grid-call"
-#: dial-out node -> scheduler, on the same stream: the answer to a call
+#: dial-out node -> scheduler, on its grid channel: the answer to a call
 REPLY_OP = "grid-reply"
-#: scheduler -> node, on the node's stream: forget these stored partitions (their dataset was dropped)
+#: scheduler -> dial-out node, on its grid channel: forget these stored partitions (their dataset was dropped)
 DROP_OP = "grid-drop"
 #: dial-out node -> scheduler RPC: one chunk of a stored partition
 STORE_READ_OP = "grid_store_read"

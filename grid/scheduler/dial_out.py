@@ -5,7 +5,7 @@ itself. This extension composes what serving such nodes takes:
 
 * :class:`~grid.scheduler.reach.NodeReach`: which nodes are open, dial-out or
   unreachable (the connect-back check at registration);
-* :class:`~grid.scheduler.channels.NodeChannels`: calls on a node's own stream;
+* :class:`~grid.scheduler.channels.NodeChannels`: calls on the grid channel each node opened;
 * :class:`~grid.scheduler.store.PartitionStore`: the region's partitions on the
   scheduler's disk, read by dial-out nodes with per-node tokens
   (``grid_store_read``, a handler this extension registers);
@@ -31,7 +31,7 @@ from dask.utils import parse_timedelta
 from tornado.ioloop import PeriodicCallback
 
 from grid import config
-from grid.protocol.nodes import STORE_READ_OP
+from grid.protocol.nodes import CHANNEL_OP, STORE_READ_OP
 from grid.scheduler.channels import NodeChannels
 from grid.scheduler.reach import CHECKING, OPEN, NodeReach
 from grid.scheduler.store import PartitionStore, plan_copies
@@ -54,8 +54,8 @@ class DialOutNodes:
     def __init__(self, plugin: "GridSchedulerPlugin") -> None:
         self.plugin = plugin
         self.scheduler = plugin.scheduler
-        self.reach = NodeReach(self.scheduler)
-        self.channels = NodeChannels(self.scheduler)
+        self.channels = NodeChannels(self.scheduler, owns=self._owns, open_timeout=_channel_timeout())
+        self.reach = NodeReach(self.scheduler, on_dial_out=self.channels.offer, connected=self.channels.is_open)
         self.store = PartitionStore(_store_dir(plugin.region), config.nbytes("scheduler.store-chunk"))
         self.prefetches: set[asyncio.Task] = set()
         interval = parse_timedelta(dask.config.get("distributed.scheduler.active-memory-manager.interval"))
@@ -63,7 +63,7 @@ class DialOutNodes:
 
     def install(self) -> None:
         self.reach.install()
-        self.channels.install()
+        self.scheduler.handlers[CHANNEL_OP] = self.channels.open
         self.scheduler.handlers[STORE_READ_OP] = self.store_read
         self.copies.start()
 
@@ -83,9 +83,21 @@ class DialOutNodes:
         self.channels.remove_worker(worker)
         self.store.remove_node(worker)
 
+    def _owns(self, comm: Any, worker: str) -> bool:
+        """Whether the peer of ``comm`` is the node registered at ``worker`` (its certificate; any
+        peer on a plaintext grid, which authenticates nobody)."""
+        identity = self.plugin.access.identity(comm)
+        if identity is None:
+            return not self.plugin.access.active
+        return identity.role == "node" and worker in self.plugin.access.addresses_of(identity)
+
+    def serves(self, worker: str) -> bool:
+        """Whether ``worker`` is a dial-out node that can take calls now (its channel is open)."""
+        return self.reach.is_dial_out(worker) and self.channels.is_open(worker)
+
     def fetchable(self, key: str) -> bool:
         """Whether a node can fetch ``key`` now: the store has it and a dial-out node is there."""
-        return self.store.has(key) and any(self.reach.is_dial_out(ws.address) for ws in self.scheduler.running)
+        return self.store.has(key) and any(self.serves(ws.address) for ws in self.scheduler.running)
 
     def can_fetch(self, key: str) -> bool:
         """Whether a dial-out node can get partition ``key`` itself: from the store, or by reading its file."""
@@ -115,7 +127,9 @@ class DialOutNodes:
             try:
                 reply = await self.channels.call(node, "fetch", parts=parts)
             except OSError:
-                return  # it left: its grants died with it
+                for key, _ in parts:  # it left (its grants died with it) or its channel broke
+                    self.store.forget(node, key)
+                return
             failed = reply.get("failed") if isinstance(reply, dict) else None
             for key, text in failed or []:
                 logger.warning("node %s could not fetch partition %s from the store: %s", node, key, str(text)[:200])
@@ -160,7 +174,7 @@ class DialOutNodes:
         (a holder left), and a node that joined takes partitions from the fullest holders."""
         nodes = [
             ws.address for ws in self.scheduler.running
-            if self.reach.is_dial_out(ws.address) and self.plugin.ledger.quarantine.identity_of(ws.address) not in self.plugin.ledger.quarantine
+            if self.serves(ws.address) and self.plugin.ledger.quarantine.identity_of(ws.address) not in self.plugin.ledger.quarantine
         ]
         keys = [k for d in self.plugin.datasets.store.datasets.values() for k in d.keys if self.can_fetch(k)]
         if not nodes or not keys:
@@ -194,6 +208,17 @@ class DialOutNodes:
                 by_node.setdefault(node, []).append(key)
         for node, node_keys in by_node.items():
             self.channels.drop(node, node_keys)
+
+
+def _channel_timeout() -> float:
+    """``grid.scheduler.channel-timeout``: how long a call waits for a dial-out node's channel."""
+    seconds = config.seconds("scheduler.channel-timeout")
+    if not seconds > 0:
+        raise ValueError(
+            f"grid.scheduler.channel-timeout must be a positive duration, got "
+            f"{config.get('scheduler.channel-timeout')!r}; e.g. 10s"
+        )
+    return seconds
 
 
 def _store_dir(region: str) -> str | None:

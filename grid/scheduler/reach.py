@@ -15,9 +15,10 @@ the address it advertises, bounded by ``grid.scheduler.node-connect-timeout``
     replica copies, task results) and ``grid_update`` requests;
 ``dial-out``
     a grid node that said it dials out (``grid node --dial-out``; never
-    checked, never dialed) or that could not be reached but serves grid calls
-    on its own stream: it gets round requests on that stream and fetches its
-    partitions from the region's store (``grid/scheduler/store.py``);
+    checked, never dialed) or that could not be reached but serves grid calls:
+    once it has opened its grid channel (``grid/scheduler/channels.py``) it
+    gets round requests on that channel and fetches its partitions from the
+    region's store (``grid/scheduler/store.py``);
 ``unreachable``
     a stock Dask worker that could not be reached: it gets no data and no grid
     work, and ``grid status`` and the dashboard say so;
@@ -43,7 +44,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import Any, Callable
 
 from distributed.comm import connect
 
@@ -56,10 +57,25 @@ OPEN, DIAL_OUT, UNREACHABLE, CHECKING = "open", "dial-out", "unreachable", "chec
 
 
 class NodeReach:
-    """The reachability of every node of one region."""
+    """The reachability of every node of one region.
 
-    def __init__(self, scheduler: Any) -> None:
+    Parameters
+    ----------
+    scheduler : distributed.Scheduler
+        The region's scheduler.
+    on_dial_out : callable, optional
+        Called with a node's address when it is found to be a dial-out node.
+    connected : callable, optional
+        ``connected(worker)``: whether a dial-out node can take calls now (its
+        grid channel is open); a dial-out node gets no data and no work before.
+    """
+
+    def __init__(
+        self, scheduler: Any, on_dial_out: Callable[[str], None] | None = None, connected: Callable[[str], bool] | None = None
+    ) -> None:
         self.scheduler = scheduler
+        self.on_dial_out = on_dial_out if on_dial_out is not None else (lambda worker: None)
+        self.connected = connected if connected is not None else (lambda worker: True)
         self.timeout = config.seconds("scheduler.node-connect-timeout")
         if not self.timeout > 0:
             raise ValueError(
@@ -91,7 +107,7 @@ class NodeReach:
         ws = self.scheduler.workers.get(worker)
         profile = profile_of(getattr(ws, "extra", None))
         if profile.get("dial-out"):
-            self.kinds[worker] = DIAL_OUT  # it said so: never dial it, not even to check
+            self._set(worker, DIAL_OUT, new=True)  # it said so: never dial it, not even to check
             return
         self.kinds[worker] = CHECKING
         self.checks[worker] = asyncio.ensure_future(self._check(worker, bool(profile.get("calls"))))
@@ -154,11 +170,13 @@ class NodeReach:
         comm.abort()
         return None
 
-    def _set(self, worker: str, kind: str) -> bool:
-        """Record ``kind`` for a node still registered (it may have left meanwhile)."""
-        if worker not in self.kinds:
+    def _set(self, worker: str, kind: str, new: bool = False) -> bool:
+        """Record ``kind`` for a node still registered (it may have left meanwhile), or ``new``."""
+        if worker not in self.kinds and not new:
             return False
         self.kinds[worker] = kind
+        if kind == DIAL_OUT:
+            self.on_dial_out(worker)
         return True
 
     def kind(self, worker: str) -> str:
@@ -172,8 +190,9 @@ class NodeReach:
         return self.kinds.get(worker) == DIAL_OUT
 
     def may_work(self, worker: str) -> bool:
-        """Whether ``worker`` may get grid data and work: open or dial-out."""
-        return self.kinds.get(worker) in (OPEN, DIAL_OUT)
+        """Whether ``worker`` may get grid data and work: open, or dial-out with its channel open."""
+        kind = self.kinds.get(worker)
+        return kind == OPEN or (kind == DIAL_OUT and self.connected(worker))
 
     async def settled(self, workers: Any = None) -> None:
         """Wait for the checks of ``workers`` (default: all) to end; each is bounded by the timeout."""

@@ -31,6 +31,8 @@ def dial_out_grid():
         grid.add_node("vol-a")
         grid.add_node("vol-b")
         wait_for(lambda: grid.g.status()["eu"]["nodes"]["active"] == 2, timeout=30, what="2 nodes")
+        channels = grid.plugin.dial_out.channels
+        wait_for(lambda: all(channels.is_open(w.address) for w in grid.workers.values()), timeout=30, what="their grid channels")
         yield grid
     finally:
         grid.close()

@@ -15,7 +15,7 @@ from distributed.utils import sync
 from sklearn.datasets import make_classification
 
 from grid import Grid
-from grid.protocol.nodes import CALL_OP
+from grid.node.rounds import PLUGIN_NAME
 from tests.conftest import wait_for
 from tests.integration.dial_out import job
 
@@ -66,19 +66,16 @@ def test_a_late_dial_out_node_gets_a_speculative_copy(dial_out_grid) -> None:
     release = {}
 
     def hold_calls() -> None:
-        answer = slow.stream_handlers[CALL_OP]
+        rounds = slow.plugins[PLUGIN_NAME]
+        answer = rounds._answer
         release["event"] = asyncio.Event()
 
-        def late(**msg) -> None:
-            held.append(msg["call"])
+        async def late(comm, call: dict) -> None:  # each call is answered in its own task
+            held.append(call["call"])
+            await release["event"].wait()
+            await answer(comm, call)
 
-            async def later() -> None:
-                await release["event"].wait()
-                answer(**msg)
-
-            asyncio.ensure_future(later())
-
-        slow.stream_handlers[CALL_OP] = late
+        rounds._answer = late
 
     sync(grid.cluster.loop, _as_coroutine(hold_calls))  # the Event belongs to the nodes' loop
     data = grid.g.scatter(X, y)

@@ -170,7 +170,7 @@ def test_a_node_sending_a_pickle_on_its_stream_is_quarantined_and_it_never_runs(
 
 def test_a_node_answering_a_round_request_with_a_pickle_is_quarantined_and_it_never_runs(boundary):
     """n1 (through an admin, who may change a node) answers its round requests with a pickle,
-    as an open node (grid_update) and as a dial-out node (grid-reply on its stream) would."""
+    as an open node (grid_update) and as a dial-out node (grid-reply on its grid channel) would."""
     b = boundary
     marker = b.marker("grid-update-reply")
     with Client(b.address, security=b.admin.security(), set_as_default=False) as operator:
@@ -186,12 +186,11 @@ def test_a_node_answering_a_round_request_with_a_pickle_is_quarantined_and_it_ne
             async def grid_update(comm, **kwargs):
                 return {"status": "OK", "updates": [[i, ToPickle(Evil())] for _, i in kwargs["parts"]]}
 
-            def grid_call(call, kind="update", **fields):  # a dial-out node answers on its own stream
-                updates = [[part[1], ToPickle(Evil())] for part in fields.get("parts", [])]
-                dask_worker.batched_stream.send({"op": "grid-reply", "call": call, "reply": {"status": "OK", "updates": updates}})
+            async def update(request, state, round_no, parts):  # a dial-out node answers on its grid channel
+                return {"status": "OK", "updates": [[part[1], ToPickle(Evil())] for part in parts]}
 
             dask_worker.handlers["grid_update"] = grid_update
-            dask_worker.stream_handlers["grid-call"] = grid_call
+            dask_worker.plugins["grid-node-rounds"]._update = update
             return "poisoned"
 
         import sys
