@@ -194,7 +194,7 @@ def _verdict(value: float, goal: float) -> str:
 # --------------------------------------------------------------------------------------
 # 1. rounds on Grid.local
 # --------------------------------------------------------------------------------------
-VARIANTS = {False: "open nodes, direct engine (grid_update)", True: "dial-out nodes (grid-call on the node's stream)"}
+VARIANTS = {False: "open nodes, direct engine (grid_update)", True: "dial-out nodes (grid-call on the node's grid channel)"}
 
 
 def run_rounds(problem: Problem, rounds: int, parts: int, repeat: int) -> dict[str, dict]:
@@ -296,7 +296,7 @@ def report_wan(problem: Problem, results: dict[str, dict], rounds: int, delay: f
     lines.append(
         "open nodes: the scheduler dials each node at its own address (grid_update, scatter), so round "
         "requests, answers and partitions do not cross the delayed link; only the connections the node opens "
-        "(registration, heartbeats, its stream) do. Their row is what an open node does not pay, not a WAN "
+        "(registration, heartbeats, its stream, its grid channel) do. Their row is what an open node does not pay, not a WAN "
         "measurement. The client talks to the scheduler directly."
     )
     lines.append(f"max |coef diff| between the variants' models: {coef_diff(results):.1e}")

@@ -29,7 +29,7 @@ on the same nodes and data, and prints the ratios side by side.
 ``--dial-out`` (or ``dial-out`` in ``--engines``) adds a third variant: the
 same job on the same data with the direct engine, on ``n`` **dial-out**
 nodes (``grid.node.dial-out``: the scheduler never dials them; round
-requests travel on each node's own stream, partitions come from the
+requests travel on each node's grid channel, partitions come from the
 region's store). Those nodes are other workers than the open ones, so the
 variant runs after them on a fresh scheduler and fresh node hosts; its
 placement is timed until every node has fetched what it was granted. It is

@@ -314,7 +314,7 @@ class DatasetsExtension:
         """The rows, features and labels of each file partition read on the nodes (wire blobs).
 
         Each is described where it was read: by a task on an open node (its small
-        result fetched as usual), by a call on a dial-out node's own stream (which
+        result fetched as usual), by a call on a dial-out node's grid channel (which
         nothing can dial to fetch a result from)."""
         from grid.node.tasks import describe_partition
 

@@ -54,7 +54,7 @@ class DialOutNodes:
     def __init__(self, plugin: "GridSchedulerPlugin") -> None:
         self.plugin = plugin
         self.scheduler = plugin.scheduler
-        self.channels = NodeChannels(self.scheduler, owns=self._owns, open_timeout=_channel_timeout())
+        self.channels = NodeChannels(self.scheduler, owns=self._owns, open_timeout=channel_timeout())
         self.reach = NodeReach(self.scheduler, on_dial_out=self.channels.offer, connected=self.channels.is_open)
         self.store = PartitionStore(_store_dir(plugin.region), config.nbytes("scheduler.store-chunk"))
         self.prefetches: set[asyncio.Task] = set()
@@ -210,7 +210,7 @@ class DialOutNodes:
             self.channels.drop(node, node_keys)
 
 
-def _channel_timeout() -> float:
+def channel_timeout() -> float:
     """``grid.scheduler.channel-timeout``: how long a call waits for a dial-out node's channel."""
     seconds = config.seconds("scheduler.channel-timeout")
     if not seconds > 0:

@@ -234,7 +234,7 @@ class RoundCalls:
         store = self.dial_out.store
         try:
             if self.is_dial_out(worker):
-                # never dialed: the request goes on the stream the node opened, saying for each
+                # never dialed: the request goes on the grid channel the node opened, saying for each
                 # partition how the node gets it if it does not hold it yet (it holds it from now on)
                 keys = [self.run.dataset.keys[pr.position] for pr, _ in items]
                 reply = await self.dial_out.channels.call(

@@ -8,7 +8,7 @@ the Dask serialisation header and the raw frames the client sent, never
 deserialised on the scheduler. Nodes read it back in chunks of at most
 ``grid.scheduler.store-chunk`` (default 4 MiB) over connections they open
 (:data:`~grid.protocol.nodes.STORE_READ_OP`), so a partition is never all in
-the scheduler's memory at once and never sent on a node's stream.
+the scheduler's memory at once and never sent on a node's stream or grid channel.
 
 Who may read what: a node reads a partition only with the token the
 scheduler gave that node for that partition, in a call on the node's own

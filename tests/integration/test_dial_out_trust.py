@@ -26,7 +26,7 @@ from sklearn.datasets import make_classification
 
 from grid import Grid
 from grid.node.rounds import PLUGIN_NAME
-from grid.protocol.nodes import CHANNEL_OFFER_OP, CHANNEL_OP, REPLY_OP
+from grid.protocol.nodes import CALL_OP, CHANNEL_OFFER_OP, CHANNEL_OP, REPLY_OP
 from grid.scheduler.channels import NodeChannels, NodeLeft
 from grid.security.certs import issue
 from tests.conftest import wait_for
@@ -135,6 +135,27 @@ async def test_an_answer_counts_only_on_the_channel_of_the_node_asked(s, a, b) -
     channels.uninstall()
     for comm in (comm_a, comm_b):
         await comm.close()
+
+
+@gen_cluster(client=False, nthreads=[("127.0.0.1", 1)])
+async def test_a_call_waits_for_its_channel_and_fails_at_once_when_it_breaks(s, a) -> None:
+    channels = NodeChannels(s, open_timeout=30)
+    s.handlers[CHANNEL_OP] = channels.open
+    tokens = await _offered_tokens(s, channels, a)
+    early = asyncio.ensure_future(channels.call(a.address, "update", parts=[]))
+    comm, opened = await _open_channel(s.address, a.address, tokens[a.address])
+    assert opened == "OK"
+    call = await asyncio.wait_for(comm.read(), 10)  # the call made before the channel opened
+    assert call["op"] == CALL_OP and call["kind"] == "update"
+    await comm.write({"op": REPLY_OP, "call": call["call"], "reply": {"status": "OK"}})
+    assert (await asyncio.wait_for(early, 10)) == {"status": "OK"}
+    pending = asyncio.ensure_future(channels.call(a.address, "update", parts=[]))
+    await asyncio.wait_for(comm.read(), 10)
+    comm.abort()  # the node's connection breaks before it answers
+    with pytest.raises(NodeLeft, match="closed before it answered"):
+        await asyncio.wait_for(pending, 10)
+    assert not channels.is_open(a.address)
+    channels.uninstall()
 
 
 @gen_cluster(client=False, nthreads=[("127.0.0.1", 1), ("127.0.0.1", 1)])

@@ -1,4 +1,4 @@
-"""The connect-back check's settings and the node profiles it reads (no cluster)."""
+"""The connect-back check's settings, the grid channel's timeout and the node profiles the check reads (no cluster)."""
 
 from __future__ import annotations
 
@@ -46,3 +46,19 @@ def test_bad_connect_back_check_settings_are_named_with_the_fix(key, value, mess
 )
 def test_a_node_profile_is_read_from_its_registration_or_ignored(extra, expected) -> None:
     assert profile_of(extra) == expected
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ("0s", r"grid.scheduler.channel-timeout must be a positive duration, got '0s'; e.g. 10s"),
+        ("soon", r"grid.scheduler.channel-timeout must be a duration such as 30s .*got 'soon'"),
+    ],
+)
+def test_a_bad_channel_timeout_is_named_with_the_fix(value, message) -> None:
+    from grid.scheduler.dial_out import channel_timeout
+
+    with dask.config.set({"grid.scheduler.channel-timeout": value}):
+        with pytest.raises(ValueError, match=message):
+            channel_timeout()
+    assert channel_timeout() == 10.0  # the default
