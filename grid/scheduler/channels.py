@@ -92,8 +92,12 @@ class NodeChannels:
         stream = self.scheduler.stream_comms.get(worker)
         if stream is None or worker in self.tokens:
             return
-        token = self.tokens[worker] = secrets.token_urlsafe(32)
-        stream.send({"op": CHANNEL_OFFER_OP, "token": token})
+        token = secrets.token_urlsafe(32)
+        try:
+            stream.send({"op": CHANNEL_OFFER_OP, "token": token})
+        except CommClosedError:
+            return  # it is leaving (the check that found it dial-out outlived its stream)
+        self.tokens[worker] = token
 
     def is_open(self, worker: str) -> bool:
         return worker in self.comms
