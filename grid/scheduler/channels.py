@@ -145,6 +145,18 @@ class NodeChannels:
             comm.abort()
         return Status.dont_reply
 
+    def _waiter(self, worker: str) -> asyncio.Future:
+        waiter = self.opened.get(worker)
+        if waiter is None:
+            waiter = self.opened[worker] = asyncio.get_running_loop().create_future()
+        return waiter
+
+    async def settled(self, workers: Any) -> None:
+        """Wait until the offered channels of ``workers`` are open, at most ``open_timeout``."""
+        waiters = [self._waiter(w) for w in workers if w in self.tokens and w not in self.comms]
+        if waiters:
+            await asyncio.wait(waiters, timeout=self.open_timeout)
+
     async def _channel(self, worker: str) -> tuple[Any, asyncio.Lock]:
         """``worker``'s open channel, waiting up to ``open_timeout`` for it to open."""
         entry = self.comms.get(worker)
@@ -152,11 +164,8 @@ class NodeChannels:
             return entry
         if worker not in self.tokens:
             raise NodeLeft(f"node {worker} is not a registered dial-out node")
-        waiter = self.opened.get(worker)
-        if waiter is None:
-            waiter = self.opened[worker] = asyncio.get_running_loop().create_future()
         try:
-            await asyncio.wait_for(asyncio.shield(waiter), self.open_timeout)
+            await asyncio.wait_for(asyncio.shield(self._waiter(worker)), self.open_timeout)
         except asyncio.TimeoutError:
             raise NodeLeft(f"node {worker} did not open its grid channel within {self.open_timeout:g} s") from None
         entry = self.comms.get(worker)

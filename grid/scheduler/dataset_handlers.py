@@ -160,7 +160,7 @@ class DatasetsExtension:
                 is_partition(k) for k in data
             ):
                 return await call_handler(scatter, comm, msg)
-            await dial_out.reach.settled([ws.address for ws in scheduler.running])
+            await dial_out.settled([ws.address for ws in scheduler.running])
             eligible = dial_out.working_nodes()
             if not eligible:
                 if scheduler.running:

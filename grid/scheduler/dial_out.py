@@ -111,6 +111,12 @@ class DialOutNodes:
         nodes = [w for w in self.scheduler.workers if self.reach.kind(w) in (OPEN, CHECKING)]
         return nodes if self.scheduler.workers else None
 
+    async def settled(self, workers: list[str]) -> None:
+        """Wait until ``workers`` can be told apart and served: their connect-back checks ended,
+        and the dial-out ones among them opened their grid channels (each wait bounded)."""
+        await self.reach.settled(workers)
+        await self.channels.settled(workers)
+
     def working_nodes(self) -> list[str]:
         """Nodes that may get grid data and work now: running (not paused, not retiring), and open
         or dialing out (not unreachable, not still being checked)."""

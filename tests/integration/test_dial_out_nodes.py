@@ -1,4 +1,5 @@
-"""Dial-out nodes keep the grid's behaviour: a paused node gets no work, a late one a speculative copy.
+"""Dial-out nodes keep the grid's behaviour: a paused node gets no work, a late one a speculative copy,
+and data placed while a node is still opening its grid channel waits for it.
 
 On the embedded region of ``tests/integration/dial_out.py``: two dial-out nodes
 that nothing can dial. Each model is compared with the same job on an open grid.
@@ -7,6 +8,7 @@ that nothing can dial. Each model is compared with the same job on an open grid.
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 
 import dask
 import numpy as np
@@ -16,8 +18,9 @@ from sklearn.datasets import make_classification
 
 from grid import Grid
 from grid.node.rounds import PLUGIN_NAME
+from grid.protocol.nodes import CHANNEL_OP
 from tests.conftest import wait_for
-from tests.integration.dial_out import job
+from tests.integration.dial_out import DialOutGrid, job
 
 
 def _open_grid_model(X, y, scatter: bool = True) -> np.ndarray:
@@ -218,3 +221,37 @@ def test_a_stock_worker_found_unreachable_is_checked_again_until_it_can_be_reach
             sync(cluster.loop, worker.close)
         sync(cluster.loop, listener.close)
         g.close()
+
+
+def test_data_placed_before_the_only_node_opened_its_channel_waits_for_it() -> None:
+    X, y = make_classification(n_samples=4000, n_features=8, random_state=8)
+    clean = _open_grid_model(X, y)
+    grid = DialOutGrid()
+    try:
+        scheduler = grid.cluster.scheduler
+        opening = scheduler.handlers[CHANNEL_OP]
+        gate: dict = {}
+
+        def hold_channels() -> None:  # the node's channel reaches the scheduler late (a slow volunteer link)
+            gate["open"] = asyncio.Event()
+
+            async def late(comm, **msg):
+                await gate["open"].wait()
+                return await opening(comm, **msg)
+
+            scheduler.handlers[CHANNEL_OP] = late
+
+        sync(grid.cluster.loop, _as_coroutine(hold_channels))
+        node = grid.add_node("vol-a").address
+        channels = grid.plugin.dial_out.channels
+        with ThreadPoolExecutor(1) as pool:
+            placing = pool.submit(grid.g.scatter, X, y)
+            # the placement waits for the node's channel instead of finding no node to place on
+            wait_for(lambda: node in channels.opened or placing.done(), timeout=30, what="the placement to wait")
+            assert not placing.done(), placing.exception()
+            grid.cluster.loop.add_callback(lambda: gate["open"].set())
+            data = placing.result(timeout=60)
+        fitted = grid.g.submit(job(), data).result(timeout=60).estimator_.coef_
+        np.testing.assert_allclose(fitted, clean, rtol=0, atol=1e-9)
+    finally:
+        grid.close()
