@@ -215,13 +215,13 @@ class NodeRounds(WorkerPlugin):
                 logger.warning("node %s could not open its grid channel: %s", self.worker.address, exc)
             else:
                 try:
-                    if await self._serve_channel(comm, token):
-                        retry = CHANNEL_RETRY_FIRST  # it was open: the next attempt comes soon
-                    else:
+                    if not await self._serve_channel(comm, token):
                         return  # refused: this token is no longer the node's
                 except (CommClosedError, OSError):
                     pass
                 finally:
+                    if self._channel is comm:
+                        retry = CHANNEL_RETRY_FIRST  # it was open until now: the next attempt comes soon
                     self._channel = None
                     comm.abort()
             if not self._serving():
@@ -230,8 +230,8 @@ class NodeRounds(WorkerPlugin):
             retry = min(2 * retry, CHANNEL_RETRY_MAX)
 
     async def _serve_channel(self, comm: Any, token: str) -> bool:
-        """Present ``token`` on ``comm``, then answer the calls that come on it until it closes.
-        False when the scheduler refused the channel."""
+        """Present ``token`` on ``comm``, then answer the calls that come on it until it closes
+        (``CommClosedError``). False when the scheduler refused the channel."""
         await comm.write({"op": CHANNEL_OP, "worker": self.worker.address, "token": token})
         answer = await comm.read()
         if answer != "OK":
