@@ -120,9 +120,10 @@ class NodeChannels:
             )
         if not self.owns(comm, worker):
             raise PermissionError(f"the grid channel of {worker!r} is opened with that node's own certificate only")
-        previous = self.comms.get(worker)
-        if previous is not None:
-            previous[0].abort()  # the node opened it again (its old connection broke): the new one counts
+        previous = self.comms.pop(worker, None)
+        if previous is not None:  # the node opened it again (its old connection broke): the new one counts
+            previous[0].abort()
+            self._fail(worker, f"node {worker} opened its grid channel again before it answered")
         lock = asyncio.Lock()
         self.comms[worker] = (comm, lock)
         waiter = self.opened.pop(worker, None)

@@ -158,6 +158,27 @@ async def test_a_call_waits_for_its_channel_and_fails_at_once_when_it_breaks(s, 
     channels.uninstall()
 
 
+@gen_cluster(client=False, nthreads=[("127.0.0.1", 1)])
+async def test_a_channel_opened_again_takes_over_and_the_calls_on_the_old_one_fail(s, a) -> None:
+    """The node lost its connection before the scheduler noticed, and opened a new one."""
+    channels = NodeChannels(s)
+    s.handlers[CHANNEL_OP] = channels.open
+    tokens = await _offered_tokens(s, channels, a)
+    old, _ = await _open_channel(s.address, a.address, tokens[a.address])
+    stranded = asyncio.ensure_future(channels.call(a.address, "update", parts=[]))
+    await asyncio.wait_for(old.read(), 10)  # sent on the old connection, never to be answered there
+    new, opened = await _open_channel(s.address, a.address, tokens[a.address])
+    assert opened == "OK"
+    with pytest.raises(NodeLeft, match="opened its grid channel again"):
+        await asyncio.wait_for(stranded, 10)
+    answered = asyncio.ensure_future(channels.call(a.address, "update", parts=[]))
+    call = await asyncio.wait_for(new.read(), 10)
+    await new.write({"op": REPLY_OP, "call": call["call"], "reply": {"status": "OK"}})
+    assert (await asyncio.wait_for(answered, 10)) == {"status": "OK"}
+    channels.uninstall()
+    await new.close()
+
+
 @gen_cluster(client=False, nthreads=[("127.0.0.1", 1), ("127.0.0.1", 1)])
 async def test_a_channel_opens_only_with_the_token_offered_to_that_node(s, a, b) -> None:
     """An impostor with a guessed token, or with b's own token for a's address, gets none of a's calls."""
