@@ -42,6 +42,7 @@ from distributed.comm import connect
 from distributed.comm.core import CommClosedError
 from distributed.diagnostics.plugin import WorkerPlugin
 from distributed.protocol.serialize import merge_and_deserialize
+from distributed.worker import WORKER_ANY_RUNNING
 
 from grid import config
 from grid.node import tasks
@@ -202,7 +203,7 @@ class NodeRounds(WorkerPlugin):
 
     def _serving(self) -> bool:
         stream = self.worker.batched_stream
-        return self.worker.status.name not in ("closing", "closed", "failed") and stream is not None and not stream.closed()
+        return self.worker.status in WORKER_ANY_RUNNING and stream is not None and not stream.closed()
 
     async def _keep_channel(self, token: str) -> None:
         """Open the grid channel the scheduler offered, serve its calls, and open it again if it

@@ -93,7 +93,7 @@ class DialOutNodes:
 
     def serves(self, worker: str) -> bool:
         """Whether ``worker`` is a dial-out node that can take calls now (its channel is open)."""
-        return self.reach.is_dial_out(worker) and self.channels.is_open(worker)
+        return self.reach.is_dial_out(worker) and self.reach.may_work(worker)
 
     def fetchable(self, key: str) -> bool:
         """Whether a node can fetch ``key`` now: the store has it and a dial-out node is there."""
